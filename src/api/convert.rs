@@ -1,0 +1,80 @@
+//! Conversions between domain records and latchkey.v1 messages.
+
+use prost_types::Timestamp;
+
+use super::pb;
+use crate::domain::model::{LinkKind, Millis, Role, User, UserStatus};
+use crate::domain::sessions::NewSession;
+
+pub fn timestamp(millis: Millis) -> Option<Timestamp> {
+    Some(Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
+    })
+}
+
+pub fn user_status(status: UserStatus) -> pb::user::Status {
+    match status {
+        UserStatus::Pending => pb::user::Status::Pending,
+        UserStatus::Active => pb::user::Status::Active,
+        UserStatus::Disabled => pb::user::Status::Disabled,
+    }
+}
+
+/// `None` for STATUS_UNSPECIFIED and unknown numbers.
+pub fn user_status_from(value: i32) -> Option<UserStatus> {
+    match pb::user::Status::try_from(value).ok()? {
+        pb::user::Status::Pending => Some(UserStatus::Pending),
+        pb::user::Status::Active => Some(UserStatus::Active),
+        pb::user::Status::Disabled => Some(UserStatus::Disabled),
+        pb::user::Status::Unspecified => None,
+    }
+}
+
+pub fn role_from(value: i32) -> Option<Role> {
+    match pb::user::Role::try_from(value).ok()? {
+        pb::user::Role::Client => Some(Role::Client),
+        pb::user::Role::Staff => Some(Role::Staff),
+        pb::user::Role::Unspecified => None,
+    }
+}
+
+pub fn user(user: User) -> pb::User {
+    pb::User {
+        user_id: user.id,
+        email: user.email,
+        first_name: user.first_name,
+        last_name: user.last_name,
+        status: user_status(user.status).into(),
+        role: match user.role {
+            Role::Client => pb::user::Role::Client,
+            Role::Staff => pb::user::Role::Staff,
+        }
+        .into(),
+        mfa_enabled: user.mfa_enabled,
+        email_verified: user.email_verified,
+        created_at: timestamp(user.created_at),
+        updated_at: timestamp(user.updated_at),
+        last_login_at: user.last_login_at.and_then(timestamp),
+    }
+}
+
+pub fn link_kind(kind: LinkKind) -> pb::LinkKind {
+    match kind {
+        LinkKind::Login => pb::LinkKind::LoginLink,
+        LinkKind::Magic => pb::LinkKind::MagicLink,
+        LinkKind::Enchanted => pb::LinkKind::EnchantedLink,
+    }
+}
+
+pub fn session(new: NewSession) -> pb::Session {
+    pb::Session {
+        session_id: new.session.id,
+        session_token: new.token.unwrap_or_default(),
+        session_jwt: new.jwt,
+        expires_at: timestamp(new.session.expires_at),
+        user_id: new.session.user_id,
+        created_at: timestamp(new.session.created_at),
+        jwt_expires_at: timestamp(new.jwt_expires_at),
+    }
+}

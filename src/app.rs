@@ -1,0 +1,240 @@
+//! Builds latchkey from a validated config, serves it, and owns shutdown: health goes
+//! NOT_SERVING, the server stops accepting and finishes the calls in flight, background tasks
+//! stop, the store makes everything durable.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::auth::ApiKeyCheck;
+use crate::api::emails::EmailsApi;
+use crate::api::passwordless::PasswordlessApi;
+use crate::api::pb::emails_server::EmailsServer;
+use crate::api::pb::passwordless_server::PasswordlessServer;
+use crate::api::pb::sessions_server::SessionsServer;
+use crate::api::pb::users_server::UsersServer;
+use crate::api::sessions::SessionsApi;
+use crate::api::users::UsersApi;
+use crate::api::{SERVICE_NAMES, pb};
+use crate::config::{Scope, Validated};
+use crate::domain::clock::Clock;
+use crate::domain::keys::{KeyPolicy, KeyRing};
+use crate::domain::model::{HOUR, MINUTE, Millis};
+use crate::domain::store::Store;
+use crate::domain::{Domain, Settings};
+use crate::store::{SledOptions, SledStore, sweeper};
+
+/// How often the signing keys are checked for rotation.
+const KEY_ROTATION_CHECK: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::OpenError),
+    #[error("cannot load the signing keys: {0}")]
+    Keys(crate::domain::error::Error),
+    #[error("cannot build server reflection: {0}")]
+    Reflection(String),
+}
+
+/// A started server.
+pub struct Running {
+    local_addr: SocketAddr,
+    domain: Arc<Domain>,
+    health: HealthReporter,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn domain(&self) -> &Arc<Domain> {
+        &self.domain
+    }
+
+    /// Purges what is due now (the sweeper does this on its own schedule).
+    pub async fn sweep_now(&self) -> crate::domain::error::Result<usize> {
+        sweeper::sweep(self.domain.store.as_ref(), self.domain.clock.as_ref()).await
+    }
+
+    /// Drains and stops; returns once the store is durable and closed.
+    pub async fn shutdown(self) -> Result<(), String> {
+        set_health(&self.health, ServingStatus::NotServing).await;
+        self.shutdown.cancel();
+        let served = self
+            .server
+            .await
+            .map_err(|error| format!("server task failed: {error}"))?;
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.domain
+            .store
+            .close()
+            .await
+            .map_err(|error| error.to_string())?;
+        served.map_err(|error| format!("server error: {error}"))
+    }
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for service in SERVICE_NAMES {
+        health.set_service_status(service, status).await;
+    }
+}
+
+fn settings(validated: &Validated) -> Settings {
+    let config = &validated.config;
+    Settings {
+        redirects: validated.redirects.clone(),
+        default_redirect_url: config.links.default_redirect_url.clone(),
+        session_default_minutes: config.sessions.default_duration_minutes,
+        session_jwt_minutes: config.sessions.jwt_minutes,
+        issuer: config.issuer.clone(),
+        audience: config.sessions.audience.clone(),
+    }
+}
+
+pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
+    let config = &validated.config;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            address: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        address: config.listen,
+        source,
+    })?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+
+    let options = SledOptions {
+        path: config.data_dir.clone(),
+        cache_capacity_bytes: config.store.cache_capacity_mib * 1024 * 1024,
+        durability: config.store.durability,
+        retention: Millis::from(config.store.retention_hours) * HOUR,
+    };
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&options))
+        .await
+        .expect("opening the store does not panic")?;
+    let store: Arc<dyn Store> = Arc::new(store);
+
+    let policy = KeyPolicy {
+        signing_lifetime: Millis::from(config.sessions.signing_key_rotation_days) * 24 * HOUR,
+        max_token_lifetime: Millis::from(config.sessions.jwt_minutes) * MINUTE,
+    };
+    let keys = KeyRing::load(
+        validated.server_key.clone(),
+        store.clone(),
+        policy,
+        clock.now(),
+    )
+    .await
+    .map_err(StartError::Keys)?;
+    let domain = Arc::new(Domain::new(
+        store.clone(),
+        clock.clone(),
+        keys,
+        validated.server_key.clone(),
+        settings(&validated),
+    ));
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|error| StartError::Reflection(error.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|error| StartError::Reflection(error.to_string()))?;
+
+    let api_keys = Arc::new(validated.api_keys.clone());
+    let required = config.auth.required;
+    let check = |scope| ApiKeyCheck::new(api_keys.clone(), required, scope);
+    let shutdown = CancellationToken::new();
+    let router = Server::builder()
+        .trace_fn(|request| tracing::debug_span!("grpc", path = %request.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(PasswordlessServer::with_interceptor(
+            PasswordlessApi::new(domain.clone()),
+            check(Scope::Links),
+        ))
+        .add_service(SessionsServer::with_interceptor(
+            SessionsApi::new(domain.clone()),
+            check(Scope::Sessions),
+        ))
+        .add_service(UsersServer::with_interceptor(
+            UsersApi::new(domain.clone()),
+            check(Scope::Admin),
+        ))
+        .add_service(EmailsServer::with_interceptor(
+            EmailsApi,
+            check(Scope::Admin),
+        ));
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tokio::spawn(
+        router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()),
+    );
+
+    let tasks = TaskTracker::new();
+    let sweep_interval = Duration::from_secs(config.store.sweep_interval_seconds);
+    tasks.spawn(sweeper::run(
+        store.clone(),
+        clock.clone(),
+        sweep_interval,
+        shutdown.clone(),
+    ));
+    tasks.spawn(rotate_keys(domain.clone(), shutdown.clone()));
+
+    set_health(&health, ServingStatus::Serving).await;
+    Ok(Running {
+        local_addr,
+        domain,
+        health,
+        shutdown,
+        tasks,
+        server,
+    })
+}
+
+async fn rotate_keys(domain: Arc<Domain>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(KEY_ROTATION_CHECK) => {}
+        }
+        match domain.keys.rotate_if_due(domain.clock.now()).await {
+            Ok(true) => {
+                tracing::info!(kid = %domain.keys.signing_kid(), "rotated the JWT signing key")
+            }
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "checking the signing keys failed; will retry"),
+        }
+    }
+}

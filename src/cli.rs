@@ -1,0 +1,157 @@
+//! The command line: `latchkey serve`, `latchkey hash-key`, `latchkey generate-server-key`.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Overrides, Profile};
+use crate::crypto::ServerKey;
+use crate::domain::clock::SystemClock;
+
+#[derive(Parser)]
+#[command(name = "latchkey", version, about = "Passwordless identity over gRPC")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serves the gRPC API. With no config file: the development default on 127.0.0.1:50051.
+    Serve {
+        /// A TOML config file (switches to the production profile).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// gRPC address, e.g. 127.0.0.1:50051.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Where the store lives.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Prints the SHA-256 digest of an API key for `auth.api_keys[].sha256` (reads stdin when no
+    /// key is given, which keeps the key out of shell history).
+    HashKey { key: Option<String> },
+    /// Prints a new random server key.
+    GenerateServerKey,
+}
+
+pub fn run() -> ExitCode {
+    match Cli::parse().command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => serve(config, Overrides { listen, data_dir }),
+        Command::HashKey { key } => {
+            let key = match key {
+                Some(key) => key,
+                None => {
+                    let mut key = String::new();
+                    if std::io::stdin().read_to_string(&mut key).is_err() {
+                        eprintln!("latchkey: cannot read the key from stdin");
+                        return ExitCode::from(2);
+                    }
+                    key
+                }
+            };
+            if key.trim().is_empty() {
+                eprintln!("latchkey: the key is empty");
+                return ExitCode::from(2);
+            }
+            println!("{}", config::hash_api_key(&key));
+            ExitCode::SUCCESS
+        }
+        Command::GenerateServerKey => {
+            println!("{}", ServerKey::generate_encoded());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
+    let working_dir = match std::env::current_dir() {
+        Ok(dir) => dir,
+        Err(error) => {
+            eprintln!("latchkey: cannot read the working directory: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let validated = match config::load(file.as_deref(), &overrides)
+        .and_then(|config| config.validate(&working_dir))
+    {
+        Ok(validated) => validated,
+        Err(error) => {
+            eprintln!("latchkey: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(error) =
+        crate::telemetry::init(validated.config.log.format, &validated.config.log.level)
+    {
+        eprintln!("latchkey: {error}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("latchkey: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve_until_signal(validated)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "latchkey stopped");
+            eprintln!("latchkey: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve_until_signal(validated: config::Validated) -> Result<(), String> {
+    let config = validated.config.clone();
+    if let Some(path) = &validated.generated_key_file {
+        tracing::warn!(path = %path.display(), "generated a new server key; keep it safe and out of the data directory");
+    }
+    if !config.auth.required {
+        tracing::warn!(
+            listen = %config.listen,
+            "!!! AUTH IS OFF: any local process can call latchkey without an API key. This is the development default; configure auth.api_keys for anything else. !!!"
+        );
+    }
+    if config.profile == Profile::Development {
+        tracing::warn!("development profile: localhost redirects and a generated server key");
+    }
+    let running = crate::app::start(validated, Arc::new(SystemClock))
+        .await
+        .map_err(|error| error.to_string())?;
+    tracing::info!(
+        listen = %running.local_addr(),
+        data_dir = %config.data_dir.display(),
+        durability = ?config.store.durability,
+        "latchkey is serving"
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining calls in flight");
+    running.shutdown().await?;
+    tracing::info!("latchkey stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+}

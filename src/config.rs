@@ -1,0 +1,598 @@
+//! Configuration: built-in defaults (by profile), then the TOML file, then command-line flags, then
+//! `LATCHKEY_*` environment variables (`__` separates levels: `LATCHKEY_STORE__DURABILITY=flush`).
+//! Validated once at start-up; a bad value stops start-up with a message naming its key. Secrets
+//! never appear in Debug output.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{ServerKey, api_key_digest};
+use crate::domain::redirect::{AllowedRedirect, RedirectPolicy};
+use crate::store::Durability;
+
+/// Where the development profile keeps its generated server key: the working directory, never
+/// the data directory (a copy of the data directory must not carry the key).
+pub const DEVELOPMENT_KEY_FILE: &str = "latchkey-server.key";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// No config file: loopback, auth off, a generated server key, localhost redirects.
+    Development,
+    /// A config file was given: auth on, every secret and redirect must be configured.
+    Production,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// latchkey.v1.Passwordless
+    Links,
+    /// latchkey.v1.Sessions
+    Sessions,
+    /// latchkey.v1.Users and latchkey.v1.Emails
+    Admin,
+}
+
+/// A secret string: deserializes like a string, never prints.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub profile: Profile,
+    /// gRPC address.
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The server key itself (base64 or hex, 32+ bytes); usually from `LATCHKEY_SERVER_KEY`.
+    pub server_key: Option<Secret>,
+    /// A file holding the server key.
+    pub server_key_file: Option<PathBuf>,
+    /// `iss` of every JWT.
+    pub issuer: String,
+    pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub links: LinksConfig,
+    pub sessions: SessionsConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `latchkey=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Off is only allowed while listening on loopback.
+    pub required: bool,
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub name: String,
+    /// Hex SHA-256 of the key (`latchkey hash-key`).
+    pub sha256: String,
+    pub scopes: Vec<Scope>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinksConfig {
+    pub default_redirect_url: Option<String>,
+    /// Entries like `https://app.example.com/auth/`; `:*` allows any port.
+    pub redirect_allow_list: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    pub default_duration_minutes: u32,
+    pub jwt_minutes: u32,
+    /// `aud` of session JWTs.
+    pub audience: String,
+    pub signing_key_rotation_days: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub cache_capacity_mib: u64,
+    pub durability: Durability,
+    /// How long expired links and sessions are kept (to answer TOKEN_EXPIRED) before purging.
+    pub retention_hours: u32,
+    pub sweep_interval_seconds: u64,
+}
+
+impl Config {
+    pub fn defaults(profile: Profile) -> Self {
+        let development = profile == Profile::Development;
+        Config {
+            profile,
+            listen: "127.0.0.1:50051".parse().expect("valid address"),
+            data_dir: PathBuf::from("./data"),
+            server_key: None,
+            server_key_file: None,
+            issuer: "http://localhost:50051".into(),
+            log: LogConfig {
+                format: LogFormat::Text,
+                level: "info".into(),
+            },
+            auth: AuthConfig {
+                required: !development,
+                api_keys: Vec::new(),
+            },
+            links: LinksConfig {
+                default_redirect_url: development
+                    .then(|| "http://localhost:3000/auth/callback".into()),
+                redirect_allow_list: if development {
+                    vec!["http://localhost:*/".into(), "http://127.0.0.1:*/".into()]
+                } else {
+                    Vec::new()
+                },
+            },
+            sessions: SessionsConfig {
+                default_duration_minutes: 1440,
+                jwt_minutes: 5,
+                audience: "latchkey".into(),
+                signing_key_rotation_days: 30,
+            },
+            store: StoreConfig {
+                cache_capacity_mib: 64,
+                durability: Durability::Fsync,
+                retention_hours: 24,
+                sweep_interval_seconds: 60,
+            },
+        }
+    }
+}
+
+/// Command-line flags that override the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Parse(String),
+    #[error("config key `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// `LATCHKEY_*` variables, minus the ones Kubernetes injects for a Service named `latchkey`
+/// (`LATCHKEY_PORT`, `LATCHKEY_SERVICE_HOST`, ...).
+fn environment() -> Env {
+    Env::prefixed("LATCHKEY_")
+        .filter(|key| !key.as_str().starts_with("port") && !key.as_str().starts_with("service_"))
+        .split("__")
+}
+
+/// Reads the layered configuration. `environment` is a stand-in for the process environment in
+/// tests (`None` reads the real one).
+pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let mut layers = Figment::new();
+    if let Some(file) = file {
+        if !file.is_file() {
+            return Err(ConfigError::Parse(format!(
+                "config file {} does not exist",
+                file.display()
+            )));
+        }
+        layers = layers.merge(Toml::file_exact(file));
+    }
+    let profile = match layers
+        .clone()
+        .merge(environment())
+        .extract_inner::<Profile>("profile")
+    {
+        Ok(profile) => profile,
+        Err(error) if error.missing() => {
+            if file.is_some() {
+                Profile::Production
+            } else {
+                Profile::Development
+            }
+        }
+        Err(error) => return Err(ConfigError::Parse(describe(error))),
+    };
+    let mut flags = serde_json::Map::new();
+    if let Some(listen) = overrides.listen {
+        flags.insert("listen".into(), listen.to_string().into());
+    }
+    if let Some(dir) = &overrides.data_dir {
+        flags.insert("data_dir".into(), dir.display().to_string().into());
+    }
+    Figment::from(Serialized::defaults(Config::defaults(profile)))
+        .merge(layers)
+        .merge(Serialized::defaults(flags))
+        .merge(environment())
+        .extract::<Config>()
+        .map_err(|error| ConfigError::Parse(describe(error)))
+}
+
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| format!("config error: {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A configured API key, ready for constant-time checks.
+#[derive(Clone, Debug)]
+pub struct ApiKey {
+    pub name: String,
+    pub digest: [u8; 32],
+    pub scopes: Vec<Scope>,
+}
+
+/// The config after validation, with its secrets resolved.
+#[derive(Debug)]
+pub struct Validated {
+    pub config: Config,
+    pub server_key: ServerKey,
+    pub redirects: RedirectPolicy,
+    pub api_keys: Vec<ApiKey>,
+    /// Set when the development profile generated a new server key file.
+    pub generated_key_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Checks every value and resolves the server key. `working_dir` is where the development
+    /// profile keeps its generated key.
+    pub fn validate(self, working_dir: &Path) -> Result<Validated, ConfigError> {
+        if !self.auth.required && !self.listen.ip().is_loopback() {
+            return Err(invalid(
+                "auth.required",
+                format!(
+                    "auth is off, but listen = {} is not a loopback address; latchkey only serves without API keys on loopback (configure auth.api_keys and set auth.required = true)",
+                    self.listen
+                ),
+            ));
+        }
+        if self.auth.required && self.auth.api_keys.is_empty() {
+            return Err(invalid(
+                "auth.api_keys",
+                "auth is required but no API keys are configured",
+            ));
+        }
+        let mut api_keys = Vec::new();
+        for (index, key) in self.auth.api_keys.iter().enumerate() {
+            let at = |field: &str| format!("auth.api_keys[{index}].{field}");
+            if key.name.trim().is_empty() {
+                return Err(invalid(at("name"), "every API key needs a name"));
+            }
+            let digest: [u8; 32] = hex::decode(key.sha256.trim())
+                .ok()
+                .and_then(|bytes| bytes.try_into().ok())
+                .ok_or_else(|| {
+                    invalid(
+                        at("sha256"),
+                        "must be the 64-character hex SHA-256 of the key (latchkey hash-key)",
+                    )
+                })?;
+            if key.scopes.is_empty() {
+                return Err(invalid(
+                    at("scopes"),
+                    "give at least one of links, sessions, admin",
+                ));
+            }
+            api_keys.push(ApiKey {
+                name: key.name.clone(),
+                digest,
+                scopes: key.scopes.clone(),
+            });
+        }
+        let mut allowed = Vec::new();
+        for (index, pattern) in self.links.redirect_allow_list.iter().enumerate() {
+            let entry = AllowedRedirect::parse(pattern).map_err(|problem| {
+                invalid(format!("links.redirect_allow_list[{index}]"), problem)
+            })?;
+            allowed.push(entry);
+        }
+        let redirects = RedirectPolicy::new(allowed);
+        if let Some(url) = &self.links.default_redirect_url {
+            redirects
+                .check("default_redirect_url", url, "token")
+                .map_err(|error| invalid("links.default_redirect_url", error.to_string()))?;
+        }
+        let sessions = &self.sessions;
+        if !(5..=525_600).contains(&sessions.default_duration_minutes) {
+            return Err(invalid(
+                "sessions.default_duration_minutes",
+                "must be between 5 and 525600",
+            ));
+        }
+        if !(1..=1440).contains(&sessions.jwt_minutes) {
+            return Err(invalid(
+                "sessions.jwt_minutes",
+                "must be between 1 and 1440",
+            ));
+        }
+        if sessions.signing_key_rotation_days == 0 {
+            return Err(invalid(
+                "sessions.signing_key_rotation_days",
+                "must be at least 1",
+            ));
+        }
+        if self.issuer.trim().is_empty() {
+            return Err(invalid("issuer", "must not be empty"));
+        }
+        if self.store.cache_capacity_mib == 0 {
+            return Err(invalid("store.cache_capacity_mib", "must be at least 1"));
+        }
+        if self.store.retention_hours < 24 {
+            return Err(invalid(
+                "store.retention_hours",
+                "must be at least 24 (expired links answer TOKEN_EXPIRED that long)",
+            ));
+        }
+        if self.store.sweep_interval_seconds == 0 {
+            return Err(invalid(
+                "store.sweep_interval_seconds",
+                "must be at least 1",
+            ));
+        }
+        let (server_key, generated_key_file) = self.resolve_server_key(working_dir)?;
+        Ok(Validated {
+            config: self,
+            server_key,
+            redirects,
+            api_keys,
+            generated_key_file,
+        })
+    }
+
+    fn resolve_server_key(
+        &self,
+        working_dir: &Path,
+    ) -> Result<(ServerKey, Option<PathBuf>), ConfigError> {
+        if let Some(secret) = &self.server_key {
+            let key = ServerKey::parse(secret.expose())
+                .map_err(|error| invalid("server_key", error.to_string()))?;
+            return Ok((key, None));
+        }
+        let (path, generate) = match (&self.server_key_file, self.profile) {
+            (Some(path), _) => (path.clone(), false),
+            (None, Profile::Development) => (working_dir.join(DEVELOPMENT_KEY_FILE), true),
+            (None, Profile::Production) => {
+                return Err(invalid(
+                    "server_key_file",
+                    "a server key is required: set server_key_file or LATCHKEY_SERVER_KEY",
+                ));
+            }
+        };
+        let key_key = if generate {
+            "server_key_file (development default)"
+        } else {
+            "server_key_file"
+        };
+        if is_inside(&path, &self.data_dir, working_dir) {
+            return Err(invalid(
+                key_key,
+                "the server key must live outside data_dir: a copy of the data directory must not carry it",
+            ));
+        }
+        let mut generated = None;
+        if generate && !path.exists() {
+            write_new_key(&path).map_err(|error| {
+                invalid(
+                    key_key,
+                    format!("cannot create {}: {error}", path.display()),
+                )
+            })?;
+            generated = Some(path.clone());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|error| {
+            invalid(key_key, format!("cannot read {}: {error}", path.display()))
+        })?;
+        let key = ServerKey::parse(&text)
+            .map_err(|error| invalid(key_key, format!("{}: {error}", path.display())))?;
+        Ok((key, generated))
+    }
+}
+
+fn absolute(path: &Path, working_dir: &Path) -> PathBuf {
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        working_dir.join(path)
+    };
+    // Canonicalize what exists so symlinks and `..` cannot hide the key inside the data dir.
+    path.canonicalize().unwrap_or_else(|_| {
+        path.components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect()
+    })
+}
+
+fn is_inside(path: &Path, dir: &Path, working_dir: &Path) -> bool {
+    let file_dir = path
+        .parent()
+        .map(|parent| absolute(parent, working_dir))
+        .unwrap_or_default();
+    file_dir.starts_with(absolute(dir, working_dir))
+}
+
+fn write_new_key(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(file, "{}", ServerKey::generate_encoded())?;
+    file.sync_all()
+}
+
+/// For `latchkey hash-key`.
+pub fn hash_api_key(key: &str) -> String {
+    api_key_digest(key.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn development_default_validates_and_generates_a_key_outside_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults(Profile::Development);
+        config.data_dir = dir.path().join("data");
+        let validated = config.validate(dir.path()).unwrap();
+        let key_file = dir.path().join(DEVELOPMENT_KEY_FILE);
+        assert_eq!(
+            validated.generated_key_file.as_deref(),
+            Some(key_file.as_path())
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // A second start reads the same key.
+        let mut again = Config::defaults(Profile::Development);
+        again.data_dir = dir.path().join("data");
+        let again = again.validate(dir.path()).unwrap();
+        assert!(again.generated_key_file.is_none());
+        assert_eq!(
+            again.server_key.derive("x", b""),
+            validated.server_key.derive("x", b"")
+        );
+    }
+
+    #[test]
+    fn refuses_auth_off_beyond_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults(Profile::Development);
+        config.listen = "0.0.0.0:50051".parse().unwrap();
+        let error = config.validate(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("auth.required"), "{error}");
+    }
+
+    #[test]
+    fn production_needs_keys_and_a_server_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::defaults(Profile::Production);
+        assert!(
+            config
+                .validate(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("auth.api_keys")
+        );
+        let mut config = Config::defaults(Profile::Production);
+        config.auth.api_keys.push(ApiKeyConfig {
+            name: "web".into(),
+            sha256: hash_api_key("k"),
+            scopes: vec![Scope::Links],
+        });
+        assert!(
+            config
+                .validate(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("server_key_file")
+        );
+    }
+
+    #[test]
+    fn key_file_inside_data_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults(Profile::Development);
+        config.data_dir = dir.path().to_path_buf();
+        config.server_key_file = Some(dir.path().join("key"));
+        assert!(
+            config
+                .validate(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("outside data_dir")
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("latchkey.toml");
+        std::fs::write(&file, "[store]\ndurability = \"sometimes\"\n").unwrap();
+        let error = load(Some(&file), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("store.durability"), "{error}");
+        std::fs::write(&file, "[store]\ncache_capacity = 5\n").unwrap();
+        let error = load(Some(&file), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cache_capacity"), "{error}");
+        std::fs::write(
+            &file,
+            "[links]\nredirect_allow_list = [\"http://example.com/\"]\n",
+        )
+        .unwrap();
+        let config = load(Some(&file), &Overrides::default()).unwrap();
+        let error = config.validate(dir.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("auth.api_keys") || error.contains("redirect_allow_list"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("latchkey.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:1\"\ndata_dir = \"/tmp/a\"\n").unwrap();
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:2".parse().unwrap()),
+            data_dir: None,
+        };
+        let config = load(Some(&file), &overrides).unwrap();
+        assert_eq!(config.listen.port(), 2);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/a"));
+        assert_eq!(config.profile, Profile::Production);
+    }
+}

@@ -1,0 +1,239 @@
+//! Secrets: OS-random tokens, their digests, values derived from the server key, and PKCE.
+//!
+//! Nothing usable is ever stored: a token's SHA-256 digest indexes its record, and a secret that
+//! must be shown again (a reused link) is re-derived as an HMAC of a stored random seed under the
+//! server key, which lives outside the data directory.
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// 256-bit secrets, as SPEC §4 requires for every token, ref and code.
+pub const SECRET_BYTES: usize = 32;
+
+/// Fills `N` bytes from the operating system's CSPRNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    // The OS RNG failing means the machine cannot make secrets at all: nothing sensible remains.
+    getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
+    bytes
+}
+
+/// A uniformly random number in `low..=high` (rejection sampling, so no modulo bias).
+pub fn random_in_range(low: u32, high: u32) -> u32 {
+    let span = high - low + 1;
+    let zone = u32::MAX - (u32::MAX % span);
+    loop {
+        let value = u32::from_le_bytes(random_bytes::<4>());
+        if value < zone {
+            return low + value % span;
+        }
+    }
+}
+
+pub fn base64url(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A new random 256-bit secret, base64url without padding (43 characters).
+pub fn new_secret() -> String {
+    base64url(&random_bytes::<SECRET_BYTES>())
+}
+
+/// The SHA-256 of a secret: the only form in which a secret reaches the store.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Digest32(pub [u8; 32]);
+
+impl Digest32 {
+    pub fn of(secret: &str) -> Self {
+        Self(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    pub fn of_bytes(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn to_hex(self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for Digest32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A digest is not a secret, but a short prefix is all a log ever needs.
+        write!(f, "Digest32({}…)", &hex::encode(&self.0[..4]))
+    }
+}
+
+/// Constant-time equality for secrets and their digests.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// The server key: the root of every derived secret and of the JWT signing keys. Never printed.
+#[derive(Clone)]
+pub struct ServerKey(Vec<u8>);
+
+impl fmt::Debug for ServerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServerKey(<redacted>)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerKeyError {
+    #[error("the server key is not base64 (standard or URL-safe) or hex")]
+    Encoding,
+    #[error("the server key has {0} bytes; it needs at least 32")]
+    TooShort(usize),
+}
+
+impl ServerKey {
+    /// A fresh key, encoded as a key file holds it.
+    pub fn generate_encoded() -> String {
+        base64url(&random_bytes::<SECRET_BYTES>())
+    }
+
+    /// Parses a key as written in a key file or environment variable: base64 (either alphabet,
+    /// padded or not) or hex, at least 32 bytes.
+    pub fn parse(text: &str) -> Result<Self, ServerKeyError> {
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE};
+        let text = text.trim();
+        let bytes = if text.len() >= 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            hex::decode(text).map_err(|_| ServerKeyError::Encoding)?
+        } else {
+            [URL_SAFE_NO_PAD, URL_SAFE, STANDARD, STANDARD_NO_PAD]
+                .iter()
+                .find_map(|engine| engine.decode(text).ok())
+                .ok_or(ServerKeyError::Encoding)?
+        };
+        if bytes.len() < SECRET_BYTES {
+            return Err(ServerKeyError::TooShort(bytes.len()));
+        }
+        Ok(Self(bytes))
+    }
+
+    /// HMAC-SHA256 of `data` under the server key, domain-separated by `label`.
+    pub fn derive(&self, label: &str, data: &[u8]) -> [u8; 32] {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts keys of any length");
+        mac.update(label.as_bytes());
+        mac.update(&[0]);
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// Hex SHA-256 of an API key, as config stores it (`latchkey hash-key`).
+pub fn api_key_digest(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// PKCE (RFC 7636) with S256 only.
+pub mod pkce {
+    use super::*;
+
+    /// BASE64URL(SHA-256(verifier)).
+    pub fn s256(verifier: &str) -> String {
+        base64url(&Sha256::digest(verifier.as_bytes()))
+    }
+
+    /// 43–128 characters of `[A-Za-z0-9-._~]` (RFC 7636 §4.1).
+    pub fn is_valid_verifier(verifier: &str) -> bool {
+        (43..=128).contains(&verifier.len())
+            && verifier
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+    }
+
+    /// An S256 challenge is the 43-character base64url encoding of 32 bytes.
+    pub fn is_valid_challenge(challenge: &str) -> bool {
+        challenge.len() == 43
+            && URL_SAFE_NO_PAD
+                .decode(challenge)
+                .is_ok_and(|bytes| bytes.len() == 32)
+    }
+
+    pub fn matches(challenge: &str, verifier: &str) -> bool {
+        constant_time_eq(s256(verifier).as_bytes(), challenge.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc7636_appendix_b_vector() {
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        assert_eq!(
+            pkce::s256(verifier),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+        assert!(pkce::is_valid_verifier(verifier));
+        assert!(pkce::is_valid_challenge(
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        ));
+        assert!(pkce::matches(
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            verifier
+        ));
+        assert!(!pkce::matches(
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cN",
+            verifier
+        ));
+    }
+
+    #[test]
+    fn verifier_rules() {
+        assert!(!pkce::is_valid_verifier(&"a".repeat(42)));
+        assert!(pkce::is_valid_verifier(&"a".repeat(128)));
+        assert!(!pkce::is_valid_verifier(&"a".repeat(129)));
+        assert!(!pkce::is_valid_verifier(&format!("{}+", "a".repeat(43))));
+        assert!(!pkce::is_valid_challenge("plain-challenge"));
+    }
+
+    #[test]
+    fn secrets_are_256_bit_and_distinct() {
+        let a = new_secret();
+        assert_eq!(a.len(), 43);
+        assert_ne!(a, new_secret());
+    }
+
+    #[test]
+    fn server_key_parsing() {
+        let encoded = ServerKey::generate_encoded();
+        let key = ServerKey::parse(&format!("{encoded}\n")).unwrap();
+        assert_eq!(
+            key.derive("x", b"1"),
+            ServerKey::parse(&encoded).unwrap().derive("x", b"1")
+        );
+        assert_ne!(key.derive("x", b"1"), key.derive("y", b"1"));
+        assert!(matches!(
+            ServerKey::parse("c2hvcnQ"),
+            Err(ServerKeyError::TooShort(_))
+        ));
+        assert!(matches!(
+            ServerKey::parse("not base64 !!"),
+            Err(ServerKeyError::Encoding)
+        ));
+        assert!(ServerKey::parse(&"ab".repeat(32)).is_ok());
+        assert!(!format!("{key:?}").contains(&encoded));
+    }
+
+    #[test]
+    fn random_range_stays_in_bounds() {
+        for _ in 0..1000 {
+            assert!((10..=99).contains(&random_in_range(10, 99)));
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Login links: IssueLoginLink, InspectToken and VerifyToken (SPEC §5).
+
+use super::Domain;
+use super::UserRef;
+use super::error::{Error, Reason, Result};
+use super::model::{Link, LinkKind, MINUTE, Millis, Role, Session, User, UserStatus};
+use super::redirect::link_with_token;
+use super::sessions::NewSession;
+use super::store::{LinkInsert, Redemption};
+use super::validate;
+use crate::crypto::{Digest32, base64url, pkce, random_bytes};
+
+const TOKEN_LABEL: &str = "latchkey/link-token/v1";
+const TOKEN_PARAMETER: &str = "token";
+const LOGIN_LINK_DEFAULT_MINUTES: u32 = 120;
+const LINK_MIN_MINUTES: u32 = 5;
+const LINK_MAX_MINUTES: u32 = 10_080;
+const SESSION_MIN_MINUTES: u32 = 5;
+const SESSION_MAX_MINUTES: u32 = 525_600;
+
+#[derive(Debug, Default)]
+pub struct IssueLoginLink {
+    pub user: Option<UserRef>,
+    pub first_name: String,
+    pub last_name: String,
+    pub redirect_url: String,
+    pub expiration_minutes: u32,
+    pub code_challenge: String,
+    /// OAuth login links arrive with the OAuth flow; until then they are refused.
+    pub oauth_requested: bool,
+}
+
+#[derive(Debug)]
+pub struct IssuedLink {
+    pub link: String,
+    pub user_id: String,
+    pub user_created: bool,
+    pub expires_at: Millis,
+    pub reused: bool,
+}
+
+#[derive(Debug)]
+pub struct Inspection {
+    pub kind: LinkKind,
+    pub masked_email: String,
+    pub expires_at: Millis,
+    pub pkce_required: bool,
+    /// The user has signed in before (false for a sign-up still to be confirmed).
+    pub user_exists: bool,
+}
+
+#[derive(Debug)]
+pub struct Verification {
+    pub user: User,
+    pub user_activated: bool,
+    pub kind: LinkKind,
+    pub session: NewSession,
+}
+
+/// Email links are for client users in good standing (SPP's client-only and 2FA rules).
+pub(crate) fn check_may_use_links(user: &User) -> Result<()> {
+    if user.status == UserStatus::Disabled {
+        return Err(Error::new(Reason::USER_DISABLED, "this user is disabled"));
+    }
+    if user.mfa_enabled {
+        return Err(Error::new(
+            Reason::MFA_ENABLED,
+            "this user has two-factor authentication and cannot use email links",
+        ));
+    }
+    if user.role == Role::Staff {
+        return Err(Error::new(
+            Reason::STAFF_USER,
+            "staff users cannot sign in with email links",
+        ));
+    }
+    Ok(())
+}
+
+impl Domain {
+    fn link_token(&self, seed: &[u8; 32]) -> String {
+        base64url(&self.server_key.derive(TOKEN_LABEL, seed))
+    }
+
+    pub(crate) fn redirect_or_default(&self, field: &'static str, raw: &str) -> Result<url::Url> {
+        let raw = match (raw.trim(), &self.settings.default_redirect_url) {
+            ("", Some(default)) => default.as_str(),
+            ("", None) => {
+                return Err(Error::new(
+                    Reason::NO_REDIRECT_URL,
+                    format!("no {field} given and none configured"),
+                ));
+            }
+            (raw, _) => raw,
+        };
+        self.settings.redirects.check(field, raw, TOKEN_PARAMETER)
+    }
+
+    pub async fn issue_login_link(&self, request: IssueLoginLink) -> Result<IssuedLink> {
+        if request.oauth_requested {
+            return Err(Error::new(
+                Reason::NOT_IMPLEMENTED,
+                "OAuth login links are not available yet",
+            ));
+        }
+        let minutes = validate::minutes(
+            "expiration_minutes",
+            request.expiration_minutes,
+            LOGIN_LINK_DEFAULT_MINUTES,
+            LINK_MIN_MINUTES,
+            LINK_MAX_MINUTES,
+        )?;
+        let redirect = self.redirect_or_default("redirect_url", &request.redirect_url)?;
+        let code_challenge = validate::code_challenge("code_challenge", &request.code_challenge)?;
+        let user_ref = request
+            .user
+            .clone()
+            .ok_or_else(|| Error::missing("user_id"))?;
+        // A concurrent call may create the same new user first; then this one links to it.
+        for _ in 0..2 {
+            let (user, new_user) = self.resolve_link_user(&user_ref, &request).await?;
+            check_may_use_links(&user)?;
+            let now = self.clock.now();
+            let seed = random_bytes();
+            let token = self.link_token(&seed);
+            let reuse_key = Digest32::of(&format!(
+                "login\0{}\0{}\0{}\0{minutes}",
+                user.id,
+                redirect.as_str(),
+                code_challenge.as_deref().unwrap_or_default()
+            ));
+            let link = Link {
+                token_digest: Digest32::of(&token),
+                seed,
+                kind: LinkKind::Login,
+                user_id: user.id.clone(),
+                redirect_url: redirect.to_string(),
+                created_at: now,
+                expires_at: now + Millis::from(minutes) * MINUTE,
+                used_at: None,
+                code_challenge: code_challenge.clone(),
+                reuse_key: Some(reuse_key),
+            };
+            let created = new_user.is_some();
+            match self.store.insert_link(&link, new_user.as_ref(), now).await {
+                Ok(LinkInsert::Inserted) => {
+                    return Ok(IssuedLink {
+                        link: link_with_token(&link.redirect_url, TOKEN_PARAMETER, &token),
+                        user_id: user.id,
+                        user_created: created,
+                        expires_at: link.expires_at,
+                        reused: false,
+                    });
+                }
+                Ok(LinkInsert::Existing(existing)) => {
+                    let token = self.link_token(&existing.seed);
+                    return Ok(IssuedLink {
+                        link: link_with_token(&existing.redirect_url, TOKEN_PARAMETER, &token),
+                        user_id: user.id,
+                        user_created: false,
+                        expires_at: existing.expires_at,
+                        reused: true,
+                    });
+                }
+                Err(error) if error.reason() == Reason::USER_EXISTS => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(Error::internal(
+            "a new user's email was taken and then not found",
+        ))
+    }
+
+    /// The link's user, and the user to create with the link when the email is unknown
+    /// (Zapier's quick account creation).
+    async fn resolve_link_user(
+        &self,
+        user_ref: &UserRef,
+        request: &IssueLoginLink,
+    ) -> Result<(User, Option<User>)> {
+        match user_ref {
+            UserRef::Id(id) => {
+                let user = self.store.user(id.trim()).await?;
+                let user = user.ok_or_else(|| {
+                    Error::new(Reason::USER_NOT_FOUND, "no user with this user_id")
+                })?;
+                Ok((user, None))
+            }
+            UserRef::Email(raw) => {
+                let email = validate::email("email", raw)?;
+                if let Some(user) = self.store.user_by_email(&email).await? {
+                    return Ok((user, None));
+                }
+                let first_name = validate::name("first_name", &request.first_name)?;
+                let last_name = validate::name("last_name", &request.last_name)?;
+                if first_name.is_empty() {
+                    return Err(Error::field(
+                        Reason::MISSING_FIELD,
+                        "first_name",
+                        "first_name is required to create a user",
+                    ));
+                }
+                if last_name.is_empty() {
+                    return Err(Error::field(
+                        Reason::MISSING_FIELD,
+                        "last_name",
+                        "last_name is required to create a user",
+                    ));
+                }
+                let user = self.new_user(email, first_name, last_name, UserStatus::Pending);
+                Ok((user.clone(), Some(user)))
+            }
+        }
+    }
+
+    pub(crate) fn new_user(
+        &self,
+        email: String,
+        first_name: String,
+        last_name: String,
+        status: UserStatus,
+    ) -> User {
+        let now = self.clock.now();
+        User {
+            id: super::new_id("user"),
+            email,
+            first_name,
+            last_name,
+            status,
+            role: Role::Client,
+            mfa_enabled: false,
+            email_verified: false,
+            created_at: now,
+            updated_at: now,
+            last_login_at: None,
+        }
+    }
+
+    async fn find_link(&self, raw_token: &str) -> Result<Link> {
+        let token = validate::secret("token", raw_token, Reason::TOKEN_NOT_FOUND)?;
+        let link = self.store.link(&Digest32::of(token)).await?;
+        link.ok_or_else(|| Error::new(Reason::TOKEN_NOT_FOUND, "no such token"))
+    }
+
+    pub async fn inspect_token(&self, raw_token: &str) -> Result<Inspection> {
+        let link = self.find_link(raw_token).await?;
+        check_usable(&link, self.clock.now())?;
+        let user = self.store.user(&link.user_id).await?;
+        let user = user.ok_or_else(|| Error::new(Reason::TOKEN_NOT_FOUND, "no such token"))?;
+        Ok(Inspection {
+            kind: link.kind,
+            masked_email: validate::mask_email(&user.email),
+            expires_at: link.expires_at,
+            pkce_required: link.code_challenge.is_some(),
+            user_exists: user.status != UserStatus::Pending,
+        })
+    }
+
+    pub async fn verify_token(
+        &self,
+        raw_token: &str,
+        code_verifier: &str,
+        session_minutes: u32,
+    ) -> Result<Verification> {
+        let token = validate::secret("token", raw_token, Reason::TOKEN_NOT_FOUND)?;
+        let verifier = validate::code_verifier("code_verifier", code_verifier)?;
+        let session_minutes = validate::minutes(
+            "session_duration_minutes",
+            session_minutes,
+            self.settings.session_default_minutes,
+            SESSION_MIN_MINUTES,
+            SESSION_MAX_MINUTES,
+        )?;
+        let now = self.clock.now();
+        // Made before the transaction: a retried decision must hand out the same session.
+        let (session, session_token) = self.new_session_record(now, session_minutes);
+        let decide = |link: &Link, user: &User| -> Result<Redemption> {
+            check_usable(link, now)?;
+            check_may_use_links(user)?;
+            if let Some(challenge) = &link.code_challenge {
+                let verifier = verifier.ok_or_else(|| {
+                    Error::new(
+                        Reason::PKCE_REQUIRED,
+                        "this link was issued with a code_challenge: send its code_verifier",
+                    )
+                })?;
+                if !pkce::matches(challenge, verifier) {
+                    return Err(Error::new(
+                        Reason::PKCE_MISMATCH,
+                        "the code_verifier does not match the link's code_challenge",
+                    ));
+                }
+            }
+            let mut link = link.clone();
+            link.used_at = Some(now);
+            let mut user = user.clone();
+            let user_activated = user.status == UserStatus::Pending;
+            if user_activated {
+                user.status = UserStatus::Active;
+            }
+            user.email_verified = true;
+            user.last_login_at = Some(now);
+            user.updated_at = now;
+            let session = Session {
+                user_id: user.id.clone(),
+                link_kind: link.kind,
+                ..session.clone()
+            };
+            Ok(Redemption {
+                link,
+                user,
+                user_activated,
+                session: Some(session),
+            })
+        };
+        let redemption = self
+            .store
+            .redeem_link(&Digest32::of(token), &decide)
+            .await?;
+        let session = redemption
+            .session
+            .expect("login links always create a session");
+        let new_session = self.issue_session_jwt(session, session_token, &redemption.user, now);
+        Ok(Verification {
+            user: redemption.user,
+            user_activated: redemption.user_activated,
+            kind: redemption.link.kind,
+            session: new_session,
+        })
+    }
+}
+
+/// Used before expired: a used link says so even after it would have expired.
+fn check_usable(link: &Link, now: Millis) -> Result<()> {
+    if link.used_at.is_some() {
+        return Err(Error::new(
+            Reason::TOKEN_ALREADY_USED,
+            "this link was already used",
+        ));
+    }
+    if link.expires_at <= now {
+        return Err(Error::new(Reason::TOKEN_EXPIRED, "this link has expired"));
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! The flows of latchkey — login links, sessions, users — free of tonic and sled. The domain owns
+//! the traits it needs (`store::Store`, `clock::Clock`); `crate::store` implements them.
+
+pub mod clock;
+pub mod error;
+pub mod keys;
+pub mod links;
+pub mod model;
+pub mod redirect;
+pub mod sessions;
+pub mod store;
+pub mod users;
+pub mod validate;
+
+use std::sync::Arc;
+
+use clock::Clock;
+use keys::KeyRing;
+use redirect::RedirectPolicy;
+use store::Store;
+
+use crate::crypto::ServerKey;
+
+/// The domain's settings, taken from the validated config.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub redirects: RedirectPolicy,
+    pub default_redirect_url: Option<String>,
+    pub session_default_minutes: u32,
+    /// Session JWTs live this long (capped by the session's own expiry).
+    pub session_jwt_minutes: u32,
+    /// `iss` of every JWT.
+    pub issuer: String,
+    /// `aud` of session JWTs.
+    pub audience: String,
+}
+
+/// Everything a flow needs, shared by every RPC.
+pub struct Domain {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub keys: KeyRing,
+    pub(crate) server_key: ServerKey,
+    pub(crate) settings: Settings,
+}
+
+impl Domain {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        keys: KeyRing,
+        server_key: ServerKey,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            keys,
+            server_key,
+            settings,
+        }
+    }
+}
+
+/// Who a request is about.
+#[derive(Clone, Debug)]
+pub enum UserRef {
+    Id(String),
+    Email(String),
+}
+
+/// Ids that grow with time, so listing by id is listing by creation.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7())
+}

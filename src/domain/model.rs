@@ -1,0 +1,102 @@
+//! The records latchkey keeps: users, links and sessions. Times are Unix milliseconds.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Digest32;
+
+/// Unix time in milliseconds.
+pub type Millis = i64;
+
+pub const MINUTE: Millis = 60_000;
+pub const HOUR: Millis = 60 * MINUTE;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UserStatus {
+    Pending,
+    Active,
+    Disabled,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Client,
+    Staff,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    /// Trimmed, original case; `email_key` is what matching uses.
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub status: UserStatus,
+    pub role: Role,
+    pub mfa_enabled: bool,
+    pub email_verified: bool,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub last_login_at: Option<Millis>,
+}
+
+impl User {
+    /// The case-insensitive form of the email that the email index holds.
+    pub fn email_key(&self) -> String {
+        email_key(&self.email)
+    }
+}
+
+pub fn email_key(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkKind {
+    Login,
+    Magic,
+    Enchanted,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    /// SHA-256 of the token: the record's key.
+    pub token_digest: Digest32,
+    /// Random; the token is HMAC(server key, seed), so only the server key holder can show it again.
+    pub seed: [u8; 32],
+    pub kind: LinkKind,
+    pub user_id: String,
+    /// The redirect URL the token is appended to.
+    pub redirect_url: String,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub used_at: Option<Millis>,
+    /// S256 challenge for a same-device check, if the link was issued with one.
+    pub code_challenge: Option<String>,
+    /// Identifies "the same parameters" for reuse of login links.
+    pub reuse_key: Option<Digest32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub user_id: String,
+    pub token_digest: Digest32,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub revoked_at: Option<Millis>,
+    /// How the session was started.
+    pub link_kind: LinkKind,
+}
+
+/// An Ed25519 signing key, stored as the random salt its private key is derived from under the
+/// server key: the data directory alone cannot sign.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    pub salt: [u8; 32],
+    pub created_at: Millis,
+    /// From then on the key no longer signs.
+    pub retire_at: Millis,
+    /// From then on the key is no longer published (every token it signed has expired).
+    pub unpublish_at: Millis,
+}

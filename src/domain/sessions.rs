@@ -1,0 +1,181 @@
+//! Sessions: creation at verification, session JWTs, AuthenticateSession and revocation (SPEC §6).
+
+use serde_json::{Map, Value};
+
+use super::Domain;
+use super::error::{Error, Reason, Result};
+use super::model::{LinkKind, MINUTE, Millis, Session, User, UserStatus};
+use super::validate;
+use crate::crypto::{Digest32, new_secret};
+
+/// A session as handed to a caller: the record, its bearer token (only when just created) and a
+/// fresh JWT.
+#[derive(Debug)]
+pub struct NewSession {
+    pub session: Session,
+    pub token: Option<String>,
+    pub jwt: String,
+    pub jwt_expires_at: Millis,
+}
+
+#[derive(Clone, Debug)]
+pub enum SessionCredential {
+    Token(String),
+    Jwt(String),
+}
+
+#[derive(Clone, Debug)]
+pub enum SessionRef {
+    Id(String),
+    Token(String),
+}
+
+fn not_found() -> Error {
+    Error::new(Reason::SESSION_NOT_FOUND, "no such session")
+}
+
+impl Domain {
+    pub(crate) fn new_session_record(&self, now: Millis, minutes: u32) -> (Session, String) {
+        let token = new_secret();
+        let session = Session {
+            id: super::new_id("session"),
+            user_id: String::new(),
+            token_digest: Digest32::of(&token),
+            created_at: now,
+            expires_at: now + Millis::from(minutes) * MINUTE,
+            revoked_at: None,
+            link_kind: LinkKind::Login,
+        };
+        (session, token)
+    }
+
+    /// Signs a session JWT living `session_jwt_minutes`, never past the session itself.
+    pub(crate) fn issue_session_jwt(
+        &self,
+        session: Session,
+        token: impl Into<Option<String>>,
+        user: &User,
+        now: Millis,
+    ) -> NewSession {
+        let expires_at = (now + Millis::from(self.settings.session_jwt_minutes) * MINUTE)
+            .min(session.expires_at);
+        let mut claims = Map::new();
+        claims.insert("iss".into(), Value::from(self.settings.issuer.clone()));
+        claims.insert("sub".into(), Value::from(user.id.clone()));
+        claims.insert("aud".into(), Value::from(self.settings.audience.clone()));
+        claims.insert("iat".into(), Value::from(now / 1000));
+        claims.insert("nbf".into(), Value::from(now / 1000));
+        claims.insert("exp".into(), Value::from(expires_at / 1000));
+        claims.insert("jti".into(), Value::from(uuid::Uuid::now_v7().to_string()));
+        claims.insert("sid".into(), Value::from(session.id.clone()));
+        claims.insert("email".into(), Value::from(user.email.clone()));
+        let jwt = self.keys.sign(&claims);
+        NewSession {
+            session,
+            token: token.into(),
+            jwt,
+            jwt_expires_at: (expires_at / 1000) * 1000,
+        }
+    }
+
+    /// Checks a session token or JWT and answers with the user, the session and a fresh JWT. A
+    /// JWT past its own `exp` still authenticates while its session lives (as Stytch does), so
+    /// callers can refresh short-lived JWTs.
+    pub async fn authenticate_session(
+        &self,
+        credential: SessionCredential,
+    ) -> Result<(User, NewSession)> {
+        let session = match credential {
+            SessionCredential::Token(raw) => {
+                let token = validate::secret("session_token", &raw, Reason::SESSION_NOT_FOUND)?;
+                self.store
+                    .session_by_token(&Digest32::of(token))
+                    .await?
+                    .ok_or_else(not_found)?
+            }
+            SessionCredential::Jwt(raw) => {
+                if raw.trim().is_empty() {
+                    return Err(Error::missing("session_jwt"));
+                }
+                let claims = self.keys.verify(raw.trim()).map_err(|error| {
+                    Error::new(
+                        Reason::SESSION_NOT_FOUND,
+                        format!("the session JWT is not valid: {error}"),
+                    )
+                })?;
+                let session_id = claims
+                    .get("sid")
+                    .and_then(Value::as_str)
+                    .ok_or_else(not_found)?;
+                let session = self
+                    .store
+                    .session(session_id)
+                    .await?
+                    .ok_or_else(not_found)?;
+                if claims.get("sub").and_then(Value::as_str) != Some(session.user_id.as_str()) {
+                    return Err(not_found());
+                }
+                session
+            }
+        };
+        let now = self.clock.now();
+        if session.revoked_at.is_some() {
+            return Err(Error::new(
+                Reason::SESSION_REVOKED,
+                "this session was revoked",
+            ));
+        }
+        if session.expires_at <= now {
+            return Err(Error::new(
+                Reason::SESSION_EXPIRED,
+                "this session has expired",
+            ));
+        }
+        let user = self
+            .store
+            .user(&session.user_id)
+            .await?
+            .ok_or_else(not_found)?;
+        if user.status == UserStatus::Disabled {
+            return Err(Error::new(Reason::USER_DISABLED, "this user is disabled"));
+        }
+        let session = self.issue_session_jwt(session, None, &user, now);
+        Ok((user, session))
+    }
+
+    pub async fn revoke_session(&self, target: SessionRef) -> Result<String> {
+        let session_id = match target {
+            SessionRef::Id(id) if id.trim().is_empty() => return Err(Error::missing("session_id")),
+            SessionRef::Id(id) => id.trim().to_string(),
+            SessionRef::Token(raw) => {
+                let token = validate::secret("session_token", &raw, Reason::SESSION_NOT_FOUND)?;
+                self.store
+                    .session_by_token(&Digest32::of(token))
+                    .await?
+                    .ok_or_else(not_found)?
+                    .id
+            }
+        };
+        let revoked = self
+            .store
+            .revoke_session(&session_id, self.clock.now())
+            .await?;
+        revoked.map(|session| session.id).ok_or_else(not_found)
+    }
+
+    pub async fn revoke_user_sessions(&self, user_id: &str) -> Result<u32> {
+        let user_id = user_id.trim();
+        if user_id.is_empty() {
+            return Err(Error::missing("user_id"));
+        }
+        if self.store.user(user_id).await?.is_none() {
+            return Err(Error::new(
+                Reason::USER_NOT_FOUND,
+                "no user with this user_id",
+            ));
+        }
+        self.store
+            .revoke_user_sessions(user_id, self.clock.now())
+            .await
+    }
+}

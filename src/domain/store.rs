@@ -1,0 +1,105 @@
+//! The storage interface the domain needs. `crate::store` implements it on sled; PostgreSQL
+//! implements the same trait for many replicas (SPEC §11).
+//!
+//! Contract for every implementation:
+//! - a method that changes state returns only once its writes are durable (SPEC §10: flushed and
+//!   fdatasynced, group-committed);
+//! - each method is atomic: it writes all of its records or none;
+//! - decision closures (`RedeemFn`, `UpdateUserFn`) are pure: they may run more than once (a
+//!   transaction retried on conflict) and must not have side effects;
+//! - expired links and sessions stay readable for the retention period (to answer
+//!   `TOKEN_EXPIRED`), then `purge_expired` removes them and every index entry pointing at them.
+//!
+//! Later flows add their records the same way: enchanted-link attempts keyed by the digest of the
+//! pending ref, the mail outbox keyed by email id, authorization codes keyed by digest, rate-limit
+//! buckets keyed by recipient — each with an expiry-index entry and an atomic redeem step.
+
+use async_trait::async_trait;
+
+use super::error::Result;
+use super::model::{Link, Millis, Session, SigningKeyRecord, User, UserStatus};
+use crate::crypto::Digest32;
+
+/// What a verification decided: the new states of the link and user, and a session to create.
+#[derive(Debug)]
+pub struct Redemption {
+    pub link: Link,
+    pub user: User,
+    /// The verification turned a PENDING user ACTIVE.
+    pub user_activated: bool,
+    pub session: Option<Session>,
+}
+
+/// Given the current link and its user, decides the redemption or rejects it (nothing is written).
+pub type RedeemFn<'a> = &'a (dyn Fn(&Link, &User) -> Result<Redemption> + Send + Sync);
+
+/// Given the current user, returns the updated user or rejects the update.
+pub type UpdateUserFn<'a> = &'a (dyn Fn(&User) -> Result<User> + Send + Sync);
+
+pub enum LinkInsert {
+    Inserted,
+    /// A live link with the same reuse key already existed; it is returned instead.
+    Existing(Box<Link>),
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct UserDeletion {
+    pub revoked_sessions: u32,
+    pub voided_links: u32,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn user(&self, user_id: &str) -> Result<Option<User>>;
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>>;
+    /// Users after `after` (exclusive) in user-id order, optionally only those with `status`.
+    async fn list_users(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        status: Option<UserStatus>,
+    ) -> Result<Vec<User>>;
+    /// Read-modify-write of one user; `USER_NOT_FOUND` when it does not exist.
+    async fn update_user(&self, user_id: &str, update: UpdateUserFn<'_>) -> Result<User>;
+    /// Deletes the user and its email index entry, revokes its sessions and deletes its links.
+    async fn delete_user(&self, user_id: &str, now: Millis) -> Result<Option<UserDeletion>>;
+
+    /// Stores a link, creating `new_user` in the same step (`USER_EXISTS` if its email is taken).
+    /// With a reuse key, a live link under the same key is returned instead of storing a new one.
+    async fn insert_link(
+        &self,
+        link: &Link,
+        new_user: Option<&User>,
+        now: Millis,
+    ) -> Result<LinkInsert>;
+    async fn link(&self, token_digest: &Digest32) -> Result<Option<Link>>;
+    /// Atomically re-reads the link and its user, lets `decide` rule, and writes the outcome.
+    /// `TOKEN_NOT_FOUND` when the link (or its user) does not exist.
+    async fn redeem_link(
+        &self,
+        token_digest: &Digest32,
+        decide: RedeemFn<'_>,
+    ) -> Result<Redemption>;
+
+    async fn session(&self, session_id: &str) -> Result<Option<Session>>;
+    async fn session_by_token(&self, token_digest: &Digest32) -> Result<Option<Session>>;
+    /// Marks a session revoked (idempotent); `None` when it does not exist.
+    async fn revoke_session(&self, session_id: &str, now: Millis) -> Result<Option<Session>>;
+    /// Revokes every live session of a user; returns how many.
+    async fn revoke_user_sessions(&self, user_id: &str, now: Millis) -> Result<u32>;
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
+    /// Replaces the key set if it still equals `expected` (compare-and-swap); false otherwise.
+    async fn replace_signing_keys(
+        &self,
+        expected: &[SigningKeyRecord],
+        new: &[SigningKeyRecord],
+    ) -> Result<bool>;
+
+    /// Removes records whose retention ended before `now`, at most `limit`; returns how many.
+    async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize>;
+    /// Bytes the store occupies on disk.
+    fn size_on_disk(&self) -> u64;
+    /// Makes everything durable and stops background work; later calls fail `STORE_UNAVAILABLE`.
+    async fn close(&self) -> Result<()>;
+}

@@ -1,0 +1,167 @@
+//! Field rules shared by every flow: emails, names, durations, PKCE inputs, tokens.
+
+use email_address::{EmailAddress, Options};
+
+use super::error::{Error, Reason, Result};
+use crate::crypto::pkce;
+
+pub const MAX_EMAIL_LENGTH: usize = 254;
+pub const MAX_NAME_LENGTH: usize = 100;
+
+/// A trimmed, syntactically valid address (no display name, no domain literal, a dotted domain).
+pub fn email(field: &'static str, raw: &str) -> Result<String> {
+    let email = raw.trim();
+    if email.is_empty() {
+        return Err(Error::missing(field));
+    }
+    if email.len() > MAX_EMAIL_LENGTH {
+        return Err(Error::field(
+            Reason::INVALID_EMAIL,
+            field,
+            "an email address has at most 254 characters",
+        ));
+    }
+    let options = Options::default()
+        .without_display_text()
+        .without_domain_literal()
+        .with_required_tld();
+    EmailAddress::parse_with_options(email, options)
+        .map_err(|_| Error::field(Reason::INVALID_EMAIL, field, "not a valid email address"))?;
+    Ok(email.to_string())
+}
+
+/// A trimmed person's name: at most 100 characters, no control characters.
+pub fn name(field: &'static str, raw: &str) -> Result<String> {
+    let name = raw.trim();
+    if name.chars().count() > MAX_NAME_LENGTH {
+        return Err(Error::field(
+            Reason::INVALID_VALUE,
+            field,
+            "a name has at most 100 characters",
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::field(
+            Reason::INVALID_VALUE,
+            field,
+            "a name cannot contain control characters",
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// `0` means `default`; anything else must lie in `min..=max`.
+pub fn minutes(field: &'static str, value: u32, default: u32, min: u32, max: u32) -> Result<u32> {
+    match value {
+        0 => Ok(default),
+        value if (min..=max).contains(&value) => Ok(value),
+        _ => Err(Error::field(
+            Reason::EXPIRATION_OUT_OF_RANGE,
+            field,
+            format!("{field} must be between {min} and {max} (or 0 for the default, {default})"),
+        )),
+    }
+}
+
+/// An optional S256 code challenge: empty means none.
+pub fn code_challenge(field: &'static str, raw: &str) -> Result<Option<String>> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    if !pkce::is_valid_challenge(raw) {
+        return Err(Error::field(
+            Reason::INVALID_CODE_CHALLENGE,
+            field,
+            "code_challenge must be BASE64URL(SHA-256(code_verifier)): 43 characters, S256 only",
+        ));
+    }
+    Ok(Some(raw.to_string()))
+}
+
+/// An optional code verifier: empty means none.
+pub fn code_verifier<'a>(field: &'static str, raw: &'a str) -> Result<Option<&'a str>> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    if !pkce::is_valid_verifier(raw) {
+        return Err(Error::field(
+            Reason::INVALID_CODE_VERIFIER,
+            field,
+            "code_verifier must be 43-128 characters of A-Z a-z 0-9 - . _ ~",
+        ));
+    }
+    Ok(Some(raw))
+}
+
+/// A secret the caller hands back. A malformed one cannot exist, so it is simply not found.
+pub fn secret<'a>(field: &'static str, raw: &'a str, not_found: Reason) -> Result<&'a str> {
+    let secret = raw.trim();
+    if secret.is_empty() {
+        return Err(Error::missing(field));
+    }
+    let well_formed = secret.len() == 43
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !well_formed {
+        return Err(Error::new(not_found, format!("no such {field}")));
+    }
+    Ok(secret)
+}
+
+/// `a***@example.com`: enough for a person to recognise their address, not enough to harvest it.
+pub fn mask_email(email: &str) -> String {
+    match email.split_once('@') {
+        Some((local, domain)) => {
+            let first: String = local.chars().take(1).collect();
+            format!("{first}***@{domain}")
+        }
+        None => "***".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails() {
+        assert_eq!(
+            email("email", "  Ann@Example.COM ").unwrap(),
+            "Ann@Example.COM"
+        );
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@example.com",
+            "Ann <ann@example.com>",
+            "ann@[127.0.0.1]",
+            "ann@localhost",
+        ] {
+            assert!(email("email", bad).is_err(), "{bad} should be refused");
+        }
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert_eq!(
+            email("email", &long).unwrap_err().reason(),
+            Reason::INVALID_EMAIL
+        );
+    }
+
+    #[test]
+    fn minutes_ranges() {
+        assert_eq!(minutes("m", 0, 120, 5, 10080).unwrap(), 120);
+        assert_eq!(minutes("m", 5, 120, 5, 10080).unwrap(), 5);
+        assert_eq!(
+            minutes("m", 4, 120, 5, 10080).unwrap_err().reason(),
+            Reason::EXPIRATION_OUT_OF_RANGE
+        );
+        assert!(minutes("m", 10081, 120, 5, 10080).is_err());
+    }
+
+    #[test]
+    fn masking() {
+        assert_eq!(mask_email("ann@example.com"), "a***@example.com");
+        assert_eq!(mask_email("Ölaf@example.com"), "Ö***@example.com");
+    }
+}

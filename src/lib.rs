@@ -1,0 +1,20 @@
+//! latchkey: a passwordless identity service over gRPC.
+//!
+//! Module map:
+//! - `cli`, `config`, `telemetry`: the binary's edges — flags, layered config, logs.
+//! - `app`: builds everything from a validated config, serves, owns shutdown.
+//! - `api`: tonic only — one file per service, the API-key interceptor, the one Error→Status map.
+//! - `domain`: the flows (links, sessions, users) and the traits they need (store, clock).
+//! - `store`: the sled implementation of the store, group commit, expiry sweeping.
+//! - `crypto`, `jwt`: secrets, digests, PKCE, derived keys, EdDSA JWTs.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod jwt;
+pub mod store;
+pub mod telemetry;

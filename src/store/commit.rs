@@ -1,0 +1,143 @@
+//! Group commit: a write is acknowledged only once it is durable, and concurrent writes share one
+//! flush. One flusher thread takes every waiter queued, flushes sled once, fdatasyncs its data file
+//! (sled's `flush` alone is not an fsync), then wakes them all.
+//!
+//! sled's `flush_async` deadlocks with several concurrent awaiters (MEASUREMENTS.md, trap 1), so it
+//! is never used; this thread is the only caller of `flush`.
+
+use std::fs::File;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+/// What "durable" means before a call is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// sled flush + fdatasync of the data file: survives a power cut (the default).
+    Fsync,
+    /// sled flush only: survives a process crash, not a power cut or VM stop.
+    Flush,
+}
+
+type Outcome = Result<(), String>;
+
+enum Request {
+    Wait(oneshot::Sender<Outcome>),
+    Stop(oneshot::Sender<Outcome>),
+}
+
+#[derive(Default)]
+struct Counters {
+    flushes: AtomicU64,
+    writes: AtomicU64,
+}
+
+pub struct GroupCommit {
+    requests: mpsc::Sender<Request>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+    counters: std::sync::Arc<Counters>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("durable commit failed: {0}")]
+pub struct CommitError(pub String);
+
+impl GroupCommit {
+    pub fn start(db: sled::Db, data_file: Option<File>) -> std::io::Result<Self> {
+        let (requests, queue) = mpsc::channel();
+        let counters = std::sync::Arc::new(Counters::default());
+        let thread_counters = counters.clone();
+        let flusher = std::thread::Builder::new()
+            .name("latchkey-flusher".into())
+            .spawn(move || run_flusher(&db, data_file.as_ref(), &queue, &thread_counters))?;
+        Ok(Self {
+            requests,
+            flusher: Mutex::new(Some(flusher)),
+            counters,
+        })
+    }
+
+    /// Returns once every write made before the call is durable.
+    pub async fn wait(&self) -> Result<(), CommitError> {
+        let (done, outcome) = oneshot::channel();
+        self.requests
+            .send(Request::Wait(done))
+            .map_err(|_| CommitError("the store is closed".into()))?;
+        outcome
+            .await
+            .map_err(|_| CommitError("the flusher stopped".into()))?
+            .map_err(CommitError)
+    }
+
+    /// Makes everything durable one last time and stops the flusher.
+    pub async fn stop(&self) -> Result<(), CommitError> {
+        let (done, outcome) = oneshot::channel();
+        let sent = self.requests.send(Request::Stop(done)).is_ok();
+        let result = if sent {
+            outcome
+                .await
+                .map_err(|_| CommitError("the flusher stopped".into()))?
+                .map_err(CommitError)
+        } else {
+            Ok(())
+        };
+        let flusher = self.flusher.lock().expect("flusher handle lock").take();
+        if let Some(flusher) = flusher {
+            let _ = tokio::task::spawn_blocking(move || flusher.join()).await;
+        }
+        result
+    }
+
+    /// (flushes, writes acknowledged) since start: writes per flush shows how well commits group.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.counters.flushes.load(Ordering::Relaxed),
+            self.counters.writes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn run_flusher(
+    db: &sled::Db,
+    data_file: Option<&File>,
+    queue: &mpsc::Receiver<Request>,
+    counters: &Counters,
+) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        batch.extend(queue.try_iter());
+        let outcome = flush(db, data_file);
+        counters.flushes.fetch_add(1, Ordering::Relaxed);
+        counters
+            .writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let mut stop = false;
+        for request in batch {
+            let done = match request {
+                Request::Wait(done) => done,
+                Request::Stop(done) => {
+                    stop = true;
+                    done
+                }
+            };
+            let _ = done.send(outcome.clone());
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+fn flush(db: &sled::Db, data_file: Option<&File>) -> Outcome {
+    db.flush().map_err(|error| format!("sled flush: {error}"))?;
+    if let Some(file) = data_file {
+        file.sync_data()
+            .map_err(|error| format!("fdatasync: {error}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,580 @@
+//! The embedded store: sled trees, one transaction per operation, acknowledged after group commit.
+//!
+//! Trees (keys → values):
+//! - `users`: user id → User; `user_emails`: lower-case email → user id
+//! - `links`: token digest → Link; `link_reuse`: reuse key → token digest;
+//!   `user_links`: user id \0 token digest → ()
+//! - `sessions`: session id → Session; `session_tokens`: token digest → session id;
+//!   `user_sessions`: user id \0 session id → ()
+//! - `expiry`: purge time | kind | record key → () (see `codec::expiry_key`)
+//! - `meta`: named singletons (the signing key set)
+
+use std::fs::File;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use super::codec::{self, Expiring, child_key, child_prefix, decode, encode, expiry_key};
+use super::commit::{Durability, GroupCommit};
+use crate::crypto::Digest32;
+use crate::domain::error::{Error, Reason, Result};
+use crate::domain::model::{Link, Millis, Session, SigningKeyRecord, User, UserStatus};
+use crate::domain::store::{LinkInsert, RedeemFn, Redemption, Store, UpdateUserFn, UserDeletion};
+
+const SIGNING_KEYS: &[u8] = b"signing_keys";
+
+#[derive(Clone, Debug)]
+pub struct SledOptions {
+    pub path: PathBuf,
+    pub cache_capacity_bytes: u64,
+    pub durability: Durability,
+    /// How long expired records stay readable (to answer TOKEN_EXPIRED) before they are purged.
+    pub retention: Millis,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "the data directory {0} is in use by another latchkey process: sled allows one process per data directory (run one replica, or use PostgreSQL for many)"
+    )]
+    Locked(PathBuf),
+    #[error("cannot open the store in {path}: {source}")]
+    Sled { path: PathBuf, source: sled::Error },
+    #[error("cannot open the store's data file {path} for fdatasync: {source}")]
+    DataFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+struct Trees {
+    users: sled::Tree,
+    user_emails: sled::Tree,
+    links: sled::Tree,
+    link_reuse: sled::Tree,
+    user_links: sled::Tree,
+    sessions: sled::Tree,
+    session_tokens: sled::Tree,
+    user_sessions: sled::Tree,
+    expiry: sled::Tree,
+    meta: sled::Tree,
+}
+
+pub struct SledStore {
+    db: sled::Db,
+    trees: Trees,
+    commit: GroupCommit,
+    retention: Millis,
+}
+
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
+
+fn abort<T>(error: Error) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(error))
+}
+
+fn storage(error: sled::Error) -> Error {
+    Error::internal(format!("sled: {error}"))
+}
+
+fn finish<T>(result: std::result::Result<T, TransactionError<Error>>) -> Result<T> {
+    result.map_err(|error| match error {
+        TransactionError::Abort(error) => error,
+        TransactionError::Storage(error) => storage(error),
+    })
+}
+
+fn decode_in_tx<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> TxResult<T> {
+    decode(bytes).map_err(ConflictableTransactionError::Abort)
+}
+
+impl SledStore {
+    pub fn open(options: &SledOptions) -> std::result::Result<Self, OpenError> {
+        let db = sled::Config::new()
+            .path(&options.path)
+            .cache_capacity(options.cache_capacity_bytes)
+            .open()
+            .map_err(|source| open_error(&options.path, source))?;
+        let tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|source| open_error(&options.path, source))
+        };
+        let trees = Trees {
+            users: tree("users")?,
+            user_emails: tree("user_emails")?,
+            links: tree("links")?,
+            link_reuse: tree("link_reuse")?,
+            user_links: tree("user_links")?,
+            sessions: tree("sessions")?,
+            session_tokens: tree("session_tokens")?,
+            user_sessions: tree("user_sessions")?,
+            expiry: tree("expiry")?,
+            meta: tree("meta")?,
+        };
+        let data_file = match options.durability {
+            Durability::Fsync => {
+                let path = options.path.join("db");
+                Some(File::open(&path).map_err(|source| OpenError::DataFile { path, source })?)
+            }
+            Durability::Flush => None,
+        };
+        let commit =
+            GroupCommit::start(db.clone(), data_file).map_err(|source| OpenError::DataFile {
+                path: options.path.clone(),
+                source,
+            })?;
+        Ok(Self {
+            db,
+            trees,
+            commit,
+            retention: options.retention,
+        })
+    }
+
+    async fn durable(&self) -> Result<()> {
+        self.commit.wait().await.map_err(|error| {
+            tracing::error!(%error, "store commit failed");
+            Error::new(
+                Reason::STORE_UNAVAILABLE,
+                "the store is unavailable; try again",
+            )
+        })
+    }
+
+    /// (flushes, acknowledged writes) since the store opened.
+    pub fn commit_counts(&self) -> (u64, u64) {
+        self.commit.counts()
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(
+        tree: &sled::Tree,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<T>> {
+        match tree.get(key).map_err(storage)? {
+            Some(bytes) => decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn child_keys(tree: &sled::Tree, parent: &str) -> Result<Vec<sled::IVec>> {
+        tree.scan_prefix(child_prefix(parent))
+            .keys()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(storage)
+    }
+
+    fn purge_link(&self, digest: &[u8], expiry_entry: &[u8]) -> Result<()> {
+        let t = &self.trees;
+        finish(
+            (&t.links, &t.link_reuse, &t.user_links, &t.expiry).transaction(
+                |(links, reuse, user_links, expiry)| {
+                    if let Some(bytes) = links.remove(digest)? {
+                        let link: Link = decode_in_tx(&bytes)?;
+                        forget_reuse(reuse, &link, digest)?;
+                        user_links.remove(child_key(&link.user_id, digest))?;
+                    }
+                    expiry.remove(expiry_entry)?;
+                    Ok(())
+                },
+            ),
+        )
+    }
+
+    fn purge_session(&self, session_id: &[u8], expiry_entry: &[u8]) -> Result<()> {
+        let t = &self.trees;
+        finish(
+            (&t.sessions, &t.session_tokens, &t.user_sessions, &t.expiry).transaction(
+                |(sessions, tokens, user_sessions, expiry)| {
+                    if let Some(bytes) = sessions.remove(session_id)? {
+                        let session: Session = decode_in_tx(&bytes)?;
+                        tokens.remove(session.token_digest.as_bytes())?;
+                        user_sessions.remove(child_key(&session.user_id, session_id))?;
+                    }
+                    expiry.remove(expiry_entry)?;
+                    Ok(())
+                },
+            ),
+        )
+    }
+}
+
+fn open_error(path: &Path, source: sled::Error) -> OpenError {
+    // sled reports a held lock as an I/O error ("could not acquire lock").
+    let locked = matches!(&source, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("lock"));
+    if locked {
+        OpenError::Locked(path.to_path_buf())
+    } else {
+        OpenError::Sled {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Drops the link's reuse entry if it still points at this link (a newer link may own it).
+fn forget_reuse(reuse: &TransactionalTree, link: &Link, digest: &[u8]) -> TxResult<()> {
+    if let Some(reuse_key) = link.reuse_key
+        && reuse.get(reuse_key.as_bytes())?.as_deref() == Some(digest)
+    {
+        reuse.remove(reuse_key.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn insert_session(
+    sessions: &TransactionalTree,
+    tokens: &TransactionalTree,
+    user_sessions: &TransactionalTree,
+    expiry: &TransactionalTree,
+    session: &Session,
+    retention: Millis,
+) -> TxResult<()> {
+    let id = session.id.as_bytes();
+    sessions.insert(id, encode(session))?;
+    tokens.insert(session.token_digest.as_bytes(), id)?;
+    user_sessions.insert(child_key(&session.user_id, id), &[])?;
+    expiry.insert(
+        expiry_key(session.expires_at + retention, Expiring::Session, id),
+        &[],
+    )?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn user(&self, user_id: &str) -> Result<Option<User>> {
+        Self::get(&self.trees.users, user_id)
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
+        match self
+            .trees
+            .user_emails
+            .get(crate::domain::model::email_key(email))
+            .map_err(storage)?
+        {
+            Some(user_id) => Self::get(&self.trees.users, user_id),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_users(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        status: Option<UserStatus>,
+    ) -> Result<Vec<User>> {
+        let start = match after {
+            Some(after) => Bound::Excluded(after.as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut users = Vec::with_capacity(limit.min(1024));
+        for entry in self
+            .trees
+            .users
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+        {
+            let (_, bytes) = entry.map_err(storage)?;
+            let user: User = decode(&bytes)?;
+            if status.is_none_or(|status| user.status == status) {
+                users.push(user);
+                if users.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(users)
+    }
+
+    async fn update_user(&self, user_id: &str, update: UpdateUserFn<'_>) -> Result<User> {
+        let updated = finish(self.trees.users.transaction(|users| {
+            let Some(bytes) = users.get(user_id)? else {
+                return abort(Error::new(Reason::USER_NOT_FOUND, "no user with this id"));
+            };
+            let current: User = decode_in_tx(&bytes)?;
+            let updated = update(&current).map_err(ConflictableTransactionError::Abort)?;
+            users.insert(user_id, encode(&updated))?;
+            Ok(updated)
+        }))?;
+        self.durable().await?;
+        Ok(updated)
+    }
+
+    async fn delete_user(&self, user_id: &str, now: Millis) -> Result<Option<UserDeletion>> {
+        let t = &self.trees;
+        let link_keys = Self::child_keys(&t.user_links, user_id)?;
+        let session_keys = Self::child_keys(&t.user_sessions, user_id)?;
+        let prefix_len = child_prefix(user_id).len();
+        let deletion = finish(
+            (
+                &t.users,
+                &t.user_emails,
+                &t.links,
+                &t.link_reuse,
+                &t.user_links,
+                &t.sessions,
+            )
+                .transaction(|(users, emails, links, reuse, user_links, sessions)| {
+                    let Some(bytes) = users.remove(user_id.as_bytes())? else {
+                        return Ok(None);
+                    };
+                    let user: User = decode_in_tx(&bytes)?;
+                    if emails.get(user.email_key())?.as_deref() == Some(user_id.as_bytes()) {
+                        emails.remove(user.email_key().as_bytes())?;
+                    }
+                    let mut deletion = UserDeletion::default();
+                    for key in &link_keys {
+                        let digest = &key[prefix_len..];
+                        if let Some(bytes) = links.remove(digest)? {
+                            let link: Link = decode_in_tx(&bytes)?;
+                            if link.used_at.is_none() && link.expires_at > now {
+                                deletion.voided_links += 1;
+                            }
+                            forget_reuse(reuse, &link, digest)?;
+                        }
+                        user_links.remove(key)?;
+                    }
+                    for key in &session_keys {
+                        let session_id = &key[prefix_len..];
+                        if let Some(bytes) = sessions.get(session_id)? {
+                            let mut session: Session = decode_in_tx(&bytes)?;
+                            if session.revoked_at.is_none() && session.expires_at > now {
+                                session.revoked_at = Some(now);
+                                sessions.insert(session_id, encode(&session))?;
+                                deletion.revoked_sessions += 1;
+                            }
+                        }
+                    }
+                    Ok(Some(deletion))
+                }),
+        )?;
+        self.durable().await?;
+        Ok(deletion)
+    }
+
+    async fn insert_link(
+        &self,
+        link: &Link,
+        new_user: Option<&User>,
+        now: Millis,
+    ) -> Result<LinkInsert> {
+        let t = &self.trees;
+        let digest = link.token_digest.as_bytes();
+        let retention = self.retention;
+        let outcome = finish(
+            (
+                &t.users,
+                &t.user_emails,
+                &t.links,
+                &t.link_reuse,
+                &t.user_links,
+                &t.expiry,
+            )
+                .transaction(|(users, emails, links, reuse, user_links, expiry)| {
+                    if let Some(reuse_key) = &link.reuse_key {
+                        if let Some(existing) = reuse.get(reuse_key.as_bytes())?
+                            && let Some(bytes) = links.get(&existing)?
+                        {
+                            let existing: Link = decode_in_tx(&bytes)?;
+                            if existing.used_at.is_none() && existing.expires_at > now {
+                                return Ok(LinkInsert::Existing(Box::new(existing)));
+                            }
+                        }
+                        reuse.insert(reuse_key.as_bytes(), digest)?;
+                    }
+                    if let Some(user) = new_user {
+                        let email_key = user.email_key();
+                        if emails.get(email_key.as_bytes())?.is_some() {
+                            return abort(Error::new(
+                                Reason::USER_EXISTS,
+                                "a user with this email exists",
+                            ));
+                        }
+                        emails.insert(email_key.as_bytes(), user.id.as_bytes())?;
+                        users.insert(user.id.as_bytes(), encode(user))?;
+                    }
+                    links.insert(digest, encode(link))?;
+                    user_links.insert(child_key(&link.user_id, digest), &[])?;
+                    expiry.insert(
+                        expiry_key(link.expires_at + retention, Expiring::Link, digest),
+                        &[],
+                    )?;
+                    Ok(LinkInsert::Inserted)
+                }),
+        )?;
+        // Also when an existing link comes back: its own writer may not have been flushed yet.
+        self.durable().await?;
+        Ok(outcome)
+    }
+
+    async fn link(&self, token_digest: &Digest32) -> Result<Option<Link>> {
+        Self::get(&self.trees.links, token_digest.as_bytes())
+    }
+
+    async fn redeem_link(
+        &self,
+        token_digest: &Digest32,
+        decide: RedeemFn<'_>,
+    ) -> Result<Redemption> {
+        let t = &self.trees;
+        let retention = self.retention;
+        let redemption = finish(
+            (
+                &t.links,
+                &t.users,
+                &t.sessions,
+                &t.session_tokens,
+                &t.user_sessions,
+                &t.expiry,
+            )
+                .transaction(
+                    |(links, users, sessions, tokens, user_sessions, expiry)| {
+                        let not_found = || Error::new(Reason::TOKEN_NOT_FOUND, "no such token");
+                        let Some(bytes) = links.get(token_digest.as_bytes())? else {
+                            return abort(not_found());
+                        };
+                        let link: Link = decode_in_tx(&bytes)?;
+                        let Some(bytes) = users.get(link.user_id.as_bytes())? else {
+                            return abort(not_found());
+                        };
+                        let user: User = decode_in_tx(&bytes)?;
+                        let redemption =
+                            decide(&link, &user).map_err(ConflictableTransactionError::Abort)?;
+                        links.insert(token_digest.as_bytes(), encode(&redemption.link))?;
+                        users.insert(user.id.as_bytes(), encode(&redemption.user))?;
+                        if let Some(session) = &redemption.session {
+                            insert_session(
+                                sessions,
+                                tokens,
+                                user_sessions,
+                                expiry,
+                                session,
+                                retention,
+                            )?;
+                        }
+                        Ok(redemption)
+                    },
+                ),
+        )?;
+        self.durable().await?;
+        Ok(redemption)
+    }
+
+    async fn session(&self, session_id: &str) -> Result<Option<Session>> {
+        Self::get(&self.trees.sessions, session_id)
+    }
+
+    async fn session_by_token(&self, token_digest: &Digest32) -> Result<Option<Session>> {
+        match self
+            .trees
+            .session_tokens
+            .get(token_digest.as_bytes())
+            .map_err(storage)?
+        {
+            Some(session_id) => Self::get(&self.trees.sessions, session_id),
+            None => Ok(None),
+        }
+    }
+
+    async fn revoke_session(&self, session_id: &str, now: Millis) -> Result<Option<Session>> {
+        let session = finish(self.trees.sessions.transaction(|sessions| {
+            let Some(bytes) = sessions.get(session_id)? else {
+                return Ok(None);
+            };
+            let mut session: Session = decode_in_tx(&bytes)?;
+            if session.revoked_at.is_none() {
+                session.revoked_at = Some(now);
+                sessions.insert(session_id, encode(&session))?;
+            }
+            Ok(Some(session))
+        }))?;
+        self.durable().await?;
+        Ok(session)
+    }
+
+    async fn revoke_user_sessions(&self, user_id: &str, now: Millis) -> Result<u32> {
+        let keys = Self::child_keys(&self.trees.user_sessions, user_id)?;
+        let prefix_len = child_prefix(user_id).len();
+        let revoked = finish(self.trees.sessions.transaction(|sessions| {
+            let mut revoked = 0;
+            for key in &keys {
+                let session_id = &key[prefix_len..];
+                if let Some(bytes) = sessions.get(session_id)? {
+                    let mut session: Session = decode_in_tx(&bytes)?;
+                    if session.revoked_at.is_none() && session.expires_at > now {
+                        session.revoked_at = Some(now);
+                        sessions.insert(session_id, encode(&session))?;
+                        revoked += 1;
+                    }
+                }
+            }
+            Ok(revoked)
+        }))?;
+        self.durable().await?;
+        Ok(revoked)
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
+        Ok(Self::get(&self.trees.meta, SIGNING_KEYS)?.unwrap_or_default())
+    }
+
+    async fn replace_signing_keys(
+        &self,
+        expected: &[SigningKeyRecord],
+        new: &[SigningKeyRecord],
+    ) -> Result<bool> {
+        let current = self.trees.meta.get(SIGNING_KEYS).map_err(storage)?;
+        let current_keys: Vec<SigningKeyRecord> = match &current {
+            Some(bytes) => decode(bytes)?,
+            None => Vec::new(),
+        };
+        if current_keys != expected {
+            return Ok(false);
+        }
+        let swapped = self
+            .trees
+            .meta
+            .compare_and_swap(SIGNING_KEYS, current, Some(encode(&new.to_vec())))
+            .map_err(storage)?
+            .is_ok();
+        self.durable().await?;
+        Ok(swapped)
+    }
+
+    async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize> {
+        let bound = codec::expiry_bound(now);
+        let due: Vec<sled::IVec> = self
+            .trees
+            .expiry
+            .range(..&bound[..])
+            .keys()
+            .take(limit)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(storage)?;
+        for entry in &due {
+            match codec::parse_expiry_key(entry) {
+                Some((Expiring::Link, digest)) => self.purge_link(digest, entry)?,
+                Some((Expiring::Session, session_id)) => self.purge_session(session_id, entry)?,
+                None => {
+                    self.trees.expiry.remove(entry).map_err(storage)?;
+                }
+            }
+        }
+        if !due.is_empty() {
+            self.durable().await?;
+        }
+        Ok(due.len())
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.commit.stop().await.map_err(Error::internal)
+    }
+}

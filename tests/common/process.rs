@@ -1,0 +1,117 @@
+//! The real `latchkey` binary as a child process: started on an ephemeral port, its JSON log
+//! captured, stopped with SIGTERM or SIGKILL.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+pub struct BinaryServer {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// How long a start may take before the test gives up (a bound, not a synchronisation sleep).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_latchkey"));
+    command
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env("LATCHKEY_LOG__FORMAT", "json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+impl BinaryServer {
+    /// `latchkey serve --listen 127.0.0.1:0 --data-dir data` in `dir`, plus `args` and `env`.
+    pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = command(dir);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "data"])
+            .args(args);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Self::spawn(command, dir)
+    }
+
+    pub fn spawn(mut command: Command, dir: &Path) -> Self {
+        let mut child = command.spawn().expect("the binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready, ready_rx) = mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("latchkey is serving") {
+                    let parsed: serde_json::Value =
+                        serde_json::from_str(&line).expect("JSON log line");
+                    let listen = parsed["fields"]["listen"]
+                        .as_str()
+                        .unwrap()
+                        .parse::<SocketAddr>()
+                        .unwrap();
+                    let _ = ready.send(listen);
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = match ready_rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "the server did not start; its log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Self {
+            child,
+            addr,
+            dir: dir.to_path_buf(),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGKILL: no drain, no final flush.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        self.child.wait().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for BinaryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
