@@ -16,11 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("latchkey_descriptor.bin"))
-        .compile_with_config(
-            config,
-            &PROTOS.map(PathBuf::from),
-            &[PathBuf::from("proto"), include],
-        )?;
+        .compile_with_config(config, &PROTOS.map(PathBuf::from), &[PathBuf::from("proto"), include])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -33,6 +33,9 @@ use crate::domain::store::Store;
 use crate::domain::{Domain, Settings};
 use crate::store::{SledOptions, SledStore, sweeper};
 
+/// How long shutdown waits for calls in flight before closing them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How often the signing keys are checked for rotation.
 const KEY_ROTATION_CHECK: Duration = Duration::from_secs(60);
 
@@ -76,20 +79,25 @@ impl Running {
     }
 
     /// Drains and stops; returns once the store is durable and closed.
-    pub async fn shutdown(self) -> Result<(), String> {
+    pub async fn shutdown(mut self) -> Result<(), String> {
         set_health(&self.health, ServingStatus::NotServing).await;
         self.shutdown.cancel();
-        let served = self
-            .server
-            .await
-            .map_err(|error| format!("server task failed: {error}"))?;
+        // Health watchers have seen NOT_SERVING; dropping the statuses ends their streams, which
+        // would otherwise hold the drain open forever.
+        for service in std::iter::once("").chain(SERVICE_NAMES) {
+            self.health.clear_service_status(service).await;
+        }
+        let served = match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.server).await {
+            Ok(joined) => joined.map_err(|error| format!("server task failed: {error}"))?,
+            Err(_) => {
+                tracing::warn!("calls still in flight after {DRAIN_TIMEOUT:?}; closing them");
+                self.server.abort();
+                Ok(())
+            }
+        };
         self.tasks.close();
         self.tasks.wait().await;
-        self.domain
-            .store
-            .close()
-            .await
-            .map_err(|error| error.to_string())?;
+        self.domain.store.close().await.map_err(|error| error.to_string())?;
         served.map_err(|error| format!("server error: {error}"))
     }
 }
@@ -144,14 +152,9 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         signing_lifetime: Millis::from(config.sessions.signing_key_rotation_days) * 24 * HOUR,
         max_token_lifetime: Millis::from(config.sessions.jwt_minutes) * MINUTE,
     };
-    let keys = KeyRing::load(
-        validated.server_key.clone(),
-        store.clone(),
-        policy,
-        clock.now(),
-    )
-    .await
-    .map_err(StartError::Keys)?;
+    let keys = KeyRing::load(validated.server_key.clone(), store.clone(), policy, clock.now())
+        .await
+        .map_err(StartError::Keys)?;
     let domain = Arc::new(Domain::new(
         store.clone(),
         clock.clone(),
@@ -193,14 +196,9 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
             UsersApi::new(domain.clone()),
             check(Scope::Admin),
         ))
-        .add_service(EmailsServer::with_interceptor(
-            EmailsApi,
-            check(Scope::Admin),
-        ));
+        .add_service(EmailsServer::with_interceptor(EmailsApi, check(Scope::Admin)));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tokio::spawn(
-        router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()),
-    );
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()));
 
     let tasks = TaskTracker::new();
     let sweep_interval = Duration::from_secs(config.store.sweep_interval_seconds);

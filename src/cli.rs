@@ -81,25 +81,18 @@ fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let validated = match config::load(file.as_deref(), &overrides)
-        .and_then(|config| config.validate(&working_dir))
-    {
+    let validated = match config::load(file.as_deref(), &overrides).and_then(|config| config.validate(&working_dir)) {
         Ok(validated) => validated,
         Err(error) => {
             eprintln!("latchkey: {error}");
             return ExitCode::from(2);
         }
     };
-    if let Err(error) =
-        crate::telemetry::init(validated.config.log.format, &validated.config.log.level)
-    {
+    if let Err(error) = crate::telemetry::init(validated.config.log.format, &validated.config.log.level) {
         eprintln!("latchkey: {error}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("latchkey: cannot start the runtime: {error}");

@@ -155,8 +155,7 @@ impl Config {
                 api_keys: Vec::new(),
             },
             links: LinksConfig {
-                default_redirect_url: development
-                    .then(|| "http://localhost:3000/auth/callback".into()),
+                default_redirect_url: development.then(|| "http://localhost:3000/auth/callback".into()),
                 redirect_allow_list: if development {
                     vec!["http://localhost:*/".into(), "http://127.0.0.1:*/".into()]
                 } else {
@@ -222,11 +221,7 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
         }
         layers = layers.merge(Toml::file_exact(file));
     }
-    let profile = match layers
-        .clone()
-        .merge(environment())
-        .extract_inner::<Profile>("profile")
-    {
+    let profile = match layers.clone().merge(environment()).extract_inner::<Profile>("profile") {
         Ok(profile) => profile,
         Err(error) if error.missing() => {
             if file.is_some() {
@@ -314,10 +309,7 @@ impl Config {
                     )
                 })?;
             if key.scopes.is_empty() {
-                return Err(invalid(
-                    at("scopes"),
-                    "give at least one of links, sessions, admin",
-                ));
+                return Err(invalid(at("scopes"), "give at least one of links, sessions, admin"));
             }
             api_keys.push(ApiKey {
                 name: key.name.clone(),
@@ -327,9 +319,8 @@ impl Config {
         }
         let mut allowed = Vec::new();
         for (index, pattern) in self.links.redirect_allow_list.iter().enumerate() {
-            let entry = AllowedRedirect::parse(pattern).map_err(|problem| {
-                invalid(format!("links.redirect_allow_list[{index}]"), problem)
-            })?;
+            let entry = AllowedRedirect::parse(pattern)
+                .map_err(|problem| invalid(format!("links.redirect_allow_list[{index}]"), problem))?;
             allowed.push(entry);
         }
         let redirects = RedirectPolicy::new(allowed);
@@ -346,16 +337,10 @@ impl Config {
             ));
         }
         if !(1..=1440).contains(&sessions.jwt_minutes) {
-            return Err(invalid(
-                "sessions.jwt_minutes",
-                "must be between 1 and 1440",
-            ));
+            return Err(invalid("sessions.jwt_minutes", "must be between 1 and 1440"));
         }
         if sessions.signing_key_rotation_days == 0 {
-            return Err(invalid(
-                "sessions.signing_key_rotation_days",
-                "must be at least 1",
-            ));
+            return Err(invalid("sessions.signing_key_rotation_days", "must be at least 1"));
         }
         if self.issuer.trim().is_empty() {
             return Err(invalid("issuer", "must not be empty"));
@@ -370,10 +355,7 @@ impl Config {
             ));
         }
         if self.store.sweep_interval_seconds == 0 {
-            return Err(invalid(
-                "store.sweep_interval_seconds",
-                "must be at least 1",
-            ));
+            return Err(invalid("store.sweep_interval_seconds", "must be at least 1"));
         }
         let (server_key, generated_key_file) = self.resolve_server_key(working_dir)?;
         Ok(Validated {
@@ -385,13 +367,9 @@ impl Config {
         })
     }
 
-    fn resolve_server_key(
-        &self,
-        working_dir: &Path,
-    ) -> Result<(ServerKey, Option<PathBuf>), ConfigError> {
+    fn resolve_server_key(&self, working_dir: &Path) -> Result<(ServerKey, Option<PathBuf>), ConfigError> {
         if let Some(secret) = &self.server_key {
-            let key = ServerKey::parse(secret.expose())
-                .map_err(|error| invalid("server_key", error.to_string()))?;
+            let key = ServerKey::parse(secret.expose()).map_err(|error| invalid("server_key", error.to_string()))?;
             return Ok((key, None));
         }
         let (path, generate) = match (&self.server_key_file, self.profile) {
@@ -417,19 +395,13 @@ impl Config {
         }
         let mut generated = None;
         if generate && !path.exists() {
-            write_new_key(&path).map_err(|error| {
-                invalid(
-                    key_key,
-                    format!("cannot create {}: {error}", path.display()),
-                )
-            })?;
+            write_new_key(&path)
+                .map_err(|error| invalid(key_key, format!("cannot create {}: {error}", path.display())))?;
             generated = Some(path.clone());
         }
-        let text = std::fs::read_to_string(&path).map_err(|error| {
-            invalid(key_key, format!("cannot read {}: {error}", path.display()))
-        })?;
-        let key = ServerKey::parse(&text)
-            .map_err(|error| invalid(key_key, format!("{}: {error}", path.display())))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|error| invalid(key_key, format!("cannot read {}: {error}", path.display())))?;
+        let key = ServerKey::parse(&text).map_err(|error| invalid(key_key, format!("{}: {error}", path.display())))?;
         Ok((key, generated))
     }
 }
@@ -484,10 +456,7 @@ mod tests {
         config.data_dir = dir.path().join("data");
         let validated = config.validate(dir.path()).unwrap();
         let key_file = dir.path().join(DEVELOPMENT_KEY_FILE);
-        assert_eq!(
-            validated.generated_key_file.as_deref(),
-            Some(key_file.as_path())
-        );
+        assert_eq!(validated.generated_key_file.as_deref(), Some(key_file.as_path()));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
@@ -498,10 +467,7 @@ mod tests {
         again.data_dir = dir.path().join("data");
         let again = again.validate(dir.path()).unwrap();
         assert!(again.generated_key_file.is_none());
-        assert_eq!(
-            again.server_key.derive("x", b""),
-            validated.server_key.derive("x", b"")
-        );
+        assert_eq!(again.server_key.derive("x", b""), validated.server_key.derive("x", b""));
     }
 
     #[test]
@@ -559,20 +525,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("latchkey.toml");
         std::fs::write(&file, "[store]\ndurability = \"sometimes\"\n").unwrap();
-        let error = load(Some(&file), &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let error = load(Some(&file), &Overrides::default()).unwrap_err().to_string();
         assert!(error.contains("store.durability"), "{error}");
         std::fs::write(&file, "[store]\ncache_capacity = 5\n").unwrap();
-        let error = load(Some(&file), &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let error = load(Some(&file), &Overrides::default()).unwrap_err().to_string();
         assert!(error.contains("cache_capacity"), "{error}");
-        std::fs::write(
-            &file,
-            "[links]\nredirect_allow_list = [\"http://example.com/\"]\n",
-        )
-        .unwrap();
+        std::fs::write(&file, "[links]\nredirect_allow_list = [\"http://example.com/\"]\n").unwrap();
         let config = load(Some(&file), &Overrides::default()).unwrap();
         let error = config.validate(dir.path()).unwrap_err().to_string();
         assert!(

@@ -124,8 +124,7 @@ impl ServerKey {
 
     /// HMAC-SHA256 of `data` under the server key, domain-separated by `label`.
     pub fn derive(&self, label: &str, data: &[u8]) -> [u8; 32] {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts keys of any length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts keys of any length");
         mac.update(label.as_bytes());
         mac.update(&[0]);
         mac.update(data);
@@ -157,10 +156,7 @@ pub mod pkce {
 
     /// An S256 challenge is the 43-character base64url encoding of 32 bytes.
     pub fn is_valid_challenge(challenge: &str) -> bool {
-        challenge.len() == 43
-            && URL_SAFE_NO_PAD
-                .decode(challenge)
-                .is_ok_and(|bytes| bytes.len() == 32)
+        challenge.len() == 43 && URL_SAFE_NO_PAD.decode(challenge).is_ok_and(|bytes| bytes.len() == 32)
     }
 
     pub fn matches(challenge: &str, verifier: &str) -> bool {
@@ -175,22 +171,11 @@ mod tests {
     #[test]
     fn rfc7636_appendix_b_vector() {
         let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-        assert_eq!(
-            pkce::s256(verifier),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
-        );
+        assert_eq!(pkce::s256(verifier), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
         assert!(pkce::is_valid_verifier(verifier));
-        assert!(pkce::is_valid_challenge(
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
-        ));
-        assert!(pkce::matches(
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
-            verifier
-        ));
-        assert!(!pkce::matches(
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cN",
-            verifier
-        ));
+        assert!(pkce::is_valid_challenge("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"));
+        assert!(pkce::matches("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", verifier));
+        assert!(!pkce::matches("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cN", verifier));
     }
 
     #[test]
@@ -218,10 +203,7 @@ mod tests {
             ServerKey::parse(&encoded).unwrap().derive("x", b"1")
         );
         assert_ne!(key.derive("x", b"1"), key.derive("y", b"1"));
-        assert!(matches!(
-            ServerKey::parse("c2hvcnQ"),
-            Err(ServerKeyError::TooShort(_))
-        ));
+        assert!(matches!(ServerKey::parse("c2hvcnQ"), Err(ServerKeyError::TooShort(_))));
         assert!(matches!(
             ServerKey::parse("not base64 !!"),
             Err(ServerKeyError::Encoding)

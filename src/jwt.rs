@@ -77,35 +77,21 @@ pub fn verify<'k>(
     find_key: impl Fn(&str) -> Option<&'k VerifyingKey>,
 ) -> Result<Map<String, Value>, JwtError> {
     let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(JwtError::Malformed);
     };
-    let decode = |part: &str| {
-        URL_SAFE_NO_PAD
-            .decode(part)
-            .map_err(|_| JwtError::Malformed)
-    };
-    let header: Map<String, Value> =
-        serde_json::from_slice(&decode(header)?).map_err(|_| JwtError::Malformed)?;
+    let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).map_err(|_| JwtError::Malformed);
+    let header: Map<String, Value> = serde_json::from_slice(&decode(header)?).map_err(|_| JwtError::Malformed)?;
     if header.get("alg").and_then(Value::as_str) != Some("EdDSA") {
         return Err(JwtError::Malformed);
     }
-    let kid = header
-        .get("kid")
-        .and_then(Value::as_str)
-        .ok_or(JwtError::Malformed)?;
+    let kid = header.get("kid").and_then(Value::as_str).ok_or(JwtError::Malformed)?;
     let key = find_key(kid).ok_or(JwtError::UnknownKey)?;
-    let signature: [u8; 64] = decode(signature)?
-        .try_into()
-        .map_err(|_| JwtError::Malformed)?;
+    let signature: [u8; 64] = decode(signature)?.try_into().map_err(|_| JwtError::Malformed)?;
     let signed_len = token.len() - signature_len(token);
-    key.verify_strict(
-        &token.as_bytes()[..signed_len],
-        &Signature::from_bytes(&signature),
-    )
-    .map_err(|_| JwtError::BadSignature)?;
+    key.verify_strict(&token.as_bytes()[..signed_len], &Signature::from_bytes(&signature))
+        .map_err(|_| JwtError::BadSignature)?;
     serde_json::from_slice(&decode(payload)?).map_err(|_| JwtError::Malformed)
 }
 

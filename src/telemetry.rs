@@ -9,9 +9,7 @@ use crate::config::LogFormat;
 pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
     let filter = match EnvFilter::try_from_default_env() {
         Ok(filter) => filter,
-        Err(_) => {
-            EnvFilter::try_new(level).map_err(|error| format!("config key `log.level`: {error}"))?
-        }
+        Err(_) => EnvFilter::try_new(level).map_err(|error| format!("config key `log.level`: {error}"))?,
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -14,9 +14,7 @@ async fn issue_inspect_verify_authenticate_revoke() {
     assert!(issued.user_created);
     assert!(!issued.reused);
     assert!(
-        issued
-            .link
-            .starts_with("http://localhost:3000/auth/callback?token="),
+        issued.link.starts_with("http://localhost:3000/auth/callback?token="),
         "{}",
         issued.link
     );
@@ -86,16 +84,9 @@ async fn issue_inspect_verify_authenticate_revoke() {
             session.session_token.clone(),
         )),
     };
-    let revoked = sessions
-        .revoke_session(revoke.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let revoked = sessions.revoke_session(revoke.clone()).await.unwrap().into_inner();
     assert_eq!(revoked.session_id, session.session_id);
-    sessions
-        .revoke_session(revoke)
-        .await
-        .expect("revoking twice is fine");
+    sessions.revoke_session(revoke).await.expect("revoking twice is fine");
     assert_error(
         sessions.authenticate_session(by_token).await,
         Code::FailedPrecondition,
@@ -110,12 +101,7 @@ async fn issue_inspect_verify_authenticate_revoke() {
     // A returning user: no creation, no activation.
     let again = app.issue_for_email("ann@example.com").await;
     assert!(!again.user_created);
-    assert!(
-        app.inspect(&token_of(&again.link))
-            .await
-            .unwrap()
-            .user_exists
-    );
+    assert!(app.inspect(&token_of(&again.link)).await.unwrap().user_exists);
     let verified = app.verify(&token_of(&again.link), "").await.unwrap();
     assert!(!verified.user_activated);
 }
@@ -150,19 +136,13 @@ async fn redirect_urls_keep_their_query_and_follow_the_allow_list() {
     request.redirect_url = "http://127.0.0.1:8080/cb?next=%2Fhome".into();
     let issued = app.issue(request).await.unwrap();
     assert!(
-        issued
-            .link
-            .starts_with("http://127.0.0.1:8080/cb?next=%2Fhome&token="),
+        issued.link.starts_with("http://127.0.0.1:8080/cb?next=%2Fhome&token="),
         "{}",
         issued.link
     );
     let mut request = issue_request("q@example.com");
     request.redirect_url = "https://evil.example.com/cb".into();
-    assert_error(
-        app.issue(request).await,
-        Code::InvalidArgument,
-        "REDIRECT_NOT_ALLOWED",
-    );
+    assert_error(app.issue(request).await, Code::InvalidArgument, "REDIRECT_NOT_ALLOWED");
 }
 
 #[tokio::test]
@@ -170,18 +150,10 @@ async fn quick_account_creation_needs_names_and_matches_emails_case_insensitivel
     let app = TestApp::spawn().await;
     let mut nameless = issue_request("new@example.com");
     nameless.first_name.clear();
-    assert_error(
-        app.issue(nameless).await,
-        Code::InvalidArgument,
-        "MISSING_FIELD",
-    );
+    assert_error(app.issue(nameless).await, Code::InvalidArgument, "MISSING_FIELD");
     let mut nameless = issue_request("new@example.com");
     nameless.last_name = "   ".into();
-    assert_error(
-        app.issue(nameless).await,
-        Code::InvalidArgument,
-        "MISSING_FIELD",
-    );
+    assert_error(app.issue(nameless).await, Code::InvalidArgument, "MISSING_FIELD");
 
     let created = app.issue_for_email("  Ann.Case@Example.COM ").await;
     assert!(created.user_created);
@@ -208,9 +180,7 @@ async fn quick_account_creation_needs_names_and_matches_emails_case_insensitivel
     assert_eq!(again.user_id, created.user_id);
     let found = users
         .get_user(pb::GetUserRequest {
-            user: Some(pb::get_user_request::User::Email(
-                "ANN.CASE@EXAMPLE.COM".into(),
-            )),
+            user: Some(pb::get_user_request::User::Email("ANN.CASE@EXAMPLE.COM".into())),
         })
         .await
         .unwrap();
@@ -226,11 +196,7 @@ async fn pkce_binds_the_link_to_the_device_that_asked() {
     let token = token_of(&issued.link);
     assert!(app.inspect(&token).await.unwrap().pkce_required);
 
-    assert_error(
-        app.verify(&token, "").await,
-        Code::FailedPrecondition,
-        "PKCE_REQUIRED",
-    );
+    assert_error(app.verify(&token, "").await, Code::FailedPrecondition, "PKCE_REQUIRED");
     let wrong = "x".repeat(43);
     assert_error(
         app.verify(&token, &wrong).await,
@@ -378,9 +344,7 @@ async fn revoke_user_sessions_counts_live_sessions() {
         .into_inner();
     assert_eq!(revoked.revoked_count, 2);
     let again = sessions
-        .revoke_user_sessions(pb::RevokeUserSessionsRequest {
-            user_id: user.user_id,
-        })
+        .revoke_user_sessions(pb::RevokeUserSessionsRequest { user_id: user.user_id })
         .await
         .unwrap();
     assert_eq!(again.into_inner().revoked_count, 0);

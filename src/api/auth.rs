@@ -26,20 +26,14 @@ pub struct ApiKeyCheck {
 
 impl ApiKeyCheck {
     pub fn new(keys: Arc<Vec<ApiKey>>, required: bool, scope: Scope) -> Self {
-        Self {
-            keys,
-            required,
-            scope,
-        }
+        Self { keys, required, scope }
     }
 
     fn presented_key<T>(request: &Request<T>) -> Option<String> {
         let metadata = request.metadata();
         if let Some(value) = metadata.get("authorization").and_then(|v| v.to_str().ok()) {
             let (scheme, key) = value.trim().split_once(' ')?;
-            return scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| key.trim().to_string());
+            return scheme.eq_ignore_ascii_case("bearer").then(|| key.trim().to_string());
         }
         metadata
             .get("x-api-key")
@@ -73,18 +67,12 @@ impl Interceptor for ApiKeyCheck {
             )));
         };
         let Some(key) = self.find(&presented) else {
-            return Err(to_status(Error::new(
-                Reason::API_KEY_INVALID,
-                "unknown API key",
-            )));
+            return Err(to_status(Error::new(Reason::API_KEY_INVALID, "unknown API key")));
         };
         if !key.scopes.contains(&self.scope) {
             return Err(to_status(Error::new(
                 Reason::SCOPE_MISSING,
-                format!(
-                    "the API key {:?} lacks the {:?} scope",
-                    key.name, self.scope
-                ),
+                format!("the API key {:?} lacks the {:?} scope", key.name, self.scope),
             )));
         }
         request.extensions_mut().insert(Caller(key.name.clone()));

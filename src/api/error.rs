@@ -26,23 +26,14 @@ fn grpc_code(code: Code) -> GrpcCode {
     }
 }
 
-fn status(
-    reason: Reason,
-    message: String,
-    mut details: ErrorDetails,
-    metadata: HashMap<String, String>,
-) -> Status {
+fn status(reason: Reason, message: String, mut details: ErrorDetails, metadata: HashMap<String, String>) -> Status {
     details.set_error_info(reason.as_str(), ERROR_DOMAIN, metadata);
     Status::with_error_details(grpc_code(reason.code()), message, details)
 }
 
 pub fn to_status(error: Error) -> Status {
     match error {
-        Error::Rejected {
-            reason,
-            message,
-            field,
-        } => {
+        Error::Rejected { reason, message, field } => {
             let mut details = ErrorDetails::new();
             if let Some(field) = field {
                 details.add_bad_request_violation(field, message.clone());
@@ -52,10 +43,7 @@ pub fn to_status(error: Error) -> Status {
         }
         Error::RateLimited { retry_after } => {
             let details = ErrorDetails::with_retry_info(Some(retry_after));
-            let message = format!(
-                "too many requests; retry in {} s",
-                retry_after.as_secs().max(1)
-            );
+            let message = format!("too many requests; retry in {} s", retry_after.as_secs().max(1));
             status(Reason::RATE_LIMITED, message, details, HashMap::new())
         }
         Error::Internal(detail) => {

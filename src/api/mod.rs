@@ -15,8 +15,7 @@ pub mod pb {
     tonic::include_proto!("latchkey.v1");
 
     /// Everything reflection serves about latchkey.v1.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("latchkey_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("latchkey_descriptor");
 }
 
 /// Full service names, as clients, probes and health checks use them.

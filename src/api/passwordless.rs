@@ -70,10 +70,7 @@ impl Passwordless for PasswordlessApi {
         &self,
         request: Request<pb::InspectTokenRequest>,
     ) -> Result<Response<pb::InspectTokenResponse>, Status> {
-        let inspection = self
-            .domain
-            .inspect_token(&request.into_inner().token)
-            .await?;
+        let inspection = self.domain.inspect_token(&request.into_inner().token).await?;
         Ok(Response::new(pb::InspectTokenResponse {
             link_kind: convert::link_kind(inspection.kind).into(),
             masked_email: inspection.masked_email,
@@ -90,19 +87,15 @@ impl Passwordless for PasswordlessApi {
         let request = request.into_inner();
         let verified = self
             .domain
-            .verify_token(
-                &request.token,
-                &request.code_verifier,
-                request.session_duration_minutes,
-            )
+            .verify_token(&request.token, &request.code_verifier, request.session_duration_minutes)
             .await?;
         Ok(Response::new(pb::VerifyTokenResponse {
             user: Some(convert::user(verified.user)),
             user_activated: verified.user_activated,
             link_kind: convert::link_kind(verified.kind).into(),
-            result: Some(pb::verify_token_response::Result::Session(
-                convert::session(verified.session),
-            )),
+            result: Some(pb::verify_token_response::Result::Session(convert::session(
+                verified.session,
+            ))),
         }))
     }
 

@@ -57,19 +57,11 @@ impl Sessions for SessionsApi {
         &self,
         request: Request<pb::RevokeUserSessionsRequest>,
     ) -> Result<Response<pb::RevokeUserSessionsResponse>, Status> {
-        let revoked_count = self
-            .domain
-            .revoke_user_sessions(&request.into_inner().user_id)
-            .await?;
-        Ok(Response::new(pb::RevokeUserSessionsResponse {
-            revoked_count,
-        }))
+        let revoked_count = self.domain.revoke_user_sessions(&request.into_inner().user_id).await?;
+        Ok(Response::new(pb::RevokeUserSessionsResponse { revoked_count }))
     }
 
-    async fn get_jwks(
-        &self,
-        _request: Request<pb::GetJwksRequest>,
-    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+    async fn get_jwks(&self, _request: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
         let (keys, jwks_json) = self.domain.keys.jwks();
         let keys = keys
             .into_iter()

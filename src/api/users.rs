@@ -37,9 +37,7 @@ fn patch_from_mask(user: &pb::User, paths: &[String]) -> Result<UserPatch, Error
                 return Err(Error::field(
                     Reason::INVALID_FIELD_MASK,
                     "update_mask",
-                    format!(
-                        "{other:?} cannot be updated; use first_name, last_name, status, role, mfa_enabled"
-                    ),
+                    format!("{other:?} cannot be updated; use first_name, last_name, status, role, mfa_enabled"),
                 ));
             }
         }
@@ -49,10 +47,7 @@ fn patch_from_mask(user: &pb::User, paths: &[String]) -> Result<UserPatch, Error
 
 #[tonic::async_trait]
 impl Users for UsersApi {
-    async fn get_user(
-        &self,
-        request: Request<pb::GetUserRequest>,
-    ) -> Result<Response<pb::GetUserResponse>, Status> {
+    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::GetUserResponse>, Status> {
         use pb::get_user_request::User as Which;
         let user = request.into_inner().user.map(|user| match user {
             Which::UserId(id) => UserRef::Id(id),
@@ -95,10 +90,7 @@ impl Users for UsersApi {
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
         let request = request.into_inner();
         let user = request.user.ok_or_else(|| Error::missing("user"))?;
-        let paths = request
-            .update_mask
-            .map(|mask| mask.paths)
-            .unwrap_or_default();
+        let paths = request.update_mask.map(|mask| mask.paths).unwrap_or_default();
         let patch = patch_from_mask(&user, &paths)?;
         let updated = self.domain.update_user(&user.user_id, patch).await?;
         Ok(Response::new(pb::UpdateUserResponse {
@@ -110,10 +102,7 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        let deletion = self
-            .domain
-            .delete_user(&request.into_inner().user_id)
-            .await?;
+        let deletion = self.domain.delete_user(&request.into_inner().user_id).await?;
         Ok(Response::new(pb::DeleteUserResponse {
             revoked_sessions: deletion.revoked_sessions,
             voided_links: deletion.voided_links,

@@ -120,9 +120,7 @@ impl Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::Rejected {
-                reason, message, ..
-            } => write!(f, "{}: {message}", reason.as_str()),
+            Error::Rejected { reason, message, .. } => write!(f, "{}: {message}", reason.as_str()),
             Error::RateLimited { retry_after } => write!(f, "rate limited for {retry_after:?}"),
             Error::Internal(detail) => write!(f, "internal: {detail}"),
         }

@@ -62,12 +62,7 @@ fn new_record(server_key: &ServerKey, now: Millis, policy: KeyPolicy) -> Signing
 
 impl KeyRing {
     /// Loads the key set, adding a signing key when none is current.
-    pub async fn load(
-        server_key: ServerKey,
-        store: Arc<dyn Store>,
-        policy: KeyPolicy,
-        now: Millis,
-    ) -> Result<Self> {
+    pub async fn load(server_key: ServerKey, store: Arc<dyn Store>, policy: KeyPolicy, now: Millis) -> Result<Self> {
         let (records, _) = Self::rotated(&server_key, store.as_ref(), policy, now).await?;
         let set = Self::build(&server_key, records)?;
         Ok(Self {
@@ -80,8 +75,7 @@ impl KeyRing {
 
     /// Rotates if the signing key is due; call it periodically.
     pub async fn rotate_if_due(&self, now: Millis) -> Result<bool> {
-        let (records, changed) =
-            Self::rotated(&self.server_key, self.store.as_ref(), self.policy, now).await?;
+        let (records, changed) = Self::rotated(&self.server_key, self.store.as_ref(), self.policy, now).await?;
         if changed || records != self.snapshot().records {
             let set = Self::build(&self.server_key, records)?;
             *self.current.write().expect("key set lock") = Arc::new(set);
@@ -99,15 +93,8 @@ impl KeyRing {
     ) -> Result<(Vec<SigningKeyRecord>, bool)> {
         loop {
             let stored = store.signing_keys().await?;
-            let mut records: Vec<SigningKeyRecord> = stored
-                .iter()
-                .filter(|r| r.unpublish_at > now)
-                .cloned()
-                .collect();
-            if !records
-                .iter()
-                .any(|r| r.retire_at > now && r.created_at <= now)
-            {
+            let mut records: Vec<SigningKeyRecord> = stored.iter().filter(|r| r.unpublish_at > now).cloned().collect();
+            if !records.iter().any(|r| r.retire_at > now && r.created_at <= now) {
                 records.push(new_record(server_key, now, policy));
             }
             if records == stored {
@@ -133,15 +120,9 @@ impl KeyRing {
                 key,
             });
         }
-        let newest = records
-            .iter()
-            .max_by_key(|r| r.created_at)
-            .expect("at least one key");
+        let newest = records.iter().max_by_key(|r| r.created_at).expect("at least one key");
         let signer = (newest.kid.clone(), derive(server_key, newest));
-        let jwks: Vec<Jwk> = published
-            .iter()
-            .map(|p| Jwk::ed25519(&p.kid, &p.key))
-            .collect();
+        let jwks: Vec<Jwk> = published.iter().map(|p| Jwk::ed25519(&p.kid, &p.key)).collect();
         let jwks_json = jwt::jwks_document(&jwks).into();
         Ok(KeySet {
             records,
@@ -163,9 +144,7 @@ impl KeyRing {
 
     pub fn verify(&self, token: &str) -> Result<Map<String, Value>, JwtError> {
         let set = self.snapshot();
-        jwt::verify(token, |kid| {
-            set.published.iter().find(|p| p.kid == kid).map(|p| &p.key)
-        })
+        jwt::verify(token, |kid| set.published.iter().find(|p| p.kid == kid).map(|p| &p.key))
     }
 
     pub fn jwks(&self) -> (Vec<Jwk>, Arc<str>) {

@@ -112,10 +112,7 @@ impl Domain {
         )?;
         let redirect = self.redirect_or_default("redirect_url", &request.redirect_url)?;
         let code_challenge = validate::code_challenge("code_challenge", &request.code_challenge)?;
-        let user_ref = request
-            .user
-            .clone()
-            .ok_or_else(|| Error::missing("user_id"))?;
+        let user_ref = request.user.clone().ok_or_else(|| Error::missing("user_id"))?;
         // A concurrent call may create the same new user first; then this one links to it.
         for _ in 0..2 {
             let (user, new_user) = self.resolve_link_user(&user_ref, &request).await?;
@@ -166,24 +163,16 @@ impl Domain {
                 Err(error) => return Err(error),
             }
         }
-        Err(Error::internal(
-            "a new user's email was taken and then not found",
-        ))
+        Err(Error::internal("a new user's email was taken and then not found"))
     }
 
     /// The link's user, and the user to create with the link when the email is unknown
     /// (Zapier's quick account creation).
-    async fn resolve_link_user(
-        &self,
-        user_ref: &UserRef,
-        request: &IssueLoginLink,
-    ) -> Result<(User, Option<User>)> {
+    async fn resolve_link_user(&self, user_ref: &UserRef, request: &IssueLoginLink) -> Result<(User, Option<User>)> {
         match user_ref {
             UserRef::Id(id) => {
                 let user = self.store.user(id.trim()).await?;
-                let user = user.ok_or_else(|| {
-                    Error::new(Reason::USER_NOT_FOUND, "no user with this user_id")
-                })?;
+                let user = user.ok_or_else(|| Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"))?;
                 Ok((user, None))
             }
             UserRef::Email(raw) => {
@@ -213,13 +202,7 @@ impl Domain {
         }
     }
 
-    pub(crate) fn new_user(
-        &self,
-        email: String,
-        first_name: String,
-        last_name: String,
-        status: UserStatus,
-    ) -> User {
+    pub(crate) fn new_user(&self, email: String, first_name: String, last_name: String, status: UserStatus) -> User {
         let now = self.clock.now();
         User {
             id: super::new_id("user"),
@@ -313,13 +296,8 @@ impl Domain {
                 session: Some(session),
             })
         };
-        let redemption = self
-            .store
-            .redeem_link(&Digest32::of(token), &decide)
-            .await?;
-        let session = redemption
-            .session
-            .expect("login links always create a session");
+        let redemption = self.store.redeem_link(&Digest32::of(token), &decide).await?;
+        let session = redemption.session.expect("login links always create a session");
         let new_session = self.issue_session_jwt(session, session_token, &redemption.user, now);
         Ok(Verification {
             user: redemption.user,
@@ -333,10 +311,7 @@ impl Domain {
 /// Used before expired: a used link says so even after it would have expired.
 fn check_usable(link: &Link, now: Millis) -> Result<()> {
     if link.used_at.is_some() {
-        return Err(Error::new(
-            Reason::TOKEN_ALREADY_USED,
-            "this link was already used",
-        ));
+        return Err(Error::new(Reason::TOKEN_ALREADY_USED, "this link was already used"));
     }
     if link.expires_at <= now {
         return Err(Error::new(Reason::TOKEN_EXPIRED, "this link has expired"));

@@ -21,8 +21,7 @@ impl AllowedRedirect {
     pub fn parse(pattern: &str) -> std::result::Result<Self, String> {
         let any_port = pattern.contains(":*/") || pattern.ends_with(":*");
         let parsable = pattern.replacen(":*", "", 1);
-        let url =
-            Url::parse(&parsable).map_err(|error| format!("{pattern:?} is not a URL: {error}"))?;
+        let url = Url::parse(&parsable).map_err(|error| format!("{pattern:?} is not a URL: {error}"))?;
         check_shape(&url).map_err(|problem| format!("{pattern:?}: {problem}"))?;
         if url.query().is_some() {
             return Err(format!("{pattern:?}: an allow-list entry has no query"));
@@ -30,11 +29,7 @@ impl AllowedRedirect {
         Ok(Self {
             scheme: url.scheme().to_string(),
             host: url.host_str().unwrap_or_default().to_string(),
-            port: if any_port {
-                None
-            } else {
-                url.port_or_known_default()
-            },
+            port: if any_port { None } else { url.port_or_known_default() },
             path_prefix: url.path().to_string(),
         })
     }
@@ -42,9 +37,7 @@ impl AllowedRedirect {
     fn allows(&self, url: &Url) -> bool {
         url.scheme() == self.scheme
             && url.host_str() == Some(self.host.as_str())
-            && self
-                .port
-                .is_none_or(|port| url.port_or_known_default() == Some(port))
+            && self.port.is_none_or(|port| url.port_or_known_default() == Some(port))
             && path_is_under(url.path(), &self.path_prefix)
     }
 }
@@ -54,10 +47,7 @@ fn path_is_under(path: &str, prefix: &str) -> bool {
     if prefix.ends_with('/') {
         path.starts_with(prefix) || path == prefix.trim_end_matches('/')
     } else {
-        path == prefix
-            || path
-                .strip_prefix(prefix)
-                .is_some_and(|rest| rest.starts_with('/'))
+        path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
     }
 }
 
@@ -121,8 +111,7 @@ impl RedirectPolicy {
                 format!("{field} is not a valid absolute URL"),
             )
         })?;
-        check_shape(&url)
-            .map_err(|problem| Error::field(Reason::REDIRECT_NOT_ALLOWED, field, problem))?;
+        check_shape(&url).map_err(|problem| Error::field(Reason::REDIRECT_NOT_ALLOWED, field, problem))?;
         if url.query_pairs().any(|(name, _)| name == token_parameter) {
             return Err(Error::field(
                 Reason::INVALID_URL,
@@ -172,37 +161,16 @@ mod tests {
             assert!(p.check("redirect_url", ok, "token").is_ok(), "{ok}");
         }
         for (bad, reason) in [
-            (
-                "https://app.example.com/authx",
-                Reason::REDIRECT_NOT_ALLOWED,
-            ),
-            (
-                "https://app.example.com/other",
-                Reason::REDIRECT_NOT_ALLOWED,
-            ),
-            (
-                "https://app.example.com:8443/auth",
-                Reason::REDIRECT_NOT_ALLOWED,
-            ),
+            ("https://app.example.com/authx", Reason::REDIRECT_NOT_ALLOWED),
+            ("https://app.example.com/other", Reason::REDIRECT_NOT_ALLOWED),
+            ("https://app.example.com:8443/auth", Reason::REDIRECT_NOT_ALLOWED),
             ("http://app.example.com/auth", Reason::REDIRECT_NOT_ALLOWED),
-            (
-                "https://evil.example.com/auth",
-                Reason::REDIRECT_NOT_ALLOWED,
-            ),
-            (
-                "https://user:pw@app.example.com/auth",
-                Reason::REDIRECT_NOT_ALLOWED,
-            ),
-            (
-                "https://app.example.com/auth#frag",
-                Reason::REDIRECT_NOT_ALLOWED,
-            ),
+            ("https://evil.example.com/auth", Reason::REDIRECT_NOT_ALLOWED),
+            ("https://user:pw@app.example.com/auth", Reason::REDIRECT_NOT_ALLOWED),
+            ("https://app.example.com/auth#frag", Reason::REDIRECT_NOT_ALLOWED),
             ("javascript:alert(1)", Reason::REDIRECT_NOT_ALLOWED),
             ("ftp://app.example.com/auth", Reason::REDIRECT_NOT_ALLOWED),
-            (
-                "https://app.example.com/auth/../admin",
-                Reason::REDIRECT_NOT_ALLOWED,
-            ),
+            ("https://app.example.com/auth/../admin", Reason::REDIRECT_NOT_ALLOWED),
             ("/relative", Reason::INVALID_URL),
             ("https://app.example.com/auth?token=x", Reason::INVALID_URL),
         ] {

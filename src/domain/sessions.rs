@@ -57,8 +57,7 @@ impl Domain {
         user: &User,
         now: Millis,
     ) -> NewSession {
-        let expires_at = (now + Millis::from(self.settings.session_jwt_minutes) * MINUTE)
-            .min(session.expires_at);
+        let expires_at = (now + Millis::from(self.settings.session_jwt_minutes) * MINUTE).min(session.expires_at);
         let mut claims = Map::new();
         claims.insert("iss".into(), Value::from(self.settings.issuer.clone()));
         claims.insert("sub".into(), Value::from(user.id.clone()));
@@ -81,10 +80,7 @@ impl Domain {
     /// Checks a session token or JWT and answers with the user, the session and a fresh JWT. A
     /// JWT past its own `exp` still authenticates while its session lives (as Stytch does), so
     /// callers can refresh short-lived JWTs.
-    pub async fn authenticate_session(
-        &self,
-        credential: SessionCredential,
-    ) -> Result<(User, NewSession)> {
+    pub async fn authenticate_session(&self, credential: SessionCredential) -> Result<(User, NewSession)> {
         let session = match credential {
             SessionCredential::Token(raw) => {
                 let token = validate::secret("session_token", &raw, Reason::SESSION_NOT_FOUND)?;
@@ -103,15 +99,8 @@ impl Domain {
                         format!("the session JWT is not valid: {error}"),
                     )
                 })?;
-                let session_id = claims
-                    .get("sid")
-                    .and_then(Value::as_str)
-                    .ok_or_else(not_found)?;
-                let session = self
-                    .store
-                    .session(session_id)
-                    .await?
-                    .ok_or_else(not_found)?;
+                let session_id = claims.get("sid").and_then(Value::as_str).ok_or_else(not_found)?;
+                let session = self.store.session(session_id).await?.ok_or_else(not_found)?;
                 if claims.get("sub").and_then(Value::as_str) != Some(session.user_id.as_str()) {
                     return Err(not_found());
                 }
@@ -120,22 +109,12 @@ impl Domain {
         };
         let now = self.clock.now();
         if session.revoked_at.is_some() {
-            return Err(Error::new(
-                Reason::SESSION_REVOKED,
-                "this session was revoked",
-            ));
+            return Err(Error::new(Reason::SESSION_REVOKED, "this session was revoked"));
         }
         if session.expires_at <= now {
-            return Err(Error::new(
-                Reason::SESSION_EXPIRED,
-                "this session has expired",
-            ));
+            return Err(Error::new(Reason::SESSION_EXPIRED, "this session has expired"));
         }
-        let user = self
-            .store
-            .user(&session.user_id)
-            .await?
-            .ok_or_else(not_found)?;
+        let user = self.store.user(&session.user_id).await?.ok_or_else(not_found)?;
         if user.status == UserStatus::Disabled {
             return Err(Error::new(Reason::USER_DISABLED, "this user is disabled"));
         }
@@ -156,10 +135,7 @@ impl Domain {
                     .id
             }
         };
-        let revoked = self
-            .store
-            .revoke_session(&session_id, self.clock.now())
-            .await?;
+        let revoked = self.store.revoke_session(&session_id, self.clock.now()).await?;
         revoked.map(|session| session.id).ok_or_else(not_found)
     }
 
@@ -169,13 +145,8 @@ impl Domain {
             return Err(Error::missing("user_id"));
         }
         if self.store.user(user_id).await?.is_none() {
-            return Err(Error::new(
-                Reason::USER_NOT_FOUND,
-                "no user with this user_id",
-            ));
+            return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"));
         }
-        self.store
-            .revoke_user_sessions(user_id, self.clock.now())
-            .await
+        self.store.revoke_user_sessions(user_id, self.clock.now()).await
     }
 }

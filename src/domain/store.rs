@@ -53,12 +53,7 @@ pub trait Store: Send + Sync + 'static {
     async fn user(&self, user_id: &str) -> Result<Option<User>>;
     async fn user_by_email(&self, email: &str) -> Result<Option<User>>;
     /// Users after `after` (exclusive) in user-id order, optionally only those with `status`.
-    async fn list_users(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-        status: Option<UserStatus>,
-    ) -> Result<Vec<User>>;
+    async fn list_users(&self, after: Option<&str>, limit: usize, status: Option<UserStatus>) -> Result<Vec<User>>;
     /// Read-modify-write of one user; `USER_NOT_FOUND` when it does not exist.
     async fn update_user(&self, user_id: &str, update: UpdateUserFn<'_>) -> Result<User>;
     /// Deletes the user and its email index entry, revokes its sessions and deletes its links.
@@ -66,20 +61,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a link, creating `new_user` in the same step (`USER_EXISTS` if its email is taken).
     /// With a reuse key, a live link under the same key is returned instead of storing a new one.
-    async fn insert_link(
-        &self,
-        link: &Link,
-        new_user: Option<&User>,
-        now: Millis,
-    ) -> Result<LinkInsert>;
+    async fn insert_link(&self, link: &Link, new_user: Option<&User>, now: Millis) -> Result<LinkInsert>;
     async fn link(&self, token_digest: &Digest32) -> Result<Option<Link>>;
     /// Atomically re-reads the link and its user, lets `decide` rule, and writes the outcome.
     /// `TOKEN_NOT_FOUND` when the link (or its user) does not exist.
-    async fn redeem_link(
-        &self,
-        token_digest: &Digest32,
-        decide: RedeemFn<'_>,
-    ) -> Result<Redemption>;
+    async fn redeem_link(&self, token_digest: &Digest32, decide: RedeemFn<'_>) -> Result<Redemption>;
 
     async fn session(&self, session_id: &str) -> Result<Option<Session>>;
     async fn session_by_token(&self, token_digest: &Digest32) -> Result<Option<Session>>;
@@ -90,11 +76,7 @@ pub trait Store: Send + Sync + 'static {
 
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
     /// Replaces the key set if it still equals `expected` (compare-and-swap); false otherwise.
-    async fn replace_signing_keys(
-        &self,
-        expected: &[SigningKeyRecord],
-        new: &[SigningKeyRecord],
-    ) -> Result<bool>;
+    async fn replace_signing_keys(&self, expected: &[SigningKeyRecord], new: &[SigningKeyRecord]) -> Result<bool>;
 
     /// Removes records whose retention ended before `now`, at most `limit`; returns how many.
     async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize>;

@@ -58,40 +58,25 @@ impl Domain {
             None => return Err(Error::missing("user_id")),
             Some(UserRef::Id(id)) if id.trim().is_empty() => return Err(Error::missing("user_id")),
             Some(UserRef::Id(id)) => self.store.user(id.trim()).await?,
-            Some(UserRef::Email(email)) => {
-                self.store
-                    .user_by_email(&validate::email("email", &email)?)
-                    .await?
-            }
+            Some(UserRef::Email(email)) => self.store.user_by_email(&validate::email("email", &email)?).await?,
         };
         found.ok_or_else(|| Error::new(Reason::USER_NOT_FOUND, "no such user"))
     }
 
-    pub async fn list_users(
-        &self,
-        page_size: u32,
-        page_token: &str,
-        status: Option<UserStatus>,
-    ) -> Result<UserPage> {
+    pub async fn list_users(&self, page_size: u32, page_token: &str, status: Option<UserStatus>) -> Result<UserPage> {
         let after = decode_page_token(page_token, status)?;
         let page_size = match page_size {
             0 => DEFAULT_PAGE_SIZE,
             size => size.min(MAX_PAGE_SIZE),
         } as usize;
-        let mut users = self
-            .store
-            .list_users(after.as_deref(), page_size + 1, status)
-            .await?;
+        let mut users = self.store.list_users(after.as_deref(), page_size + 1, status).await?;
         let next_page_token = if users.len() > page_size {
             users.truncate(page_size);
             encode_page_token(status, &users[page_size - 1].id)
         } else {
             String::new()
         };
-        Ok(UserPage {
-            users,
-            next_page_token,
-        })
+        Ok(UserPage { users, next_page_token })
     }
 
     pub async fn update_user(&self, user_id: &str, patch: UserPatch) -> Result<User> {
@@ -173,9 +158,7 @@ mod tests {
     fn page_tokens_are_bound_to_their_filter() {
         let token = encode_page_token(Some(UserStatus::Active), "user-1");
         assert_eq!(
-            decode_page_token(&token, Some(UserStatus::Active))
-                .unwrap()
-                .as_deref(),
+            decode_page_token(&token, Some(UserStatus::Active)).unwrap().as_deref(),
             Some("user-1")
         );
         assert_eq!(

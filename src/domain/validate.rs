@@ -126,10 +126,7 @@ mod tests {
 
     #[test]
     fn emails() {
-        assert_eq!(
-            email("email", "  Ann@Example.COM ").unwrap(),
-            "Ann@Example.COM"
-        );
+        assert_eq!(email("email", "  Ann@Example.COM ").unwrap(), "Ann@Example.COM");
         for bad in [
             "",
             "ann",
@@ -142,10 +139,7 @@ mod tests {
             assert!(email("email", bad).is_err(), "{bad} should be refused");
         }
         let long = format!("{}@example.com", "a".repeat(250));
-        assert_eq!(
-            email("email", &long).unwrap_err().reason(),
-            Reason::INVALID_EMAIL
-        );
+        assert_eq!(email("email", &long).unwrap_err().reason(), Reason::INVALID_EMAIL);
     }
 
     #[test]

@@ -12,8 +12,7 @@ pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(bytes)
-        .map_err(|error| Error::internal(format!("corrupt record: {error}")))
+    serde_json::from_slice(bytes).map_err(|error| Error::internal(format!("corrupt record: {error}")))
 }
 
 /// `parent \0 child`, so all children of one parent are one prefix scan.

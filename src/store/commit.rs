@@ -102,20 +102,13 @@ impl GroupCommit {
     }
 }
 
-fn run_flusher(
-    db: &sled::Db,
-    data_file: Option<&File>,
-    queue: &mpsc::Receiver<Request>,
-    counters: &Counters,
-) {
+fn run_flusher(db: &sled::Db, data_file: Option<&File>, queue: &mpsc::Receiver<Request>, counters: &Counters) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         batch.extend(queue.try_iter());
         let outcome = flush(db, data_file);
         counters.flushes.fetch_add(1, Ordering::Relaxed);
-        counters
-            .writes
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        counters.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut stop = false;
         for request in batch {
             let done = match request {
@@ -136,8 +129,7 @@ fn run_flusher(
 fn flush(db: &sled::Db, data_file: Option<&File>) -> Outcome {
     db.flush().map_err(|error| format!("sled flush: {error}"))?;
     if let Some(file) = data_file {
-        file.sync_data()
-            .map_err(|error| format!("fdatasync: {error}"))?;
+        file.sync_data().map_err(|error| format!("fdatasync: {error}"))?;
     }
     Ok(())
 }

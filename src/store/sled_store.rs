@@ -44,10 +44,7 @@ pub enum OpenError {
     #[error("cannot open the store in {path}: {source}")]
     Sled { path: PathBuf, source: sled::Error },
     #[error("cannot open the store's data file {path} for fdatasync: {source}")]
-    DataFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataFile { path: PathBuf, source: std::io::Error },
 }
 
 struct Trees {
@@ -98,10 +95,7 @@ impl SledStore {
             .cache_capacity(options.cache_capacity_bytes)
             .open()
             .map_err(|source| open_error(&options.path, source))?;
-        let tree = |name: &str| {
-            db.open_tree(name)
-                .map_err(|source| open_error(&options.path, source))
-        };
+        let tree = |name: &str| db.open_tree(name).map_err(|source| open_error(&options.path, source));
         let trees = Trees {
             users: tree("users")?,
             user_emails: tree("user_emails")?,
@@ -121,11 +115,10 @@ impl SledStore {
             }
             Durability::Flush => None,
         };
-        let commit =
-            GroupCommit::start(db.clone(), data_file).map_err(|source| OpenError::DataFile {
-                path: options.path.clone(),
-                source,
-            })?;
+        let commit = GroupCommit::start(db.clone(), data_file).map_err(|source| OpenError::DataFile {
+            path: options.path.clone(),
+            source,
+        })?;
         Ok(Self {
             db,
             trees,
@@ -137,10 +130,7 @@ impl SledStore {
     async fn durable(&self) -> Result<()> {
         self.commit.wait().await.map_err(|error| {
             tracing::error!(%error, "store commit failed");
-            Error::new(
-                Reason::STORE_UNAVAILABLE,
-                "the store is unavailable; try again",
-            )
+            Error::new(Reason::STORE_UNAVAILABLE, "the store is unavailable; try again")
         })
     }
 
@@ -149,10 +139,7 @@ impl SledStore {
         self.commit.counts()
     }
 
-    fn get<T: serde::de::DeserializeOwned>(
-        tree: &sled::Tree,
-        key: impl AsRef<[u8]>,
-    ) -> Result<Option<T>> {
+    fn get<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: impl AsRef<[u8]>) -> Result<Option<T>> {
         match tree.get(key).map_err(storage)? {
             Some(bytes) => decode(&bytes).map(Some),
             None => Ok(None),
@@ -169,17 +156,15 @@ impl SledStore {
     fn purge_link(&self, digest: &[u8], expiry_entry: &[u8]) -> Result<()> {
         let t = &self.trees;
         finish(
-            (&t.links, &t.link_reuse, &t.user_links, &t.expiry).transaction(
-                |(links, reuse, user_links, expiry)| {
-                    if let Some(bytes) = links.remove(digest)? {
-                        let link: Link = decode_in_tx(&bytes)?;
-                        forget_reuse(reuse, &link, digest)?;
-                        user_links.remove(child_key(&link.user_id, digest))?;
-                    }
-                    expiry.remove(expiry_entry)?;
-                    Ok(())
-                },
-            ),
+            (&t.links, &t.link_reuse, &t.user_links, &t.expiry).transaction(|(links, reuse, user_links, expiry)| {
+                if let Some(bytes) = links.remove(digest)? {
+                    let link: Link = decode_in_tx(&bytes)?;
+                    forget_reuse(reuse, &link, digest)?;
+                    user_links.remove(child_key(&link.user_id, digest))?;
+                }
+                expiry.remove(expiry_entry)?;
+                Ok(())
+            }),
         )
     }
 
@@ -237,10 +222,7 @@ fn insert_session(
     sessions.insert(id, encode(session))?;
     tokens.insert(session.token_digest.as_bytes(), id)?;
     user_sessions.insert(child_key(&session.user_id, id), &[])?;
-    expiry.insert(
-        expiry_key(session.expires_at + retention, Expiring::Session, id),
-        &[],
-    )?;
+    expiry.insert(expiry_key(session.expires_at + retention, Expiring::Session, id), &[])?;
     Ok(())
 }
 
@@ -262,22 +244,13 @@ impl Store for SledStore {
         }
     }
 
-    async fn list_users(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-        status: Option<UserStatus>,
-    ) -> Result<Vec<User>> {
+    async fn list_users(&self, after: Option<&str>, limit: usize, status: Option<UserStatus>) -> Result<Vec<User>> {
         let start = match after {
             Some(after) => Bound::Excluded(after.as_bytes().to_vec()),
             None => Bound::Unbounded,
         };
         let mut users = Vec::with_capacity(limit.min(1024));
-        for entry in self
-            .trees
-            .users
-            .range::<Vec<u8>, _>((start, Bound::Unbounded))
-        {
+        for entry in self.trees.users.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
             let (_, bytes) = entry.map_err(storage)?;
             let user: User = decode(&bytes)?;
             if status.is_none_or(|status| user.status == status) {
@@ -356,12 +329,7 @@ impl Store for SledStore {
         Ok(deletion)
     }
 
-    async fn insert_link(
-        &self,
-        link: &Link,
-        new_user: Option<&User>,
-        now: Millis,
-    ) -> Result<LinkInsert> {
+    async fn insert_link(&self, link: &Link, new_user: Option<&User>, now: Millis) -> Result<LinkInsert> {
         let t = &self.trees;
         let digest = link.token_digest.as_bytes();
         let retention = self.retention;
@@ -389,20 +357,14 @@ impl Store for SledStore {
                     if let Some(user) = new_user {
                         let email_key = user.email_key();
                         if emails.get(email_key.as_bytes())?.is_some() {
-                            return abort(Error::new(
-                                Reason::USER_EXISTS,
-                                "a user with this email exists",
-                            ));
+                            return abort(Error::new(Reason::USER_EXISTS, "a user with this email exists"));
                         }
                         emails.insert(email_key.as_bytes(), user.id.as_bytes())?;
                         users.insert(user.id.as_bytes(), encode(user))?;
                     }
                     links.insert(digest, encode(link))?;
                     user_links.insert(child_key(&link.user_id, digest), &[])?;
-                    expiry.insert(
-                        expiry_key(link.expires_at + retention, Expiring::Link, digest),
-                        &[],
-                    )?;
+                    expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[])?;
                     Ok(LinkInsert::Inserted)
                 }),
         )?;
@@ -415,11 +377,7 @@ impl Store for SledStore {
         Self::get(&self.trees.links, token_digest.as_bytes())
     }
 
-    async fn redeem_link(
-        &self,
-        token_digest: &Digest32,
-        decide: RedeemFn<'_>,
-    ) -> Result<Redemption> {
+    async fn redeem_link(&self, token_digest: &Digest32, decide: RedeemFn<'_>) -> Result<Redemption> {
         let t = &self.trees;
         let retention = self.retention;
         let redemption = finish(
@@ -431,34 +389,24 @@ impl Store for SledStore {
                 &t.user_sessions,
                 &t.expiry,
             )
-                .transaction(
-                    |(links, users, sessions, tokens, user_sessions, expiry)| {
-                        let not_found = || Error::new(Reason::TOKEN_NOT_FOUND, "no such token");
-                        let Some(bytes) = links.get(token_digest.as_bytes())? else {
-                            return abort(not_found());
-                        };
-                        let link: Link = decode_in_tx(&bytes)?;
-                        let Some(bytes) = users.get(link.user_id.as_bytes())? else {
-                            return abort(not_found());
-                        };
-                        let user: User = decode_in_tx(&bytes)?;
-                        let redemption =
-                            decide(&link, &user).map_err(ConflictableTransactionError::Abort)?;
-                        links.insert(token_digest.as_bytes(), encode(&redemption.link))?;
-                        users.insert(user.id.as_bytes(), encode(&redemption.user))?;
-                        if let Some(session) = &redemption.session {
-                            insert_session(
-                                sessions,
-                                tokens,
-                                user_sessions,
-                                expiry,
-                                session,
-                                retention,
-                            )?;
-                        }
-                        Ok(redemption)
-                    },
-                ),
+                .transaction(|(links, users, sessions, tokens, user_sessions, expiry)| {
+                    let not_found = || Error::new(Reason::TOKEN_NOT_FOUND, "no such token");
+                    let Some(bytes) = links.get(token_digest.as_bytes())? else {
+                        return abort(not_found());
+                    };
+                    let link: Link = decode_in_tx(&bytes)?;
+                    let Some(bytes) = users.get(link.user_id.as_bytes())? else {
+                        return abort(not_found());
+                    };
+                    let user: User = decode_in_tx(&bytes)?;
+                    let redemption = decide(&link, &user).map_err(ConflictableTransactionError::Abort)?;
+                    links.insert(token_digest.as_bytes(), encode(&redemption.link))?;
+                    users.insert(user.id.as_bytes(), encode(&redemption.user))?;
+                    if let Some(session) = &redemption.session {
+                        insert_session(sessions, tokens, user_sessions, expiry, session, retention)?;
+                    }
+                    Ok(redemption)
+                }),
         )?;
         self.durable().await?;
         Ok(redemption)
@@ -522,11 +470,7 @@ impl Store for SledStore {
         Ok(Self::get(&self.trees.meta, SIGNING_KEYS)?.unwrap_or_default())
     }
 
-    async fn replace_signing_keys(
-        &self,
-        expected: &[SigningKeyRecord],
-        new: &[SigningKeyRecord],
-    ) -> Result<bool> {
+    async fn replace_signing_keys(&self, expected: &[SigningKeyRecord], new: &[SigningKeyRecord]) -> Result<bool> {
         let current = self.trees.meta.get(SIGNING_KEYS).map_err(storage)?;
         let current_keys: Vec<SigningKeyRecord> = match &current {
             Some(bytes) => decode(bytes)?,

@@ -26,12 +26,7 @@ pub async fn sweep(store: &dyn Store, clock: &dyn Clock) -> Result<usize> {
 }
 
 /// Sweeps every `interval` until `shutdown` is cancelled.
-pub async fn run(
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
+pub async fn run(store: Arc<dyn Store>, clock: Arc<dyn Clock>, interval: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,

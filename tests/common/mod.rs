@@ -94,12 +94,7 @@ impl TestApp {
 
     /// Stops the server and hands back its directory and clock, e.g. to restart on the same data.
     pub async fn stop(mut self) -> (TempDir, ManualClock) {
-        self.running
-            .take()
-            .unwrap()
-            .shutdown()
-            .await
-            .expect("clean shutdown");
+        self.running.take().unwrap().shutdown().await.expect("clean shutdown");
         (self.dir, self.clock)
     }
 
@@ -108,37 +103,25 @@ impl TestApp {
         self.issue(issue_request(email)).await.expect("link issued")
     }
 
-    pub async fn issue(
-        &self,
-        request: pb::IssueLoginLinkRequest,
-    ) -> Result<pb::IssueLoginLinkResponse, Status> {
+    pub async fn issue(&self, request: pb::IssueLoginLinkRequest) -> Result<pb::IssueLoginLinkResponse, Status> {
         self.passwordless()
             .issue_login_link(request)
             .await
             .map(|r| r.into_inner())
     }
 
-    pub async fn verify(
-        &self,
-        token: &str,
-        verifier: &str,
-    ) -> Result<pb::VerifyTokenResponse, Status> {
+    pub async fn verify(&self, token: &str, verifier: &str) -> Result<pb::VerifyTokenResponse, Status> {
         let request = pb::VerifyTokenRequest {
             token: token.into(),
             code_verifier: verifier.into(),
             ..Default::default()
         };
-        self.passwordless()
-            .verify_token(request)
-            .await
-            .map(|r| r.into_inner())
+        self.passwordless().verify_token(request).await.map(|r| r.into_inner())
     }
 
     pub async fn inspect(&self, token: &str) -> Result<pb::InspectTokenResponse, Status> {
         self.passwordless()
-            .inspect_token(pb::InspectTokenRequest {
-                token: token.into(),
-            })
+            .inspect_token(pb::InspectTokenRequest { token: token.into() })
             .await
             .map(|r| r.into_inner())
     }
@@ -146,19 +129,11 @@ impl TestApp {
     /// Issues a link for a new user and verifies it: a user with a live session.
     pub async fn signed_in(&self, email: &str) -> (pb::User, pb::Session) {
         let issued = self.issue_for_email(email).await;
-        let verified = self
-            .verify(&token_of(&issued.link), "")
-            .await
-            .expect("verified");
+        let verified = self.verify(&token_of(&issued.link), "").await.expect("verified");
         (verified.user.clone().unwrap(), session_of(verified))
     }
 
-    pub async fn update_user(
-        &self,
-        user_id: &str,
-        user: pb::User,
-        paths: &[&str],
-    ) -> Result<pb::User, Status> {
+    pub async fn update_user(&self, user_id: &str, user: pb::User, paths: &[&str]) -> Result<pb::User, Status> {
         let request = pb::UpdateUserRequest {
             user: Some(pb::User {
                 user_id: user_id.into(),
@@ -226,11 +201,7 @@ pub fn reason(status: &Status) -> String {
 }
 
 #[track_caller]
-pub fn assert_error<T: std::fmt::Debug>(
-    result: Result<T, Status>,
-    code: Code,
-    expected_reason: &str,
-) -> Status {
+pub fn assert_error<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, expected_reason: &str) -> Status {
     let status = result.expect_err(&format!("expected {code:?} {expected_reason}"));
     assert_eq!(status.code(), code, "code of {status:?}");
     assert_eq!(reason(&status), expected_reason, "reason of {status:?}");

@@ -52,8 +52,7 @@ impl BinaryServer {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("latchkey is serving") {
-                    let parsed: serde_json::Value =
-                        serde_json::from_str(&line).expect("JSON log line");
+                    let parsed: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
                     let listen = parsed["fields"]["listen"]
                         .as_str()
                         .unwrap()
@@ -68,10 +67,7 @@ impl BinaryServer {
             Ok(addr) => addr,
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "the server did not start; its log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
+                panic!("the server did not start; its log:\n{}", log.lock().unwrap().join("\n"));
             }
         };
         Self {

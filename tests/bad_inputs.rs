@@ -1,0 +1,664 @@
+//! Every implemented RPC refuses bad input with the contract's code and reason, writes nothing,
+//! and the server keeps answering. API keys and scopes are checked before any RPC runs.
+
+mod common;
+
+use common::*;
+use latchkey::config::{ApiKeyConfig, Scope};
+use latchkey::crypto::api_key_digest;
+use pb::issue_login_link_request::User as IssueUser;
+use tonic::{Code, Request, Status};
+
+fn drop_body<T>(result: Result<tonic::Response<T>, Status>) -> Result<(), Status> {
+    result.map(|_| ())
+}
+
+#[tokio::test]
+async fn issue_login_link_bad_inputs() {
+    let app = TestApp::spawn().await;
+    let (user, _) = app.signed_in("known@example.com").await;
+    let base = || issue_request("fresh@example.com");
+    let cases: Vec<(&str, pb::IssueLoginLinkRequest, Code, &str)> = vec![
+        (
+            "no user",
+            pb::IssueLoginLinkRequest { user: None, ..base() },
+            Code::InvalidArgument,
+            "MISSING_FIELD",
+        ),
+        (
+            "unknown id",
+            issue_for_user("user-nobody"),
+            Code::NotFound,
+            "USER_NOT_FOUND",
+        ),
+        (
+            "bad email",
+            pb::IssueLoginLinkRequest {
+                user: Some(IssueUser::Email("not-an-email".into())),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "INVALID_EMAIL",
+        ),
+        (
+            "empty email",
+            pb::IssueLoginLinkRequest {
+                user: Some(IssueUser::Email(" ".into())),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "MISSING_FIELD",
+        ),
+        (
+            "long email",
+            pb::IssueLoginLinkRequest {
+                user: Some(IssueUser::Email(format!("{}@example.com", "a".repeat(250)))),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "INVALID_EMAIL",
+        ),
+        (
+            "display name",
+            pb::IssueLoginLinkRequest {
+                user: Some(IssueUser::Email("Ann <ann@example.com>".into())),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "INVALID_EMAIL",
+        ),
+        (
+            "long name",
+            pb::IssueLoginLinkRequest {
+                first_name: "n".repeat(101),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        ),
+        (
+            "control char",
+            pb::IssueLoginLinkRequest {
+                last_name: "Lee\u{7}".into(),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        ),
+        (
+            "too short",
+            pb::IssueLoginLinkRequest {
+                expiration_minutes: 4,
+                ..base()
+            },
+            Code::InvalidArgument,
+            "EXPIRATION_OUT_OF_RANGE",
+        ),
+        (
+            "too long",
+            pb::IssueLoginLinkRequest {
+                expiration_minutes: 10_081,
+                ..base()
+            },
+            Code::InvalidArgument,
+            "EXPIRATION_OUT_OF_RANGE",
+        ),
+        (
+            "not a url",
+            pb::IssueLoginLinkRequest {
+                redirect_url: "not a url".into(),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "INVALID_URL",
+        ),
+        (
+            "relative",
+            pb::IssueLoginLinkRequest {
+                redirect_url: "/auth/callback".into(),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "INVALID_URL",
+        ),
+        (
+            "other host",
+            pb::IssueLoginLinkRequest {
+                redirect_url: "https://evil.example/cb".into(),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "REDIRECT_NOT_ALLOWED",
+        ),
+        (
+            "http off loopback",
+            pb::IssueLoginLinkRequest {
+                redirect_url: "http://example.com/cb".into(),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "REDIRECT_NOT_ALLOWED",
+        ),
+        (
+            "userinfo",
+            pb::IssueLoginLinkRequest {
+                redirect_url: "http://me:pw@localhost:3000/cb".into(),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "REDIRECT_NOT_ALLOWED",
+        ),
+        (
+            "fragment",
+            pb::IssueLoginLinkRequest {
+                redirect_url: "http://localhost:3000/cb#x".into(),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "REDIRECT_NOT_ALLOWED",
+        ),
+        (
+            "scheme",
+            pb::IssueLoginLinkRequest {
+                redirect_url: "javascript:alert(1)".into(),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "REDIRECT_NOT_ALLOWED",
+        ),
+        (
+            "token param",
+            pb::IssueLoginLinkRequest {
+                redirect_url: "http://localhost:3000/cb?token=x".into(),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "INVALID_URL",
+        ),
+        (
+            "plain challenge",
+            pb::IssueLoginLinkRequest {
+                code_challenge: "plain-text-challenge".into(),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "INVALID_CODE_CHALLENGE",
+        ),
+        (
+            "short challenge",
+            pb::IssueLoginLinkRequest {
+                code_challenge: CHALLENGE[..42].into(),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "INVALID_CODE_CHALLENGE",
+        ),
+        (
+            "oauth not yet",
+            pb::IssueLoginLinkRequest {
+                oauth: Some(pb::OAuthParameters::default()),
+                ..base()
+            },
+            Code::Unimplemented,
+            "NOT_IMPLEMENTED",
+        ),
+    ];
+    for (label, request, code, expected) in cases {
+        let status = app.issue(request).await.expect_err(label);
+        assert_eq!(
+            (status.code(), reason(&status).as_str()),
+            (code, expected),
+            "{label}: {status:?}"
+        );
+        assert!(!status.message().is_empty(), "{label}: a message for people");
+    }
+    // Field problems carry a BadRequest violation naming the field.
+    let status = app
+        .issue(pb::IssueLoginLinkRequest {
+            expiration_minutes: 4,
+            ..base()
+        })
+        .await
+        .unwrap_err();
+    use tonic_types::StatusExt;
+    let violations = status
+        .get_error_details()
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .clone();
+    assert_eq!(violations[0].field, "expiration_minutes");
+
+    // Nothing was written by any refused call: the fresh user does not exist.
+    let lookup = pb::GetUserRequest {
+        user: Some(pb::get_user_request::User::Email("fresh@example.com".into())),
+    };
+    assert_error(app.users().get_user(lookup).await, Code::NotFound, "USER_NOT_FOUND");
+    // And the server still answers.
+    app.issue(issue_for_user(&user.user_id)).await.expect("still serving");
+}
+
+#[tokio::test]
+async fn inspect_and_verify_bad_inputs() {
+    let app = TestApp::spawn().await;
+    let issued = app.issue_for_email("v@example.com").await;
+    let token = token_of(&issued.link);
+    let unknown = latchkey::crypto::new_secret();
+    for (label, bad, code, expected) in [
+        ("empty", "", Code::InvalidArgument, "MISSING_FIELD"),
+        ("garbage", "not a token", Code::NotFound, "TOKEN_NOT_FOUND"),
+        ("unknown", unknown.as_str(), Code::NotFound, "TOKEN_NOT_FOUND"),
+        ("huge", &"a".repeat(100_000), Code::NotFound, "TOKEN_NOT_FOUND"),
+    ] {
+        assert_error(app.inspect(bad).await, code, expected);
+        let status = app.verify(bad, "").await.expect_err(label);
+        assert_eq!((status.code(), reason(&status).as_str()), (code, expected), "{label}");
+    }
+    let mut passwordless = app.passwordless();
+    for (minutes, ok) in [(4, false), (525_601, false), (5, true)] {
+        let request = pb::VerifyTokenRequest {
+            token: token.clone(),
+            session_duration_minutes: minutes,
+            ..Default::default()
+        };
+        let result = passwordless.verify_token(request).await;
+        if ok {
+            let session = session_of(result.unwrap().into_inner());
+            let lifetime = session.expires_at.unwrap().seconds - session.created_at.unwrap().seconds;
+            assert_eq!(lifetime, 5 * 60);
+        } else {
+            // Refused before anything happened: the token is still usable afterwards.
+            assert_error(result, Code::InvalidArgument, "EXPIRATION_OUT_OF_RANGE");
+        }
+    }
+}
+
+#[tokio::test]
+async fn sessions_and_users_bad_inputs() {
+    use pb::authenticate_session_request::Credential;
+    let app = TestApp::spawn().await;
+    let mut sessions = app.sessions();
+    let mut users = app.users();
+    let unknown = latchkey::crypto::new_secret();
+
+    let authenticate = |credential| pb::AuthenticateSessionRequest { credential };
+    assert_error(
+        sessions.authenticate_session(authenticate(None)).await,
+        Code::InvalidArgument,
+        "MISSING_FIELD",
+    );
+    assert_error(
+        sessions
+            .authenticate_session(authenticate(Some(Credential::SessionToken(unknown.clone()))))
+            .await,
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
+    );
+    assert_error(
+        sessions
+            .authenticate_session(authenticate(Some(Credential::SessionToken("x".into()))))
+            .await,
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
+    );
+    assert_error(
+        sessions
+            .authenticate_session(authenticate(Some(Credential::SessionJwt("a.b.c".into()))))
+            .await,
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
+    );
+    assert_error(
+        sessions
+            .authenticate_session(authenticate(Some(Credential::SessionJwt(String::new()))))
+            .await,
+        Code::InvalidArgument,
+        "MISSING_FIELD",
+    );
+
+    // A JWT with a forged signature or swapped payload is refused.
+    let (user, session) = app.signed_in("jwt@example.com").await;
+    let parts: Vec<&str> = session.session_jwt.split('.').collect();
+    let (_, other) = app.signed_in("other@example.com").await;
+    let other_parts: Vec<&str> = other.session_jwt.split('.').collect();
+    let forged = format!("{}.{}.{}", parts[0], other_parts[1], parts[2]);
+    assert_error(
+        sessions
+            .authenticate_session(authenticate(Some(Credential::SessionJwt(forged))))
+            .await,
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
+    );
+
+    let revoke = |session| pb::RevokeSessionRequest { session };
+    use pb::revoke_session_request::Session as Which;
+    assert_error(
+        sessions.revoke_session(revoke(None)).await,
+        Code::InvalidArgument,
+        "MISSING_FIELD",
+    );
+    assert_error(
+        sessions
+            .revoke_session(revoke(Some(Which::SessionId(String::new()))))
+            .await,
+        Code::InvalidArgument,
+        "MISSING_FIELD",
+    );
+    assert_error(
+        sessions
+            .revoke_session(revoke(Some(Which::SessionId("session-nope".into()))))
+            .await,
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
+    );
+    assert_error(
+        sessions
+            .revoke_session(revoke(Some(Which::SessionToken(unknown.clone()))))
+            .await,
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
+    );
+    assert_error(
+        sessions
+            .revoke_user_sessions(pb::RevokeUserSessionsRequest::default())
+            .await,
+        Code::InvalidArgument,
+        "MISSING_FIELD",
+    );
+    assert_error(
+        sessions
+            .revoke_user_sessions(pb::RevokeUserSessionsRequest {
+                user_id: "user-nope".into(),
+            })
+            .await,
+        Code::NotFound,
+        "USER_NOT_FOUND",
+    );
+
+    use pb::get_user_request::User as Lookup;
+    assert_error(
+        users.get_user(pb::GetUserRequest { user: None }).await,
+        Code::InvalidArgument,
+        "MISSING_FIELD",
+    );
+    assert_error(
+        users
+            .get_user(pb::GetUserRequest {
+                user: Some(Lookup::UserId("user-nope".into())),
+            })
+            .await,
+        Code::NotFound,
+        "USER_NOT_FOUND",
+    );
+    assert_error(
+        users
+            .get_user(pb::GetUserRequest {
+                user: Some(Lookup::Email("nope".into())),
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_EMAIL",
+    );
+    assert_error(
+        users
+            .list_users(pb::ListUsersRequest {
+                page_token: "garbage".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_PAGE_TOKEN",
+    );
+    assert_error(
+        users
+            .list_users(pb::ListUsersRequest {
+                status: 42,
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_VALUE",
+    );
+    assert_error(
+        users.delete_user(pb::DeleteUserRequest::default()).await,
+        Code::InvalidArgument,
+        "MISSING_FIELD",
+    );
+    assert_error(
+        users
+            .delete_user(pb::DeleteUserRequest {
+                user_id: "user-nope".into(),
+            })
+            .await,
+        Code::NotFound,
+        "USER_NOT_FOUND",
+    );
+
+    let id = user.user_id.clone();
+    let update = |u: pb::User, paths: &[&str]| pb::UpdateUserRequest {
+        user: Some(u),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }),
+    };
+    let with_id = |u: pb::User| pb::User {
+        user_id: id.clone(),
+        ..u
+    };
+    assert_error(
+        users.update_user(pb::UpdateUserRequest::default()).await,
+        Code::InvalidArgument,
+        "MISSING_FIELD",
+    );
+    assert_error(
+        users.update_user(update(with_id(pb::User::default()), &[])).await,
+        Code::InvalidArgument,
+        "MISSING_FIELD",
+    );
+    assert_error(
+        users
+            .update_user(update(with_id(pb::User::default()), &["email"]))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_FIELD_MASK",
+    );
+    assert_error(
+        users
+            .update_user(update(with_id(pb::User::default()), &["status"]))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_VALUE",
+    );
+    assert_error(
+        users.update_user(update(with_id(pb::User::default()), &["role"])).await,
+        Code::InvalidArgument,
+        "INVALID_VALUE",
+    );
+    assert_error(
+        users
+            .update_user(update(
+                with_id(pb::User {
+                    first_name: "x".repeat(101),
+                    ..Default::default()
+                }),
+                &["first_name"],
+            ))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_VALUE",
+    );
+    assert_error(
+        users
+            .update_user(update(
+                pb::User {
+                    user_id: "user-nope".into(),
+                    ..Default::default()
+                },
+                &["mfa_enabled"],
+            ))
+            .await,
+        Code::NotFound,
+        "USER_NOT_FOUND",
+    );
+
+    // Nothing changed, and the server still answers.
+    let unchanged = users
+        .get_user(pb::GetUserRequest {
+            user: Some(Lookup::UserId(id)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(unchanged, user.clone());
+    sessions
+        .authenticate_session(authenticate(Some(Credential::SessionToken(session.session_token))))
+        .await
+        .expect("still serving");
+}
+
+#[tokio::test]
+async fn methods_of_later_releases_answer_unimplemented_with_error_info() {
+    let app = TestApp::spawn().await;
+    let mut passwordless = app.passwordless();
+    assert_error(
+        drop_body(passwordless.login_or_create(pb::LoginOrCreateRequest::default()).await),
+        Code::Unimplemented,
+        "NOT_IMPLEMENTED",
+    );
+    assert_error(
+        drop_body(
+            passwordless
+                .send_enchanted_link(pb::SendEnchantedLinkRequest::default())
+                .await,
+        ),
+        Code::Unimplemented,
+        "NOT_IMPLEMENTED",
+    );
+    assert_error(
+        drop_body(passwordless.poll_session(pb::PollSessionRequest::default()).await),
+        Code::Unimplemented,
+        "NOT_IMPLEMENTED",
+    );
+    assert_error(
+        drop_body(passwordless.exchange_code(pb::ExchangeCodeRequest::default()).await),
+        Code::Unimplemented,
+        "NOT_IMPLEMENTED",
+    );
+    let mut emails = pb::emails_client::EmailsClient::new(app.channel.clone());
+    assert_error(
+        drop_body(emails.get_email_status(pb::GetEmailStatusRequest::default()).await),
+        Code::Unimplemented,
+        "NOT_IMPLEMENTED",
+    );
+}
+
+const LINKS_KEY: &str = "links-key-0123456789";
+const ADMIN_KEY: &str = "admin-key-0123456789";
+
+async fn app_with_keys() -> TestApp {
+    TestApp::spawn_with(|config| {
+        config.auth.required = true;
+        config.auth.api_keys = vec![
+            ApiKeyConfig {
+                name: "web".into(),
+                sha256: api_key_digest(LINKS_KEY),
+                scopes: vec![Scope::Links, Scope::Sessions],
+            },
+            ApiKeyConfig {
+                name: "ops".into(),
+                sha256: api_key_digest(ADMIN_KEY),
+                scopes: vec![Scope::Admin],
+            },
+        ];
+    })
+    .await
+}
+
+fn with_metadata<T>(message: T, name: &'static str, value: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(name, value.parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn api_keys_and_scopes() {
+    let app = app_with_keys().await;
+    let mut passwordless = app.passwordless();
+    let mut users = app.users();
+    let issue = || issue_request("keys@example.com");
+
+    assert_error(
+        drop_body(passwordless.issue_login_link(issue()).await),
+        Code::Unauthenticated,
+        "API_KEY_INVALID",
+    );
+    assert_error(
+        drop_body(
+            passwordless
+                .issue_login_link(with_metadata(issue(), "authorization", "Bearer wrong-key"))
+                .await,
+        ),
+        Code::Unauthenticated,
+        "API_KEY_INVALID",
+    );
+    assert_error(
+        drop_body(
+            passwordless
+                .issue_login_link(with_metadata(issue(), "authorization", "Basic Zm9vOmJhcg=="))
+                .await,
+        ),
+        Code::Unauthenticated,
+        "API_KEY_INVALID",
+    );
+    let status = assert_error(
+        drop_body(
+            passwordless
+                .issue_login_link(with_metadata(issue(), "x-api-key", ADMIN_KEY))
+                .await,
+        ),
+        Code::PermissionDenied,
+        "SCOPE_MISSING",
+    );
+    assert!(!status.message().contains(ADMIN_KEY), "no key in messages");
+
+    let issued = passwordless
+        .issue_login_link(with_metadata(issue(), "authorization", &format!("Bearer {LINKS_KEY}")))
+        .await
+        .expect("bearer key with the links scope")
+        .into_inner();
+    passwordless
+        .inspect_token(with_metadata(
+            pb::InspectTokenRequest {
+                token: token_of(&issued.link),
+            },
+            "x-api-key",
+            LINKS_KEY,
+        ))
+        .await
+        .expect("x-api-key form");
+    let get = || pb::GetUserRequest {
+        user: Some(pb::get_user_request::User::UserId(issued.user_id.clone())),
+    };
+    assert_error(
+        drop_body(users.get_user(with_metadata(get(), "x-api-key", LINKS_KEY)).await),
+        Code::PermissionDenied,
+        "SCOPE_MISSING",
+    );
+    users
+        .get_user(with_metadata(get(), "x-api-key", ADMIN_KEY))
+        .await
+        .expect("admin scope");
+
+    // Health and reflection need no key.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
+    let checked = health
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap();
+    assert_eq!(
+        checked.into_inner().status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+}
