@@ -13,6 +13,7 @@ pub struct BinaryServer {
     pub addr: SocketAddr,
     pub dir: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// How long a start may take before the test gives up (a bound, not a synchronisation sleep).
@@ -49,7 +50,7 @@ impl BinaryServer {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (ready, ready_rx) = mpsc::channel();
         let lines = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("latchkey is serving") {
                     let parsed: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
@@ -75,6 +76,7 @@ impl BinaryServer {
             addr,
             dir: dir.to_path_buf(),
             log,
+            reader: Some(reader),
         }
     }
 
@@ -96,8 +98,13 @@ impl BinaryServer {
         self.child.wait().unwrap();
     }
 
+    /// Waits for the process to exit and for its log to be read to the end.
     pub fn wait(&mut self) -> ExitStatus {
-        self.child.wait().unwrap()
+        let status = self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        status
     }
 
     pub fn log(&self) -> String {

@@ -1,0 +1,398 @@
+//! The real binary: acknowledged writes survive kill -9, SIGTERM drains calls in flight and exits
+//! 0, no secret reaches the data directory or the log, bad config stops start-up naming the key.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::process::{BinaryServer, command};
+use common::*;
+use tonic::Code;
+
+fn dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9() {
+    let dir = dir();
+    let mut server = BinaryServer::start(dir.path(), &[], &[]);
+    let channel = connect(server.addr).await;
+    let mut passwordless = pb::passwordless_client::PasswordlessClient::new(channel.clone());
+    let mut links = Vec::new();
+    for n in 0..40 {
+        let issued = passwordless
+            .issue_login_link(issue_request(&format!("k{n}@example.com")))
+            .await
+            .unwrap()
+            .into_inner();
+        links.push(token_of(&issued.link));
+    }
+    let mut sessions = Vec::new();
+    for token in &links[..15] {
+        let verified = passwordless
+            .verify_token(pb::VerifyTokenRequest {
+                token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        sessions.push(session_of(verified.into_inner()));
+    }
+    let revoked = sessions[0].session_id.clone();
+    let mut sessions_client = pb::sessions_client::SessionsClient::new(channel);
+    sessions_client
+        .revoke_session(pb::RevokeSessionRequest {
+            session: Some(pb::revoke_session_request::Session::SessionId(revoked.clone())),
+        })
+        .await
+        .unwrap();
+    server.kill9();
+
+    let server = BinaryServer::start(dir.path(), &[], &[]);
+    let channel = connect(server.addr).await;
+    let mut passwordless = pb::passwordless_client::PasswordlessClient::new(channel.clone());
+    let mut sessions_client = pb::sessions_client::SessionsClient::new(channel);
+    for (n, token) in links.iter().enumerate() {
+        let inspected = passwordless
+            .inspect_token(pb::InspectTokenRequest { token: token.clone() })
+            .await;
+        if n < 15 {
+            assert_error(inspected, Code::FailedPrecondition, "TOKEN_ALREADY_USED");
+        } else {
+            inspected.unwrap_or_else(|status| panic!("link {n} lost: {status:?}"));
+        }
+    }
+    for session in &sessions {
+        let request = pb::AuthenticateSessionRequest {
+            credential: Some(pb::authenticate_session_request::Credential::SessionToken(
+                session.session_token.clone(),
+            )),
+        };
+        let result = sessions_client.authenticate_session(request).await;
+        if session.session_id == revoked {
+            assert_error(result, Code::FailedPrecondition, "SESSION_REVOKED");
+        } else {
+            result.expect("the session survived");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_calls_in_flight_and_exits_zero() {
+    const CALLS: usize = 1000;
+    let dir = dir();
+    let mut server = BinaryServer::start(dir.path(), &[], &[]);
+    let channel = connect(server.addr).await;
+    let completed = Arc::new(AtomicUsize::new(0));
+    let signalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let completed_after_signal = Arc::new(AtomicUsize::new(0));
+    let (first_done, first_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let first_done = Arc::new(std::sync::Mutex::new(Some(first_done)));
+    let calls: Vec<_> = (0..CALLS)
+        .map(|n| {
+            let mut client = pb::passwordless_client::PasswordlessClient::new(channel.clone());
+            let completed = completed.clone();
+            let first_done = first_done.clone();
+            let signalled = signalled.clone();
+            let completed_after_signal = completed_after_signal.clone();
+            tokio::spawn(async move {
+                let result = client
+                    .issue_login_link(issue_request(&format!("t{n}@example.com")))
+                    .await;
+                if result.is_ok() && signalled.load(Ordering::SeqCst) {
+                    completed_after_signal.fetch_add(1, Ordering::SeqCst);
+                }
+                if completed.fetch_add(1, Ordering::SeqCst) == 10 {
+                    if let Some(done) = first_done.lock().unwrap().take() {
+                        let _ = done.send(());
+                    }
+                }
+                result.map(|r| r.into_inner())
+            })
+        })
+        .collect();
+    // Signal while most calls are still on their way.
+    first_done_rx.await.unwrap();
+    signalled.store(true, Ordering::SeqCst);
+    server.sigterm();
+    let mut succeeded = Vec::new();
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(issued) => succeeded.push(issued),
+            // Calls that had not reached the server before it stopped accepting are refused
+            // (UNAVAILABLE), or never left the client's queue before the connection closed
+            // (CANCELLED); none is cut off half-way with an internal error.
+            Err(status) => assert!(
+                matches!(status.code(), Code::Unavailable | Code::Cancelled),
+                "{status:?}"
+            ),
+        }
+    }
+    eprintln!(
+        "{} calls completed ({} after SIGTERM), {} refused",
+        succeeded.len(),
+        completed_after_signal.load(Ordering::SeqCst),
+        CALLS - succeeded.len()
+    );
+    let exit = server.wait();
+    assert!(exit.success(), "exit status {exit:?}; log:\n{}", server.log());
+    assert!(server.log().contains("latchkey stopped cleanly"));
+    let drained = completed_after_signal.load(Ordering::SeqCst);
+    assert!(
+        drained > 0,
+        "calls in flight when the signal came completed ({drained})"
+    );
+
+    let server = BinaryServer::start(dir.path(), &[], &[]);
+    let mut passwordless = pb::passwordless_client::PasswordlessClient::new(connect(server.addr).await);
+    for issued in &succeeded {
+        passwordless
+            .inspect_token(pb::InspectTokenRequest {
+                token: token_of(&issued.link),
+            })
+            .await
+            .expect("acknowledged link kept");
+    }
+}
+
+/// Every file under `dir`, as bytes.
+fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            bytes.extend(all_bytes(&path));
+        } else {
+            bytes.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_data_directory_or_the_log() {
+    let dir = dir();
+    // The most talkative logging there is.
+    let mut server = BinaryServer::start(dir.path(), &[], &[("RUST_LOG", "trace")]);
+    let channel = connect(server.addr).await;
+    let mut passwordless = pb::passwordless_client::PasswordlessClient::new(channel.clone());
+    let mut sessions = pb::sessions_client::SessionsClient::new(channel);
+    let mut secrets = Vec::new();
+    for n in 0..5 {
+        let mut request = issue_request(&format!("secret{n}@example.com"));
+        request.code_challenge = CHALLENGE.into();
+        let issued = passwordless.issue_login_link(request).await.unwrap().into_inner();
+        let token = token_of(&issued.link);
+        // Reuse re-derives the same token: it must not be stored for that.
+        let again = passwordless
+            .issue_login_link(issue_for_user(&issued.user_id))
+            .await
+            .unwrap()
+            .into_inner();
+        secrets.push(token_of(&again.link));
+        if n % 2 == 0 {
+            let _ = passwordless
+                .verify_token(pb::VerifyTokenRequest {
+                    token: token.clone(),
+                    code_verifier: "x".repeat(43),
+                    ..Default::default()
+                })
+                .await;
+            let verified = passwordless
+                .verify_token(pb::VerifyTokenRequest {
+                    token: token.clone(),
+                    code_verifier: VERIFIER.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let session = session_of(verified.into_inner());
+            let request = pb::AuthenticateSessionRequest {
+                credential: Some(pb::authenticate_session_request::Credential::SessionToken(
+                    session.session_token.clone(),
+                )),
+            };
+            sessions.authenticate_session(request).await.unwrap();
+            secrets.push(session.session_token);
+            secrets.push(session.session_jwt);
+        }
+        secrets.push(token);
+    }
+    server.sigterm();
+    assert!(server.wait().success());
+
+    let server_key = std::fs::read_to_string(dir.path().join("latchkey-server.key")).unwrap();
+    secrets.push(server_key.trim().to_string());
+    secrets.push(VERIFIER.to_string());
+    let data = all_bytes(&dir.path().join("data"));
+    assert!(data.len() > 1000, "the data directory holds the records");
+    let log = server.log();
+    assert!(log.lines().count() > 10, "trace logging produced output");
+    for secret in &secrets {
+        assert!(!contains(&data, secret), "a secret is in the data directory");
+        assert!(!log.contains(secret.as_str()), "a secret is in the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_overrides_flags_and_a_second_process_is_refused() {
+    let dir = dir();
+    // --listen points at a port that cannot be bound; the environment wins and picks a free one.
+    let mut command = command(dir.path());
+    command
+        .args(["serve", "--listen", "127.0.0.1:1", "--data-dir", "data"])
+        .env("LATCHKEY_LISTEN", "127.0.0.1:0");
+    let server = BinaryServer::spawn(command, dir.path());
+    let mut health = tonic_health::pb::health_client::HealthClient::new(connect(server.addr).await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("serving where the environment said");
+
+    let second = command_output(
+        dir.path(),
+        &["serve", "--listen", "127.0.0.1:0", "--data-dir", "data"],
+        &[],
+    );
+    assert!(!second.status.success());
+    assert!(
+        second.stderr.contains("in use by another latchkey process"),
+        "{}",
+        second.stderr
+    );
+}
+
+struct Output {
+    status: std::process::ExitStatus,
+    stderr: String,
+    stdout: String,
+}
+
+fn command_output(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = command(dir);
+    command.args(args).stdout(std::process::Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().unwrap();
+    Output {
+        status: output.status,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+    }
+}
+
+#[test]
+fn bad_config_stops_start_up_naming_the_key() {
+    let dir = dir();
+    let file = dir.path().join("latchkey.toml");
+    let cases: &[(&str, &str)] = &[
+        ("[store]\ndurability = \"sometimes\"\n", "store.durability"),
+        ("[store]\ncache_capacity = 1\n", "cache_capacity"),
+        ("listen = \"not an address\"\n", "listen"),
+        ("[auth]\nrequired = true\n", "auth.api_keys"),
+        (
+            "[[auth.api_keys]]\nname = \"web\"\nsha256 = \"abc\"\nscopes = [\"links\"]\n",
+            "auth.api_keys[0].sha256",
+        ),
+        (
+            "[[auth.api_keys]]\nname = \"web\"\nsha256 = \"abc\"\nscopes = [\"everything\"]\n",
+            "scopes",
+        ),
+    ];
+    for (toml, key) in cases {
+        std::fs::write(&file, toml).unwrap();
+        let output = command_output(dir.path(), &["serve", "--config", "latchkey.toml"], &[]);
+        assert_eq!(output.status.code(), Some(2), "{toml}: {}", output.stderr);
+        assert!(
+            output.stderr.contains(key),
+            "{toml}: expected {key} in {}",
+            output.stderr
+        );
+    }
+    let missing = command_output(dir.path(), &["serve", "--config", "nope.toml"], &[]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(missing.stderr.contains("nope.toml"));
+
+    // Auth off is for loopback only.
+    let open = command_output(dir.path(), &["serve", "--listen", "0.0.0.0:0"], &[]);
+    assert_eq!(open.status.code(), Some(2));
+    assert!(open.stderr.contains("auth.required"), "{}", open.stderr);
+
+    // Production without a server key.
+    let digest = latchkey::crypto::api_key_digest("k");
+    std::fs::write(
+        &file,
+        format!("[[auth.api_keys]]\nname = \"web\"\nsha256 = \"{digest}\"\nscopes = [\"links\"]\n"),
+    )
+    .unwrap();
+    let keyless = command_output(dir.path(), &["serve", "--config", "latchkey.toml"], &[]);
+    assert_eq!(keyless.status.code(), Some(2));
+    assert!(keyless.stderr.contains("server_key_file"), "{}", keyless.stderr);
+    assert!(
+        !dir.path().join("latchkey-server.key").exists(),
+        "production never generates a key"
+    );
+}
+
+#[test]
+fn hash_key_prints_the_digest_config_expects() {
+    let dir = dir();
+    let output = command_output(dir.path(), &["hash-key", "my-secret-key"], &[]);
+    assert!(output.status.success());
+    assert_eq!(output.stdout.trim(), latchkey::crypto::api_key_digest("my-secret-key"));
+
+    let mut child = command(dir.path())
+        .arg("hash-key")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"my-secret-key\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        latchkey::crypto::api_key_digest("my-secret-key")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_config_with_keys_from_file_and_environment() {
+    let dir = dir();
+    let key = "prod-api-key-42";
+    let digest = latchkey::crypto::api_key_digest(key);
+    let server_key = latchkey::crypto::ServerKey::generate_encoded();
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n[log]\nformat = \"json\"\n\n[[auth.api_keys]]\nname = \"web\"\nsha256 = \"{digest}\"\nscopes = [\"links\", \"sessions\"]\n\n[links]\ndefault_redirect_url = \"https://app.example.com/auth/callback\"\nredirect_allow_list = [\"https://app.example.com/auth/\"]\n"
+    );
+    std::fs::write(dir.path().join("latchkey.toml"), config).unwrap();
+    let mut command = command(dir.path());
+    command
+        .args(["serve", "--config", "latchkey.toml"])
+        .env("LATCHKEY_SERVER_KEY", &server_key);
+    let server = BinaryServer::spawn(command, dir.path());
+    let mut passwordless = pb::passwordless_client::PasswordlessClient::new(connect(server.addr).await);
+    assert_error(
+        passwordless
+            .issue_login_link(issue_request("p@example.com"))
+            .await
+            .map(|_| ()),
+        Code::Unauthenticated,
+        "API_KEY_INVALID",
+    );
+    let mut request = tonic::Request::new(issue_request("p@example.com"));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let issued = passwordless.issue_login_link(request).await.unwrap().into_inner();
+    assert!(issued.link.starts_with("https://app.example.com/auth/callback?token="));
+    assert!(!server.log().contains("AUTH IS OFF"));
+}
