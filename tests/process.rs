@@ -105,10 +105,10 @@ async fn sigterm_drains_calls_in_flight_and_exits_zero() {
                 if result.is_ok() && signalled.load(Ordering::SeqCst) {
                     completed_after_signal.fetch_add(1, Ordering::SeqCst);
                 }
-                if completed.fetch_add(1, Ordering::SeqCst) == 10 {
-                    if let Some(done) = first_done.lock().unwrap().take() {
-                        let _ = done.send(());
-                    }
+                if completed.fetch_add(1, Ordering::SeqCst) == 10
+                    && let Some(done) = first_done.lock().unwrap().take()
+                {
+                    let _ = done.send(());
                 }
                 result.map(|r| r.into_inner())
             })
