@@ -204,12 +204,14 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
 /// (`LATCHKEY_PORT`, `LATCHKEY_SERVICE_HOST`, ...).
 fn environment() -> Env {
     Env::prefixed("LATCHKEY_")
-        .filter(|key| !key.as_str().starts_with("port") && !key.as_str().starts_with("service_"))
+        .filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            !key.starts_with("port") && !key.starts_with("service_")
+        })
         .split("__")
 }
 
-/// Reads the layered configuration. `environment` is a stand-in for the process environment in
-/// tests (`None` reads the real one).
+/// Reads the layered configuration: defaults for the profile, the file, the flags, the environment.
 pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
     let mut layers = Figment::new();
     if let Some(file) = file {

@@ -638,6 +638,20 @@ async fn api_keys_and_scopes() {
         ))
         .await
         .expect("x-api-key form");
+    // A Basic authorization header is no key, but an x-api-key beside it is.
+    let mut both = with_metadata(
+        pb::InspectTokenRequest {
+            token: token_of(&issued.link),
+        },
+        "x-api-key",
+        LINKS_KEY,
+    );
+    both.metadata_mut()
+        .insert("authorization", "Basic Zm9vOmJhcg==".parse().unwrap());
+    passwordless
+        .inspect_token(both)
+        .await
+        .expect("x-api-key beside a Basic header");
     let get = || pb::GetUserRequest {
         user: Some(pb::get_user_request::User::UserId(issued.user_id.clone())),
     };
@@ -661,4 +675,18 @@ async fn api_keys_and_scopes() {
         checked.into_inner().status(),
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
+}
+
+#[tokio::test]
+async fn with_auth_off_any_key_is_accepted() {
+    let app = TestApp::spawn().await;
+    let request = with_metadata(
+        issue_request("devkey@example.com"),
+        "authorization",
+        "Bearer some-production-key",
+    );
+    app.passwordless()
+        .issue_login_link(request)
+        .await
+        .expect("development servers do not check keys");
 }

@@ -241,6 +241,11 @@ async fn staff_two_factor_and_disabled_users_cannot_use_links() {
         Code::FailedPrecondition,
         "USER_DISABLED",
     );
+    assert_error(
+        app.inspect(&token_of(&pending.link)).await,
+        Code::FailedPrecondition,
+        "USER_DISABLED",
+    );
 
     app.update_user(
         &id,

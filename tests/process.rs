@@ -248,7 +248,12 @@ async fn environment_overrides_flags_and_a_second_process_is_refused() {
     let mut command = command(dir.path());
     command
         .args(["serve", "--listen", "127.0.0.1:1", "--data-dir", "data"])
-        .env("LATCHKEY_LISTEN", "127.0.0.1:0");
+        .env("LATCHKEY_LISTEN", "127.0.0.1:0")
+        // What Kubernetes injects for a Service named latchkey: ignored, not unknown keys.
+        .env("LATCHKEY_PORT", "tcp://10.0.0.7:50051")
+        .env("LATCHKEY_PORT_50051_TCP_ADDR", "10.0.0.7")
+        .env("LATCHKEY_SERVICE_HOST", "10.0.0.7")
+        .env("LATCHKEY_SERVICE_PORT_GRPC", "50051");
     let server = BinaryServer::spawn(command, dir.path());
     let mut health = tonic_health::pb::health_client::HealthClient::new(connect(server.addr).await);
     health

@@ -230,6 +230,8 @@ impl Domain {
         check_usable(&link, self.clock.now())?;
         let user = self.store.user(&link.user_id).await?;
         let user = user.ok_or_else(|| Error::new(Reason::TOKEN_NOT_FOUND, "no such token"))?;
+        // A landing page should not offer a button that VerifyToken would refuse.
+        check_may_use_links(&user)?;
         Ok(Inspection {
             kind: link.kind,
             masked_email: validate::mask_email(&user.email),

@@ -90,17 +90,6 @@ impl RedirectPolicy {
         Self { allowed }
     }
 
-    /// The development default: any http URL on localhost or 127.0.0.1, any port, any path.
-    pub fn development() -> Self {
-        let loopback = ["http://localhost:*/", "http://127.0.0.1:*/"];
-        Self::new(
-            loopback
-                .iter()
-                .map(|p| AllowedRedirect::parse(p).expect("valid built-in pattern"))
-                .collect(),
-        )
-    }
-
     /// Parses `raw` and checks it against the allow-list. `token_parameter` must not be present
     /// already, since latchkey appends it.
     pub fn check(&self, field: &'static str, raw: &str, token_parameter: &str) -> Result<Url> {

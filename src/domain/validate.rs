@@ -14,7 +14,7 @@ pub fn email(field: &'static str, raw: &str) -> Result<String> {
     if email.is_empty() {
         return Err(Error::missing(field));
     }
-    if email.len() > MAX_EMAIL_LENGTH {
+    if email.chars().count() > MAX_EMAIL_LENGTH {
         return Err(Error::field(
             Reason::INVALID_EMAIL,
             field,
