@@ -62,6 +62,7 @@ pub struct Running {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    shutdown_delay: Duration,
 }
 
 impl Running {
@@ -81,6 +82,10 @@ impl Running {
     /// Drains and stops; returns once the store is durable and closed.
     pub async fn shutdown(mut self) -> Result<(), String> {
         set_health(&self.health, ServingStatus::NotServing).await;
+        if !self.shutdown_delay.is_zero() {
+            tracing::info!(delay = ?self.shutdown_delay, "NOT_SERVING; still answering while routing stops");
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
         self.shutdown.cancel();
         // Health watchers have seen NOT_SERVING; dropping the statuses ends their streams, which
         // would otherwise hold the drain open forever.
@@ -123,17 +128,6 @@ fn settings(validated: &Validated) -> Settings {
 
 pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
     let config = &validated.config;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            address: config.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        address: config.listen,
-        source,
-    })?;
-
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
 
@@ -162,6 +156,19 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         validated.server_key.clone(),
         settings(&validated),
     ));
+
+    // Bound after the store opened, so a second process on the same data directory reports
+    // the store's lock rather than a busy port.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            address: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        address: config.listen,
+        source,
+    })?;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -211,6 +218,7 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
     tasks.spawn(rotate_keys(domain.clone(), shutdown.clone()));
 
     set_health(&health, ServingStatus::Serving).await;
+    let shutdown_delay = Duration::from_secs(config.shutdown_delay_seconds);
     Ok(Running {
         local_addr,
         domain,
@@ -218,6 +226,7 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         shutdown,
         tasks,
         server,
+        shutdown_delay,
     })
 }
 
@@ -229,7 +238,7 @@ async fn rotate_keys(domain: Arc<Domain>, shutdown: CancellationToken) {
         }
         match domain.keys.rotate_if_due(domain.clock.now()).await {
             Ok(true) => {
-                tracing::info!(kid = %domain.keys.signing_kid(), "rotated the JWT signing key")
+                tracing::info!(kid = %domain.keys.signing_kid(domain.clock.now()), "the JWT signing keys changed")
             }
             Ok(false) => {}
             Err(error) => tracing::warn!(%error, "checking the signing keys failed; will retry"),

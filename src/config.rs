@@ -76,6 +76,9 @@ pub struct Config {
     pub server_key_file: Option<PathBuf>,
     /// `iss` of every JWT.
     pub issuer: String,
+    /// On SIGTERM, health says NOT_SERVING this long before the server stops accepting calls, so
+    /// load balancers and Kubernetes stop routing to it first.
+    pub shutdown_delay_seconds: u64,
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub links: LinksConfig,
@@ -146,6 +149,7 @@ impl Config {
             server_key: None,
             server_key_file: None,
             issuer: "http://localhost:50051".into(),
+            shutdown_delay_seconds: 0,
             log: LogConfig {
                 format: LogFormat::Text,
                 level: "info".into(),
@@ -346,6 +350,9 @@ impl Config {
         }
         if self.issuer.trim().is_empty() {
             return Err(invalid("issuer", "must not be empty"));
+        }
+        if self.shutdown_delay_seconds > 300 {
+            return Err(invalid("shutdown_delay_seconds", "must be at most 300"));
         }
         if self.store.cache_capacity_mib == 0 {
             return Err(invalid("store.cache_capacity_mib", "must be at least 1"));

@@ -144,7 +144,7 @@ async fn sessions_expire() {
 }
 
 #[tokio::test]
-async fn signing_keys_rotate_and_old_keys_stay_published_until_their_tokens_expire() {
+async fn signing_keys_rotate_with_the_successor_published_first() {
     let app = TestApp::spawn_with(|config| config.sessions.signing_key_rotation_days = 30).await;
     let issued = app.issue_for_email("rotate@example.com").await;
     let request = pb::VerifyTokenRequest {
@@ -154,43 +154,61 @@ async fn signing_keys_rotate_and_old_keys_stay_published_until_their_tokens_expi
     };
     let session = session_of(app.passwordless().verify_token(request).await.unwrap().into_inner());
     let mut sessions = app.sessions();
-    let before = sessions.get_jwks(pb::GetJwksRequest {}).await.unwrap().into_inner();
-    assert_eq!(before.keys.len(), 1);
-    let old_kid = before.keys[0].kid.clone();
+    let jwks = |mut sessions: pb::sessions_client::SessionsClient<_>| async move {
+        let keys = sessions
+            .get_jwks(pb::GetJwksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .keys;
+        keys.into_iter().map(|k| k.kid).collect::<Vec<_>>()
+    };
+    let signing_kid = |jwt: &str| jsonwebtoken::decode_header(jwt).unwrap().kid.unwrap();
+    let refreshed = |sessions: &mut pb::sessions_client::SessionsClient<_>, jwt: String| {
+        let request = by_jwt(&jwt);
+        let mut sessions = sessions.clone();
+        async move {
+            sessions
+                .authenticate_session(request)
+                .await
+                .map(|r| r.into_inner().session.unwrap().session_jwt)
+        }
+    };
+    let old_kid = signing_kid(&session.session_jwt);
+    assert_eq!(jwks(sessions.clone()).await, vec![old_kid.clone()]);
 
     let keys = &app.running().domain().keys;
-    app.clock.advance_minutes(29 * DAY);
-    assert!(!keys.rotate_if_due(app.clock.now()).await.unwrap(), "not due yet");
+    app.clock.advance_minutes(28 * DAY);
+    assert!(!keys.rotate_if_due(app.clock.now()).await.unwrap(), "nothing due yet");
+    // A day before the switch the successor is published, but does not sign yet.
     app.clock.advance_minutes(DAY + 1);
-    assert!(keys.rotate_if_due(app.clock.now()).await.unwrap(), "due after 30 days");
+    assert!(keys.rotate_if_due(app.clock.now()).await.unwrap());
+    let published = jwks(sessions.clone()).await;
+    assert_eq!(published.len(), 2);
+    let new_kid = published.iter().find(|k| **k != old_kid).unwrap().clone();
+    let jwt = refreshed(&mut sessions, session.session_jwt.clone()).await.unwrap();
+    assert_eq!(signing_kid(&jwt), old_kid);
 
-    let after = sessions.get_jwks(pb::GetJwksRequest {}).await.unwrap().into_inner();
-    let kids: Vec<_> = after.keys.iter().map(|k| k.kid.clone()).collect();
-    assert_eq!(kids.len(), 2);
-    assert!(kids.contains(&old_kid));
-    // Old JWTs still check out; new ones carry the new kid.
-    let fresh = sessions
-        .authenticate_session(by_jwt(&session.session_jwt))
+    // After 30 days the successor signs; the old key stays published for the tokens it signed.
+    app.clock.advance_minutes(DAY);
+    assert!(!keys.rotate_if_due(app.clock.now()).await.unwrap());
+    let new_jwt = refreshed(&mut sessions, jwt.clone()).await.unwrap();
+    assert_eq!(signing_kid(&new_jwt), new_kid);
+    refreshed(&mut sessions, session.session_jwt.clone())
         .await
-        .unwrap()
-        .into_inner();
-    let fresh_jwt = fresh.session.unwrap().session_jwt;
-    let header = jsonwebtoken::decode_header(&fresh_jwt).unwrap();
-    assert_ne!(header.kid.as_deref(), Some(old_kid.as_str()));
+        .expect("old-key JWTs still check out");
 
     // Once every token the old key signed has expired, it is no longer published.
     app.clock.advance_minutes(2 * 60);
-    keys.rotate_if_due(app.clock.now()).await.unwrap();
-    let later = sessions.get_jwks(pb::GetJwksRequest {}).await.unwrap().into_inner();
-    assert_eq!(later.keys.len(), 1);
-    assert_ne!(later.keys[0].kid, old_kid);
+    assert!(keys.rotate_if_due(app.clock.now()).await.unwrap());
+    assert_eq!(jwks(sessions.clone()).await, vec![new_kid.clone()]);
     assert_error(
         sessions.authenticate_session(by_jwt(&session.session_jwt)).await,
         Code::NotFound,
         "SESSION_NOT_FOUND",
     );
     sessions
-        .authenticate_session(by_jwt(&fresh_jwt))
+        .authenticate_session(by_jwt(&new_jwt))
         .await
         .expect("new-key JWTs work");
     sessions
@@ -199,23 +217,13 @@ async fn signing_keys_rotate_and_old_keys_stay_published_until_their_tokens_expi
         .expect("the session itself lives on");
 
     // A restart keeps the keys.
-    let kid_now = later.keys[0].kid.clone();
     let (dir, clock) = app.stop().await;
     let config = test_config(&dir);
     let restarted = TestApp::start_in(dir, config, clock).await;
-    let jwks = restarted
-        .sessions()
-        .get_jwks(pb::GetJwksRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        jwks.keys.iter().map(|k| k.kid.clone()).collect::<Vec<_>>(),
-        vec![kid_now]
-    );
+    assert_eq!(jwks(restarted.sessions()).await, vec![new_kid]);
     restarted
         .sessions()
-        .authenticate_session(by_jwt(&fresh_jwt))
+        .authenticate_session(by_jwt(&new_jwt))
         .await
         .expect("verifies after restart");
 }

@@ -364,3 +364,42 @@ async fn revoke_user_sessions_counts_live_sessions() {
         "SESSION_REVOKED",
     );
 }
+
+#[tokio::test]
+async fn revoking_all_sessions_also_catches_one_committed_at_the_same_moment() {
+    // The clock stands still: a session created at the revocation's instant, as one committed
+    // while the revocation ran would be, is revoked too.
+    let app = TestApp::spawn().await;
+    let (user, _) = app.signed_in("moment@example.com").await;
+    let racing = app.issue(issue_for_user(&user.user_id)).await.unwrap();
+    let mut sessions = app.sessions();
+    let request = pb::RevokeUserSessionsRequest {
+        user_id: user.user_id.clone(),
+    };
+    assert_eq!(
+        sessions
+            .revoke_user_sessions(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .revoked_count,
+        1
+    );
+    let late = session_of(app.verify(&token_of(&racing.link), "").await.unwrap());
+    let authenticate = |token: String| pb::AuthenticateSessionRequest {
+        credential: Some(pb::authenticate_session_request::Credential::SessionToken(token)),
+    };
+    assert_error(
+        sessions.authenticate_session(authenticate(late.session_token)).await,
+        Code::FailedPrecondition,
+        "SESSION_REVOKED",
+    );
+    // Sessions started afterwards are unaffected.
+    app.clock.advance_minutes(1);
+    let next = app.issue(issue_for_user(&user.user_id)).await.unwrap();
+    let fresh = session_of(app.verify(&token_of(&next.link), "").await.unwrap());
+    sessions
+        .authenticate_session(authenticate(fresh.session_token))
+        .await
+        .expect("a later sign-in works");
+}

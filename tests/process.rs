@@ -261,11 +261,9 @@ async fn environment_overrides_flags_and_a_second_process_is_refused() {
         .await
         .expect("serving where the environment said");
 
-    let second = command_output(
-        dir.path(),
-        &["serve", "--listen", "127.0.0.1:0", "--data-dir", "data"],
-        &[],
-    );
+    // Even on the same address, the store's lock is what a second process reports.
+    let address = server.addr.to_string();
+    let second = command_output(dir.path(), &["serve", "--listen", &address, "--data-dir", "data"], &[]);
     assert!(!second.status.success());
     assert!(
         second.stderr.contains("in use by another latchkey process"),

@@ -130,3 +130,27 @@ async fn health_reports_every_service_serving_then_not_serving_on_shutdown() {
     // An open watch must not hold shutdown up.
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn with_a_shutdown_delay_health_flips_first_while_calls_are_still_answered() {
+    let app = TestApp::spawn_with(|config| config.shutdown_delay_seconds = 2).await;
+    let mut health = HealthClient::new(app.channel.clone());
+    let mut watch = health
+        .watch(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status(), ServingStatus::Serving);
+    let mut passwordless = app.passwordless();
+    let stopping = tokio::spawn(app.stop());
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::NotServing
+    );
+    // Routing is being withdrawn, but the server still answers in the meantime.
+    passwordless
+        .issue_login_link(issue_request("late@example.com"))
+        .await
+        .expect("answered during the shutdown delay");
+    stopping.await.unwrap();
+}

@@ -1,6 +1,6 @@
 //! The JWT signing keys: derived from the server key and a stored salt (so a copy of the data
-//! directory cannot sign), rotated on a schedule, and published until every token they signed has
-//! expired.
+//! directory cannot sign), rotated on a schedule with the successor published ahead of use, and
+//! kept published until every token they signed has expired.
 
 use std::sync::{Arc, RwLock};
 
@@ -14,26 +14,54 @@ use crate::crypto::{ServerKey, random_bytes};
 use crate::jwt::{self, Jwk, JwtError};
 
 const DERIVATION_LABEL: &str = "latchkey/jwt-signing-key/v1";
+/// How long before it signs a successor key is published, at most.
+const PREPUBLISH: Millis = 24 * HOUR;
 
 #[derive(Clone, Copy, Debug)]
 pub struct KeyPolicy {
-    /// How long a key signs before the next one takes over.
+    /// How long a key signs before its successor takes over.
     pub signing_lifetime: Millis,
     /// The longest lifetime of any token a key signs.
     pub max_token_lifetime: Millis,
 }
 
-struct Published {
-    kid: String,
-    key: VerifyingKey,
+impl KeyPolicy {
+    fn prepublish(&self) -> Millis {
+        PREPUBLISH.min(self.signing_lifetime / 2)
+    }
+
+    /// A retired key is published until its last token has expired, with an hour of slack for
+    /// clock skew and a rotation check that runs late.
+    fn unpublish_at(&self, record: &SigningKeyRecord) -> Millis {
+        record.retire_at + self.max_token_lifetime + HOUR
+    }
+}
+
+struct Key {
+    record: SigningKeyRecord,
+    signing: SigningKey,
+    verifying: VerifyingKey,
 }
 
 struct KeySet {
-    records: Vec<SigningKeyRecord>,
-    signer: (String, SigningKey),
-    published: Vec<Published>,
+    keys: Vec<Key>,
     jwks: Vec<Jwk>,
     jwks_json: Arc<str>,
+}
+
+impl KeySet {
+    /// The key that signs at `now`: the latest whose signing period has begun.
+    fn signer(&self, now: Millis) -> &Key {
+        let started = self.keys.iter().filter(|k| k.record.signs_from <= now);
+        let current = started
+            .clone()
+            .filter(|k| now < k.record.retire_at)
+            .max_by_key(|k| k.record.signs_from);
+        current
+            .or_else(|| started.max_by_key(|k| k.record.signs_from))
+            .or_else(|| self.keys.iter().min_by_key(|k| k.record.signs_from))
+            .expect("a key set has at least one key")
+    }
 }
 
 pub struct KeyRing {
@@ -43,27 +71,50 @@ pub struct KeyRing {
     current: RwLock<Arc<KeySet>>,
 }
 
-fn derive(server_key: &ServerKey, record: &SigningKeyRecord) -> SigningKey {
-    SigningKey::from_bytes(&server_key.derive(DERIVATION_LABEL, &record.salt))
+fn derive(server_key: &ServerKey, salt: &[u8; 32]) -> SigningKey {
+    SigningKey::from_bytes(&server_key.derive(DERIVATION_LABEL, salt))
 }
 
-fn new_record(server_key: &ServerKey, now: Millis, policy: KeyPolicy) -> SigningKeyRecord {
-    let mut record = SigningKeyRecord {
-        kid: String::new(),
-        salt: random_bytes(),
-        created_at: now,
-        retire_at: now + policy.signing_lifetime,
-        // An hour of slack covers a rotation check that runs late.
-        unpublish_at: now + policy.signing_lifetime + policy.max_token_lifetime + HOUR,
-    };
-    record.kid = jwt::key_id(&derive(server_key, &record).verifying_key());
-    record
+fn new_record(server_key: &ServerKey, created_at: Millis, signs_from: Millis, policy: KeyPolicy) -> SigningKeyRecord {
+    let salt = random_bytes();
+    SigningKeyRecord {
+        kid: jwt::key_id(&derive(server_key, &salt).verifying_key()),
+        salt,
+        created_at,
+        signs_from,
+        retire_at: signs_from + policy.signing_lifetime,
+    }
+}
+
+/// The key set as it should be at `now`: unpublished keys dropped, a signer present, and a
+/// successor published once the signer nears retirement.
+fn plan(server_key: &ServerKey, stored: &[SigningKeyRecord], policy: KeyPolicy, now: Millis) -> Vec<SigningKeyRecord> {
+    let mut records: Vec<SigningKeyRecord> = stored
+        .iter()
+        .filter(|r| now < policy.unpublish_at(r))
+        .cloned()
+        .collect();
+    let signer = records
+        .iter()
+        .filter(|r| r.signs_from <= now && now < r.retire_at)
+        .max_by_key(|r| r.signs_from)
+        .cloned();
+    match signer {
+        None => records.push(new_record(server_key, now, now, policy)),
+        Some(signer) => {
+            let has_successor = records.iter().any(|r| r.signs_from > signer.signs_from);
+            if !has_successor && now >= signer.retire_at - policy.prepublish() {
+                records.push(new_record(server_key, now, signer.retire_at, policy));
+            }
+        }
+    }
+    records
 }
 
 impl KeyRing {
     /// Loads the key set, adding a signing key when none is current.
     pub async fn load(server_key: ServerKey, store: Arc<dyn Store>, policy: KeyPolicy, now: Millis) -> Result<Self> {
-        let (records, _) = Self::rotated(&server_key, store.as_ref(), policy, now).await?;
+        let records = Self::rotated(&server_key, store.as_ref(), policy, now).await?.0;
         let set = Self::build(&server_key, records)?;
         Ok(Self {
             server_key,
@@ -73,18 +124,21 @@ impl KeyRing {
         })
     }
 
-    /// Rotates if the signing key is due; call it periodically.
+    /// Publishes a successor, or drops keys whose tokens have all expired, when due. Returns
+    /// whether the key set changed. Call it periodically.
     pub async fn rotate_if_due(&self, now: Millis) -> Result<bool> {
         let (records, changed) = Self::rotated(&self.server_key, self.store.as_ref(), self.policy, now).await?;
-        if changed || records != self.snapshot().records {
+        let current = self.snapshot();
+        let loaded: Vec<&SigningKeyRecord> = current.keys.iter().map(|k| &k.record).collect();
+        if changed || records.iter().collect::<Vec<_>>() != loaded {
             let set = Self::build(&self.server_key, records)?;
             *self.current.write().expect("key set lock") = Arc::new(set);
         }
         Ok(changed)
     }
 
-    /// Reads the stored records, drops unpublished keys and adds a signer if needed, retrying the
-    /// compare-and-swap if another writer got there first.
+    /// Applies `plan` to the stored records with a compare-and-swap, retrying if another writer
+    /// got there first.
     async fn rotated(
         server_key: &ServerKey,
         store: &dyn Store,
@@ -93,10 +147,7 @@ impl KeyRing {
     ) -> Result<(Vec<SigningKeyRecord>, bool)> {
         loop {
             let stored = store.signing_keys().await?;
-            let mut records: Vec<SigningKeyRecord> = stored.iter().filter(|r| r.unpublish_at > now).cloned().collect();
-            if !records.iter().any(|r| r.retire_at > now && r.created_at <= now) {
-                records.push(new_record(server_key, now, policy));
-            }
+            let records = plan(server_key, &stored, policy, now);
             if records == stored {
                 return Ok((records, false));
             }
@@ -107,44 +158,41 @@ impl KeyRing {
     }
 
     fn build(server_key: &ServerKey, records: Vec<SigningKeyRecord>) -> Result<KeySet> {
-        let mut published = Vec::with_capacity(records.len());
-        for record in &records {
-            let key = derive(server_key, record).verifying_key();
-            if jwt::key_id(&key) != record.kid {
+        let mut keys = Vec::with_capacity(records.len());
+        for record in records {
+            let signing = derive(server_key, &record.salt);
+            let verifying = signing.verifying_key();
+            if jwt::key_id(&verifying) != record.kid {
                 return Err(Error::internal(
                     "the server key does not match the data directory: its stored signing keys were made with another server key",
                 ));
             }
-            published.push(Published {
-                kid: record.kid.clone(),
-                key,
+            keys.push(Key {
+                record,
+                signing,
+                verifying,
             });
         }
-        let newest = records.iter().max_by_key(|r| r.created_at).expect("at least one key");
-        let signer = (newest.kid.clone(), derive(server_key, newest));
-        let jwks: Vec<Jwk> = published.iter().map(|p| Jwk::ed25519(&p.kid, &p.key)).collect();
+        let jwks: Vec<Jwk> = keys.iter().map(|k| Jwk::ed25519(&k.record.kid, &k.verifying)).collect();
         let jwks_json = jwt::jwks_document(&jwks).into();
-        Ok(KeySet {
-            records,
-            signer,
-            published,
-            jwks,
-            jwks_json,
-        })
+        Ok(KeySet { keys, jwks, jwks_json })
     }
 
     fn snapshot(&self) -> Arc<KeySet> {
         self.current.read().expect("key set lock").clone()
     }
 
-    pub fn sign(&self, claims: &Map<String, Value>) -> String {
+    pub fn sign(&self, claims: &Map<String, Value>, now: Millis) -> String {
         let set = self.snapshot();
-        jwt::sign(&set.signer.1, &set.signer.0, claims)
+        let signer = set.signer(now);
+        jwt::sign(&signer.signing, &signer.record.kid, claims)
     }
 
     pub fn verify(&self, token: &str) -> Result<Map<String, Value>, JwtError> {
         let set = self.snapshot();
-        jwt::verify(token, |kid| set.published.iter().find(|p| p.kid == kid).map(|p| &p.key))
+        jwt::verify(token, |kid| {
+            set.keys.iter().find(|k| k.record.kid == kid).map(|k| &k.verifying)
+        })
     }
 
     pub fn jwks(&self) -> (Vec<Jwk>, Arc<str>) {
@@ -152,7 +200,40 @@ impl KeyRing {
         (set.jwks.clone(), set.jwks_json.clone())
     }
 
-    pub fn signing_kid(&self) -> String {
-        self.snapshot().signer.0.clone()
+    pub fn signing_kid(&self, now: Millis) -> String {
+        self.snapshot().signer(now).record.kid.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::MINUTE;
+
+    const DAY: Millis = 24 * HOUR;
+
+    fn policy() -> KeyPolicy {
+        KeyPolicy {
+            signing_lifetime: 30 * DAY,
+            max_token_lifetime: 5 * MINUTE,
+        }
+    }
+
+    #[test]
+    fn successor_is_published_a_day_early_and_the_old_key_lingers() {
+        let key = ServerKey::parse(&ServerKey::generate_encoded()).unwrap();
+        let first = plan(&key, &[], policy(), 0);
+        assert_eq!(first.len(), 1);
+        assert_eq!(plan(&key, &first, policy(), 28 * DAY), first, "nothing due yet");
+        let with_successor = plan(&key, &first, policy(), 29 * DAY);
+        assert_eq!(with_successor.len(), 2);
+        assert_eq!(with_successor[1].signs_from, 30 * DAY);
+        assert_eq!(
+            plan(&key, &with_successor, policy(), 30 * DAY + HOUR),
+            with_successor,
+            "old key still published"
+        );
+        let later = plan(&key, &with_successor, policy(), 30 * DAY + HOUR + 6 * MINUTE);
+        assert_eq!(later, vec![with_successor[1].clone()]);
     }
 }

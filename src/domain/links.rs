@@ -216,6 +216,7 @@ impl Domain {
             created_at: now,
             updated_at: now,
             last_login_at: None,
+            sessions_revoked_at: None,
         }
     }
 

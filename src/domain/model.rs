@@ -37,6 +37,10 @@ pub struct User {
     pub created_at: Millis,
     pub updated_at: Millis,
     pub last_login_at: Option<Millis>,
+    /// RevokeUserSessions: every session created up to then is revoked, including one committed
+    /// while the revocation ran.
+    #[serde(default)]
+    pub sessions_revoked_at: Option<Millis>,
 }
 
 impl User {
@@ -94,9 +98,11 @@ pub struct Session {
 pub struct SigningKeyRecord {
     pub kid: String,
     pub salt: [u8; 32],
+    /// Published from then on.
     pub created_at: Millis,
-    /// From then on the key no longer signs.
+    /// Signs from then on; later than `created_at` for a successor, so verifiers that cache the
+    /// JWKS know the key before they meet it.
+    pub signs_from: Millis,
+    /// Stops signing then; stays published until every token it signed has expired.
     pub retire_at: Millis,
-    /// From then on the key is no longer published (every token it signed has expired).
-    pub unpublish_at: Millis,
 }

@@ -68,7 +68,7 @@ impl Domain {
         claims.insert("jti".into(), Value::from(uuid::Uuid::now_v7().to_string()));
         claims.insert("sid".into(), Value::from(session.id.clone()));
         claims.insert("email".into(), Value::from(user.email.clone()));
-        let jwt = self.keys.sign(&claims);
+        let jwt = self.keys.sign(&claims, now);
         NewSession {
             session,
             token: token.into(),
@@ -108,13 +108,14 @@ impl Domain {
             }
         };
         let now = self.clock.now();
-        if session.revoked_at.is_some() {
+        let user = self.store.user(&session.user_id).await?.ok_or_else(not_found)?;
+        let revoked_with_user = user.sessions_revoked_at.is_some_and(|at| session.created_at <= at);
+        if session.revoked_at.is_some() || revoked_with_user {
             return Err(Error::new(Reason::SESSION_REVOKED, "this session was revoked"));
         }
         if session.expires_at <= now {
             return Err(Error::new(Reason::SESSION_EXPIRED, "this session has expired"));
         }
-        let user = self.store.user(&session.user_id).await?.ok_or_else(not_found)?;
         if user.status == UserStatus::Disabled {
             return Err(Error::new(Reason::USER_DISABLED, "this user is disabled"));
         }

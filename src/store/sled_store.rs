@@ -354,6 +354,10 @@ impl Store for SledStore {
                         }
                         reuse.insert(reuse_key.as_bytes(), digest)?;
                     }
+                    if new_user.is_none() && users.get(link.user_id.as_bytes())?.is_none() {
+                        // Deleted while this call ran.
+                        return abort(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"));
+                    }
                     if let Some(user) = new_user {
                         let email_key = user.email_key();
                         if emails.get(email_key.as_bytes())?.is_some() {
@@ -447,7 +451,13 @@ impl Store for SledStore {
     async fn revoke_user_sessions(&self, user_id: &str, now: Millis) -> Result<u32> {
         let keys = Self::child_keys(&self.trees.user_sessions, user_id)?;
         let prefix_len = child_prefix(user_id).len();
-        let revoked = finish(self.trees.sessions.transaction(|sessions| {
+        let t = &self.trees;
+        let revoked = finish((&t.users, &t.sessions).transaction(|(users, sessions)| {
+            if let Some(bytes) = users.get(user_id.as_bytes())? {
+                let mut user: User = decode_in_tx(&bytes)?;
+                user.sessions_revoked_at = Some(now);
+                users.insert(user_id.as_bytes(), encode(&user))?;
+            }
             let mut revoked = 0;
             for key in &keys {
                 let session_id = &key[prefix_len..];
