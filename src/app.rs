@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,8 +30,12 @@ use crate::config::{Scope, Validated};
 use crate::domain::clock::Clock;
 use crate::domain::keys::{KeyPolicy, KeyRing};
 use crate::domain::model::{HOUR, MINUTE, Millis};
+use crate::domain::rate_limit::RateLimit;
 use crate::domain::store::Store;
-use crate::domain::{Domain, Settings};
+use crate::domain::{Domain, Mail, Settings};
+use crate::mail::templates::Templates;
+use crate::mail::transport::{self, Transport};
+use crate::mail::worker::{RetryPolicy, Worker};
 use crate::store::{SledOptions, SledStore, sweeper};
 
 /// How long shutdown waits for calls in flight before closing them.
@@ -52,6 +57,8 @@ pub enum StartError {
     Keys(crate::domain::error::Error),
     #[error("cannot build server reflection: {0}")]
     Reflection(String),
+    #[error("mail: {0}")]
+    Mail(String),
 }
 
 /// A started server.
@@ -123,6 +130,8 @@ fn settings(validated: &Validated) -> Settings {
         session_jwt_minutes: config.sessions.jwt_minutes,
         issuer: config.issuer.clone(),
         audience: config.sessions.audience.clone(),
+        login_magic_link_url: config.links.login_magic_link_url.clone(),
+        signup_magic_link_url: config.links.signup_magic_link_url.clone(),
     }
 }
 
@@ -149,12 +158,50 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
     let keys = KeyRing::load(validated.server_key.clone(), store.clone(), policy, clock.now())
         .await
         .map_err(StartError::Keys)?;
+    let templates = Arc::new(
+        Templates::load(config.mail.templates_dir.as_deref())
+            .map_err(|problem| StartError::Mail(format!("mail.templates_dir: {problem}")))?,
+    );
+    let file_dir = config
+        .mail
+        .file_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("mail"));
+    let transport: Arc<dyn Transport> = transport::build(&config.mail, file_dir, validated.smtp_password.as_ref())
+        .map_err(StartError::Mail)?
+        .into();
+    let mail = Mail {
+        templates: templates.clone(),
+        rate_limit: RateLimit {
+            burst: config.mail.rate_limit.burst,
+            per_minute: config.mail.rate_limit.per_minute,
+        },
+        outbox: Arc::new(Notify::new()),
+    };
     let domain = Arc::new(Domain::new(
         store.clone(),
         clock.clone(),
         keys,
+        mail,
         validated.server_key.clone(),
         settings(&validated),
+    ));
+    let worker = Arc::new(Worker::new(
+        domain.clone(),
+        transport,
+        templates,
+        config
+            .mail
+            .from
+            .parse()
+            .map_err(|_| StartError::Mail("mail.from is not an address".into()))?,
+        config.mail.product_name.clone(),
+        RetryPolicy {
+            max_attempts: config.mail.max_attempts,
+            base: Duration::from_secs(config.mail.retry_base_seconds),
+            max: Duration::from_secs(config.mail.retry_max_seconds),
+        },
+        config.mail.concurrency,
     ));
 
     // Bound after the store opened, so a second process on the same data directory reports
@@ -203,7 +250,10 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
             UsersApi::new(domain.clone()),
             check(Scope::Admin),
         ))
-        .add_service(EmailsServer::with_interceptor(EmailsApi, check(Scope::Admin)));
+        .add_service(EmailsServer::with_interceptor(
+            EmailsApi::new(domain.clone()),
+            check(Scope::Admin),
+        ));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()));
 
@@ -216,6 +266,7 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         shutdown.clone(),
     ));
     tasks.spawn(rotate_keys(domain.clone(), shutdown.clone()));
+    tasks.spawn(worker.run(shutdown.clone()));
 
     set_health(&health, ServingStatus::Serving).await;
     let shutdown_delay = Duration::from_secs(config.shutdown_delay_seconds);

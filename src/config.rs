@@ -84,6 +84,7 @@ pub struct Config {
     pub links: LinksConfig,
     pub sessions: SessionsConfig,
     pub store: StoreConfig,
+    pub mail: MailConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -117,6 +118,76 @@ pub struct LinksConfig {
     pub default_redirect_url: Option<String>,
     /// Entries like `https://app.example.com/auth/`; `:*` allows any port.
     pub redirect_allow_list: Vec<String>,
+    /// LoginOrCreate's defaults; `default_redirect_url` when unset.
+    pub login_magic_link_url: Option<String>,
+    pub signup_magic_link_url: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransport {
+    /// `.eml` files in `mail.file_dir` (development).
+    File,
+    Smtp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which is required (port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No encryption: only for a relay on the same host or network.
+    None,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailConfig {
+    pub transport: MailTransport,
+    /// The sender, e.g. `Acme <no-reply@acme.example>`.
+    pub from: String,
+    /// Shown in the built-in templates.
+    pub product_name: String,
+    /// Where the file transport writes; `<data_dir>/mail` when unset.
+    pub file_dir: Option<PathBuf>,
+    /// Custom templates: `<dir>/<template id>/{subject.txt, body.html, body.txt}`.
+    pub templates_dir: Option<PathBuf>,
+    /// Attempts before an email ends FAILED.
+    pub max_attempts: u32,
+    pub retry_base_seconds: u64,
+    pub retry_max_seconds: u64,
+    /// Emails being sent at once.
+    pub concurrency: usize,
+    pub smtp: SmtpConfig,
+    pub rate_limit: RateLimitConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    /// 587 for starttls, 465 for tls, 25 for none when unset.
+    pub port: Option<u16>,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    /// Usually from `LATCHKEY_MAIL__SMTP__PASSWORD`, or use `password_file`.
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    /// Extra trusted CA certificates (PEM) for a server with a private CA.
+    pub ca_file: Option<PathBuf>,
+    pub timeout_seconds: u64,
+    pub pool_size: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Emails one recipient may get at once; 0 turns the limit off.
+    pub burst: u32,
+    /// Emails a recipient regains per minute.
+    pub per_minute: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -164,6 +235,38 @@ impl Config {
                     vec!["http://localhost:*/".into(), "http://127.0.0.1:*/".into()]
                 } else {
                     Vec::new()
+                },
+                login_magic_link_url: None,
+                signup_magic_link_url: None,
+            },
+            mail: MailConfig {
+                transport: if development {
+                    MailTransport::File
+                } else {
+                    MailTransport::Smtp
+                },
+                from: "latchkey <no-reply@localhost>".into(),
+                product_name: "latchkey".into(),
+                file_dir: None,
+                templates_dir: None,
+                max_attempts: 8,
+                retry_base_seconds: 5,
+                retry_max_seconds: 1800,
+                concurrency: 8,
+                smtp: SmtpConfig {
+                    host: String::new(),
+                    port: None,
+                    tls: SmtpTls::Starttls,
+                    username: None,
+                    password: None,
+                    password_file: None,
+                    ca_file: None,
+                    timeout_seconds: 15,
+                    pool_size: 8,
+                },
+                rate_limit: RateLimitConfig {
+                    burst: 5,
+                    per_minute: 1,
                 },
             },
             sessions: SessionsConfig {
@@ -278,6 +381,8 @@ pub struct Validated {
     pub api_keys: Vec<ApiKey>,
     /// Set when the development profile generated a new server key file.
     pub generated_key_file: Option<PathBuf>,
+    /// `mail.smtp.password`, or the contents of `mail.smtp.password_file`.
+    pub smtp_password: Option<Secret>,
 }
 
 impl Config {
@@ -330,11 +435,18 @@ impl Config {
             allowed.push(entry);
         }
         let redirects = RedirectPolicy::new(allowed);
-        if let Some(url) = &self.links.default_redirect_url {
-            redirects
-                .check("default_redirect_url", url, "token")
-                .map_err(|error| invalid("links.default_redirect_url", error.to_string()))?;
+        for (key, url) in [
+            ("links.default_redirect_url", &self.links.default_redirect_url),
+            ("links.login_magic_link_url", &self.links.login_magic_link_url),
+            ("links.signup_magic_link_url", &self.links.signup_magic_link_url),
+        ] {
+            if let Some(url) = url {
+                redirects
+                    .check("url", url, "token")
+                    .map_err(|error| invalid(key, error.to_string()))?;
+            }
         }
+        let smtp_password = self.validate_mail()?;
         let sessions = &self.sessions;
         if !(5..=525_600).contains(&sessions.default_duration_minutes) {
             return Err(invalid(
@@ -373,7 +485,78 @@ impl Config {
             redirects,
             api_keys,
             generated_key_file,
+            smtp_password,
         })
+    }
+
+    /// Checks the mail settings; returns the SMTP password, read from its file if need be.
+    fn validate_mail(&self) -> Result<Option<Secret>, ConfigError> {
+        let mail = &self.mail;
+        if mail.from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(invalid(
+                "mail.from",
+                "must be an address, e.g. \"Acme <no-reply@acme.example>\"",
+            ));
+        }
+        if !(1..=100).contains(&mail.max_attempts) {
+            return Err(invalid("mail.max_attempts", "must be between 1 and 100"));
+        }
+        if mail.retry_base_seconds == 0 || mail.retry_max_seconds < mail.retry_base_seconds {
+            return Err(invalid(
+                "mail.retry_base_seconds",
+                "must be at least 1 and at most mail.retry_max_seconds",
+            ));
+        }
+        if !(1..=256).contains(&mail.concurrency) {
+            return Err(invalid("mail.concurrency", "must be between 1 and 256"));
+        }
+        if mail.rate_limit.burst > 0 && mail.rate_limit.per_minute == 0 {
+            return Err(invalid(
+                "mail.rate_limit.per_minute",
+                "must be at least 1 while the limit is on (burst > 0)",
+            ));
+        }
+        let smtp = &mail.smtp;
+        if mail.transport == MailTransport::Smtp && smtp.host.trim().is_empty() {
+            return Err(invalid("mail.smtp.host", "the smtp transport needs a host"));
+        }
+        if smtp.timeout_seconds == 0 || smtp.pool_size == 0 {
+            return Err(invalid(
+                "mail.smtp.timeout_seconds",
+                "timeout_seconds and pool_size must be at least 1",
+            ));
+        }
+        if let Some(ca_file) = &smtp.ca_file
+            && let Err(error) = std::fs::read(ca_file)
+        {
+            return Err(invalid(
+                "mail.smtp.ca_file",
+                format!("cannot read {}: {error}", ca_file.display()),
+            ));
+        }
+        let password = match (&smtp.password, &smtp.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "mail.smtp.password_file",
+                    "set password or password_file, not both",
+                ));
+            }
+            (Some(password), None) => Some(password.clone()),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file).map_err(|error| {
+                    invalid(
+                        "mail.smtp.password_file",
+                        format!("cannot read {}: {error}", file.display()),
+                    )
+                })?;
+                Some(Secret(text.trim_end_matches(['\r', '\n']).to_string()))
+            }
+            (None, None) => None,
+        };
+        if password.is_some() && smtp.username.is_none() {
+            return Err(invalid("mail.smtp.username", "a password needs a username"));
+        }
+        Ok(password)
     }
 
     fn resolve_server_key(&self, working_dir: &Path) -> Result<(ServerKey, Option<PathBuf>), ConfigError> {
@@ -505,6 +688,15 @@ mod tests {
             sha256: hash_api_key("k"),
             scopes: vec![Scope::Links],
         });
+        assert!(
+            config
+                .clone()
+                .validate(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("mail.smtp.host")
+        );
+        config.mail.smtp.host = "smtp.example.com".into();
         assert!(
             config
                 .validate(dir.path())

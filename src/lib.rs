@@ -6,6 +6,7 @@
 //! - `api`: tonic only — one file per service, the API-key interceptor, the one Error→Status map.
 //! - `domain`: the flows (links, sessions, users) and the traits they need (store, clock).
 //! - `store`: the sled implementation of the store, group commit, expiry sweeping.
+//! - `mail`: templates, transports (SMTP, files) and the worker that drains the outbox.
 //! - `crypto`, `jwt`: secrets, digests, PKCE, derived keys, EdDSA JWTs.
 #![forbid(unsafe_code)]
 
@@ -16,5 +17,6 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod jwt;
+pub mod mail;
 pub mod store;
 pub mod telemetry;

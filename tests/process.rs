@@ -333,7 +333,9 @@ fn bad_config_stops_start_up_naming_the_key() {
     let digest = latchkey::crypto::api_key_digest("k");
     std::fs::write(
         &file,
-        format!("[[auth.api_keys]]\nname = \"web\"\nsha256 = \"{digest}\"\nscopes = [\"links\"]\n"),
+        format!(
+            "[[auth.api_keys]]\nname = \"web\"\nsha256 = \"{digest}\"\nscopes = [\"links\"]\n\n[mail.smtp]\nhost = \"smtp.example.com\"\n"
+        ),
     )
     .unwrap();
     let keyless = command_output(dir.path(), &["serve", "--config", "latchkey.toml"], &[]);
@@ -374,7 +376,7 @@ async fn production_config_with_keys_from_file_and_environment() {
     let digest = latchkey::crypto::api_key_digest(key);
     let server_key = latchkey::crypto::ServerKey::generate_encoded();
     let config = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n[log]\nformat = \"json\"\n\n[[auth.api_keys]]\nname = \"web\"\nsha256 = \"{digest}\"\nscopes = [\"links\", \"sessions\"]\n\n[links]\ndefault_redirect_url = \"https://app.example.com/auth/callback\"\nredirect_allow_list = [\"https://app.example.com/auth/\"]\n"
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n[log]\nformat = \"json\"\n\n[[auth.api_keys]]\nname = \"web\"\nsha256 = \"{digest}\"\nscopes = [\"links\", \"sessions\"]\n\n[links]\ndefault_redirect_url = \"https://app.example.com/auth/callback\"\nredirect_allow_list = [\"https://app.example.com/auth/\"]\n\n[mail]\ntransport = \"file\"\n"
     );
     std::fs::write(dir.path().join("latchkey.toml"), config).unwrap();
     let mut command = command(dir.path());

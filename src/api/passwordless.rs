@@ -8,6 +8,7 @@ use super::convert::{self, timestamp};
 use super::error::not_implemented;
 use super::pb::{self, passwordless_server::Passwordless};
 use crate::domain::links::IssueLoginLink;
+use crate::domain::magic::LoginOrCreate;
 use crate::domain::{Domain, UserRef};
 
 pub struct PasswordlessApi {
@@ -54,9 +55,28 @@ impl Passwordless for PasswordlessApi {
 
     async fn login_or_create(
         &self,
-        _request: Request<pb::LoginOrCreateRequest>,
+        request: Request<pb::LoginOrCreateRequest>,
     ) -> Result<Response<pb::LoginOrCreateResponse>, Status> {
-        Err(not_implemented("LoginOrCreate"))
+        let request = request.into_inner();
+        let queued = self
+            .domain
+            .login_or_create(LoginOrCreate {
+                email: request.email,
+                login_url: request.login_magic_link_url,
+                signup_url: request.signup_magic_link_url,
+                login_minutes: request.login_expiration_minutes,
+                signup_minutes: request.signup_expiration_minutes,
+                login_template: request.login_template_id,
+                signup_template: request.signup_template_id,
+                create_user_as_pending: request.create_user_as_pending,
+                code_challenge: request.code_challenge,
+            })
+            .await?;
+        Ok(Response::new(pb::LoginOrCreateResponse {
+            user_id: queued.user_id,
+            user_created: queued.user_created,
+            email_id: queued.email_id,
+        }))
     }
 
     async fn send_enchanted_link(

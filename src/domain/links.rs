@@ -11,10 +11,10 @@ use super::validate;
 use crate::crypto::{Digest32, base64url, pkce, random_bytes};
 
 const TOKEN_LABEL: &str = "latchkey/link-token/v1";
-const TOKEN_PARAMETER: &str = "token";
+pub(crate) const TOKEN_PARAMETER: &str = "token";
 const LOGIN_LINK_DEFAULT_MINUTES: u32 = 120;
-const LINK_MIN_MINUTES: u32 = 5;
-const LINK_MAX_MINUTES: u32 = 10_080;
+pub(crate) const LINK_MIN_MINUTES: u32 = 5;
+pub(crate) const LINK_MAX_MINUTES: u32 = 10_080;
 const SESSION_MIN_MINUTES: u32 = 5;
 const SESSION_MAX_MINUTES: u32 = 525_600;
 
@@ -82,6 +82,37 @@ impl Domain {
         base64url(&self.server_key.derive(TOKEN_LABEL, seed))
     }
 
+    /// A new, unused link; its token is `link_token(&link.seed)`.
+    pub(crate) fn new_link(
+        &self,
+        kind: LinkKind,
+        user_id: &str,
+        redirect: &url::Url,
+        minutes: u32,
+        code_challenge: Option<String>,
+        now: Millis,
+    ) -> Link {
+        let seed = random_bytes();
+        Link {
+            token_digest: Digest32::of(&self.link_token(&seed)),
+            seed,
+            kind,
+            user_id: user_id.to_string(),
+            redirect_url: redirect.to_string(),
+            created_at: now,
+            expires_at: now + Millis::from(minutes) * MINUTE,
+            used_at: None,
+            code_challenge,
+            reuse_key: None,
+        }
+    }
+
+    /// The URL a person clicks: the link's redirect URL with its token, derived again from the
+    /// server key (the mail worker renders emails with it).
+    pub fn link_url(&self, link: &Link) -> String {
+        link_with_token(&link.redirect_url, TOKEN_PARAMETER, &self.link_token(&link.seed))
+    }
+
     pub(crate) fn redirect_or_default(&self, field: &'static str, raw: &str) -> Result<url::Url> {
         let raw = match (raw.trim(), &self.settings.default_redirect_url) {
             ("", Some(default)) => default.as_str(),
@@ -118,26 +149,22 @@ impl Domain {
             let (user, new_user) = self.resolve_link_user(&user_ref, &request).await?;
             check_may_use_links(&user)?;
             let now = self.clock.now();
-            let seed = random_bytes();
-            let token = self.link_token(&seed);
             let reuse_key = Digest32::of(&format!(
                 "login\0{}\0{}\0{}\0{minutes}",
                 user.id,
                 redirect.as_str(),
                 code_challenge.as_deref().unwrap_or_default()
             ));
-            let link = Link {
-                token_digest: Digest32::of(&token),
-                seed,
-                kind: LinkKind::Login,
-                user_id: user.id.clone(),
-                redirect_url: redirect.to_string(),
-                created_at: now,
-                expires_at: now + Millis::from(minutes) * MINUTE,
-                used_at: None,
-                code_challenge: code_challenge.clone(),
-                reuse_key: Some(reuse_key),
-            };
+            let mut link = self.new_link(
+                LinkKind::Login,
+                &user.id,
+                &redirect,
+                minutes,
+                code_challenge.clone(),
+                now,
+            );
+            link.reuse_key = Some(reuse_key);
+            let token = self.link_token(&link.seed);
             let created = new_user.is_some();
             match self.store.insert_link(&link, new_user.as_ref(), now).await {
                 Ok(LinkInsert::Inserted) => {

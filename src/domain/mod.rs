@@ -2,10 +2,13 @@
 //! the traits it needs (`store::Store`, `clock::Clock`); `crate::store` implements them.
 
 pub mod clock;
+pub mod emails;
 pub mod error;
 pub mod keys;
 pub mod links;
+pub mod magic;
 pub mod model;
+pub mod rate_limit;
 pub mod redirect;
 pub mod sessions;
 pub mod store;
@@ -16,6 +19,7 @@ use std::sync::Arc;
 
 use clock::Clock;
 use keys::KeyRing;
+use rate_limit::RateLimit;
 use redirect::RedirectPolicy;
 use store::Store;
 
@@ -33,6 +37,22 @@ pub struct Settings {
     pub issuer: String,
     /// `aud` of session JWTs.
     pub audience: String,
+    /// LoginOrCreate's defaults; `default_redirect_url` when unset.
+    pub login_magic_link_url: Option<String>,
+    pub signup_magic_link_url: Option<String>,
+}
+
+/// Which custom email templates exist (the mail module loads them).
+pub trait TemplateCatalog: Send + Sync + 'static {
+    fn contains(&self, template_id: &str) -> bool;
+}
+
+/// What the flows that send email need: the template ids, the per-recipient limit, and a way to
+/// wake the mail worker once an email is queued.
+pub struct Mail {
+    pub templates: Arc<dyn TemplateCatalog>,
+    pub rate_limit: RateLimit,
+    pub outbox: Arc<tokio::sync::Notify>,
 }
 
 /// Everything a flow needs, shared by every RPC.
@@ -40,6 +60,7 @@ pub struct Domain {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub keys: KeyRing,
+    pub mail: Mail,
     pub(crate) server_key: ServerKey,
     pub(crate) settings: Settings,
 }
@@ -49,6 +70,7 @@ impl Domain {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         keys: KeyRing,
+        mail: Mail,
         server_key: ServerKey,
         settings: Settings,
     ) -> Self {
@@ -56,6 +78,7 @@ impl Domain {
             store,
             clock,
             keys,
+            mail,
             server_key,
             settings,
         }

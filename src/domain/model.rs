@@ -106,3 +106,55 @@ pub struct SigningKeyRecord {
     /// Stops signing then; stays published until every token it signed has expired.
     pub retire_at: Millis,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EmailStatus {
+    Queued,
+    Sending,
+    Sent,
+    Failed,
+}
+
+/// Which built-in template an email uses (a custom template id may replace it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EmailKind {
+    Login,
+    Signup,
+    Enchanted,
+}
+
+/// A link an email carries: the worker re-derives its token from the link's seed when it sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EmailLink {
+    pub token_digest: Digest32,
+    /// The number shown beside an enchanted link.
+    pub number: Option<u8>,
+}
+
+/// An email in the outbox. It holds no usable token: the body is rendered when it is sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Email {
+    pub id: String,
+    pub recipient: String,
+    pub user_id: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub kind: EmailKind,
+    pub template_id: Option<String>,
+    pub links: Vec<EmailLink>,
+    pub link_expires_at: Millis,
+    pub status: EmailStatus,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    /// When a QUEUED email is due (now, or later after a failed attempt).
+    pub next_attempt_at: Millis,
+    pub sent_at: Option<Millis>,
+}
+
+/// A recipient's token bucket for the per-recipient rate limit.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RateBucket {
+    pub tokens: f64,
+    pub updated_at: Millis,
+}

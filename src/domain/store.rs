@@ -17,7 +17,8 @@
 use async_trait::async_trait;
 
 use super::error::Result;
-use super::model::{Link, Millis, Session, SigningKeyRecord, User, UserStatus};
+use super::model::{Email, Link, Millis, Session, SigningKeyRecord, User, UserStatus};
+use super::rate_limit::RateLimit;
 use crate::crypto::Digest32;
 
 /// What a verification decided: the new states of the link and user, and a session to create.
@@ -73,6 +74,29 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_session(&self, session_id: &str, now: Millis) -> Result<Option<Session>>;
     /// Revokes every live session of a user; returns how many.
     async fn revoke_user_sessions(&self, user_id: &str, now: Millis) -> Result<u32>;
+
+    /// Queues an email with its links (creating `new_user` too) in one step. With a rate limit,
+    /// one send is first taken from the recipient's bucket, named by `rate_key`; an empty bucket
+    /// fails `RATE_LIMITED` and nothing is written.
+    async fn insert_email(
+        &self,
+        links: &[Link],
+        new_user: Option<&User>,
+        email: &Email,
+        rate: Option<(&str, &RateLimit)>,
+        now: Millis,
+    ) -> Result<()>;
+    async fn email(&self, email_id: &str) -> Result<Option<Email>>;
+    /// QUEUED emails due at `now`, soonest first.
+    async fn due_emails(&self, now: Millis, limit: usize) -> Result<Vec<Email>>;
+    /// When the next QUEUED email falls due.
+    async fn next_email_due(&self) -> Result<Option<Millis>>;
+    /// QUEUED → SENDING; `None` if it is no longer queued (another worker took it, or it ended).
+    async fn claim_email(&self, email_id: &str, now: Millis) -> Result<Option<Email>>;
+    /// Stores the outcome of an attempt: SENT, FAILED, or QUEUED again for a retry.
+    async fn finish_email(&self, email: &Email) -> Result<()>;
+    /// Queues again the emails a crash caught SENDING (delivery is at-least-once).
+    async fn requeue_interrupted_emails(&self, now: Millis) -> Result<usize>;
 
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
     /// Replaces the key set if it still equals `expected` (compare-and-swap); false otherwise.

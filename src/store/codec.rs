@@ -33,6 +33,7 @@ pub fn child_prefix(parent: &str) -> Vec<u8> {
 pub enum Expiring {
     Link = b'L' as isize,
     Session = b'S' as isize,
+    Email = b'E' as isize,
 }
 
 /// `purge_at (big-endian, sign-flipped) | kind | record key`: a range scan up to now finds every
@@ -45,6 +46,20 @@ pub fn expiry_key(purge_at: Millis, kind: Expiring, record_key: &[u8]) -> Vec<u8
     key
 }
 
+/// `due (big-endian, sign-flipped) | email id`: the outbox in the order emails fall due.
+pub fn outbox_key(due: Millis, email_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + email_id.len());
+    key.extend_from_slice(&expiry_bound(due));
+    key.extend_from_slice(email_id.as_bytes());
+    key
+}
+
+pub fn parse_outbox_key(key: &[u8]) -> Option<(Millis, &str)> {
+    let due: [u8; 8] = key.get(..8)?.try_into().ok()?;
+    let due = (u64::from_be_bytes(due) ^ (1 << 63)) as Millis;
+    Some((due, std::str::from_utf8(&key[8..]).ok()?))
+}
+
 pub fn expiry_bound(now: Millis) -> [u8; 8] {
     ((now as u64) ^ (1 << 63)).to_be_bytes()
 }
@@ -53,6 +68,7 @@ pub fn parse_expiry_key(key: &[u8]) -> Option<(Expiring, &[u8])> {
     let kind = match *key.get(8)? {
         b'L' => Expiring::Link,
         b'S' => Expiring::Session,
+        b'E' => Expiring::Email,
         _ => return None,
     };
     Some((kind, &key[9..]))
@@ -70,5 +86,7 @@ mod tests {
         assert!(early.as_slice() < expiry_bound(1_001).as_slice());
         assert!(late.as_slice() > expiry_bound(1_001).as_slice());
         assert_eq!(parse_expiry_key(&late), Some((Expiring::Link, &b"a"[..])));
+        assert_eq!(parse_outbox_key(&outbox_key(-5, "email-1")), Some((-5, "email-1")));
+        assert!(outbox_key(1, "b") < outbox_key(2, "a"));
     }
 }

@@ -7,6 +7,9 @@
 //! - `sessions`: session id → Session; `session_tokens`: token digest → session id;
 //!   `user_sessions`: user id \0 session id → ()
 //! - `expiry`: purge time | kind | record key → () (see `codec::expiry_key`)
+//! - `emails`: email id → Email; `outbox`: due time | email id → () for QUEUED emails;
+//!   `emails_sending`: email id → () for emails a worker has claimed
+//! - `rate_limits`: recipient key → RateBucket
 //! - `meta`: named singletons (the signing key set)
 
 use std::fs::File;
@@ -17,11 +20,12 @@ use async_trait::async_trait;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-use super::codec::{self, Expiring, child_key, child_prefix, decode, encode, expiry_key};
+use super::codec::{self, Expiring, child_key, child_prefix, decode, encode, expiry_key, outbox_key};
 use super::commit::{Durability, GroupCommit};
 use crate::crypto::Digest32;
 use crate::domain::error::{Error, Reason, Result};
-use crate::domain::model::{Link, Millis, Session, SigningKeyRecord, User, UserStatus};
+use crate::domain::model::{Email, EmailStatus, Link, Millis, RateBucket, Session, SigningKeyRecord, User, UserStatus};
+use crate::domain::rate_limit::RateLimit;
 use crate::domain::store::{LinkInsert, RedeemFn, Redemption, Store, UpdateUserFn, UserDeletion};
 
 const SIGNING_KEYS: &[u8] = b"signing_keys";
@@ -57,6 +61,10 @@ struct Trees {
     session_tokens: sled::Tree,
     user_sessions: sled::Tree,
     expiry: sled::Tree,
+    emails: sled::Tree,
+    outbox: sled::Tree,
+    emails_sending: sled::Tree,
+    rate_limits: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -106,6 +114,10 @@ impl SledStore {
             session_tokens: tree("session_tokens")?,
             user_sessions: tree("user_sessions")?,
             expiry: tree("expiry")?,
+            emails: tree("emails")?,
+            outbox: tree("outbox")?,
+            emails_sending: tree("emails_sending")?,
+            rate_limits: tree("rate_limits")?,
             meta: tree("meta")?,
         };
         let data_file = match options.durability {
@@ -161,6 +173,21 @@ impl SledStore {
                     let link: Link = decode_in_tx(&bytes)?;
                     forget_reuse(reuse, &link, digest)?;
                     user_links.remove(child_key(&link.user_id, digest))?;
+                }
+                expiry.remove(expiry_entry)?;
+                Ok(())
+            }),
+        )
+    }
+
+    fn purge_email(&self, email_id: &[u8], expiry_entry: &[u8]) -> Result<()> {
+        let t = &self.trees;
+        finish(
+            (&t.emails, &t.outbox, &t.emails_sending, &t.expiry).transaction(|(emails, outbox, sending, expiry)| {
+                if let Some(bytes) = emails.remove(email_id)? {
+                    let email: Email = decode_in_tx(&bytes)?;
+                    outbox.remove(outbox_key(email.next_attempt_at, &email.id))?;
+                    sending.remove(email_id)?;
                 }
                 expiry.remove(expiry_entry)?;
                 Ok(())
@@ -476,6 +503,167 @@ impl Store for SledStore {
         Ok(revoked)
     }
 
+    async fn insert_email(
+        &self,
+        links: &[Link],
+        new_user: Option<&User>,
+        email: &Email,
+        rate: Option<(&str, &RateLimit)>,
+        now: Millis,
+    ) -> Result<()> {
+        let t = &self.trees;
+        let retention = self.retention;
+        let trees = (
+            &t.users,
+            &t.user_emails,
+            &t.links,
+            &t.user_links,
+            &t.expiry,
+            &t.emails,
+            &t.outbox,
+            &t.rate_limits,
+        );
+        finish(trees.transaction(
+            |(users, emails_index, links_tree, user_links, expiry, emails, outbox, rate_limits)| {
+                if let Some((key, limit)) = rate {
+                    let bucket: Option<RateBucket> = match rate_limits.get(key.as_bytes())? {
+                        Some(bytes) => Some(decode_in_tx(&bytes)?),
+                        None => None,
+                    };
+                    match limit.take(bucket.as_ref(), now) {
+                        Ok(bucket) => rate_limits.insert(key.as_bytes(), encode(&bucket))?,
+                        Err(retry_after) => return abort(Error::RateLimited { retry_after }),
+                    };
+                }
+                match new_user {
+                    Some(user) => {
+                        let email_key = user.email_key();
+                        if emails_index.get(email_key.as_bytes())?.is_some() {
+                            return abort(Error::new(Reason::USER_EXISTS, "a user with this email exists"));
+                        }
+                        emails_index.insert(email_key.as_bytes(), user.id.as_bytes())?;
+                        users.insert(user.id.as_bytes(), encode(user))?;
+                    }
+                    None if users.get(email.user_id.as_bytes())?.is_none() => {
+                        return abort(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"));
+                    }
+                    None => {}
+                }
+                for link in links {
+                    let digest = link.token_digest.as_bytes();
+                    links_tree.insert(digest, encode(link))?;
+                    user_links.insert(child_key(&link.user_id, digest), &[])?;
+                    expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[])?;
+                }
+                emails.insert(email.id.as_bytes(), encode(email))?;
+                outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[])?;
+                expiry.insert(
+                    expiry_key(email.link_expires_at + retention, Expiring::Email, email.id.as_bytes()),
+                    &[],
+                )?;
+                Ok(())
+            },
+        ))?;
+        self.durable().await
+    }
+
+    async fn email(&self, email_id: &str) -> Result<Option<Email>> {
+        Self::get(&self.trees.emails, email_id)
+    }
+
+    async fn due_emails(&self, now: Millis, limit: usize) -> Result<Vec<Email>> {
+        let bound = codec::expiry_bound(now + 1);
+        let mut due = Vec::new();
+        for key in self.trees.outbox.range(..&bound[..]).keys().take(limit) {
+            let key = key.map_err(storage)?;
+            let Some((_, email_id)) = codec::parse_outbox_key(&key) else {
+                continue;
+            };
+            if let Some(email) = Self::get::<Email>(&self.trees.emails, email_id)? {
+                due.push(email);
+            }
+        }
+        Ok(due)
+    }
+
+    async fn next_email_due(&self) -> Result<Option<Millis>> {
+        let first = self.trees.outbox.first().map_err(storage)?;
+        Ok(first.and_then(|(key, _)| codec::parse_outbox_key(&key).map(|(due, _)| due)))
+    }
+
+    async fn claim_email(&self, email_id: &str, _now: Millis) -> Result<Option<Email>> {
+        let t = &self.trees;
+        // Not waited on: a claim lost in a crash leaves the email QUEUED, which is as good.
+        finish(
+            (&t.emails, &t.outbox, &t.emails_sending).transaction(|(emails, outbox, sending)| {
+                let Some(bytes) = emails.get(email_id.as_bytes())? else {
+                    return Ok(None);
+                };
+                let mut email: Email = decode_in_tx(&bytes)?;
+                outbox.remove(outbox_key(email.next_attempt_at, &email.id))?;
+                if email.status != EmailStatus::Queued {
+                    return Ok(None);
+                }
+                email.status = EmailStatus::Sending;
+                emails.insert(email_id.as_bytes(), encode(&email))?;
+                sending.insert(email_id.as_bytes(), &[])?;
+                Ok(Some(email))
+            }),
+        )
+    }
+
+    async fn finish_email(&self, email: &Email) -> Result<()> {
+        let t = &self.trees;
+        finish(
+            (&t.emails, &t.outbox, &t.emails_sending).transaction(|(emails, outbox, sending)| {
+                if emails.get(email.id.as_bytes())?.is_none() {
+                    // Purged while it was being sent: nothing left to record.
+                    sending.remove(email.id.as_bytes())?;
+                    return Ok(());
+                }
+                emails.insert(email.id.as_bytes(), encode(email))?;
+                sending.remove(email.id.as_bytes())?;
+                if email.status == EmailStatus::Queued {
+                    outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[])?;
+                }
+                Ok(())
+            }),
+        )?;
+        self.durable().await
+    }
+
+    async fn requeue_interrupted_emails(&self, now: Millis) -> Result<usize> {
+        let t = &self.trees;
+        let interrupted: Vec<sled::IVec> = t
+            .emails_sending
+            .iter()
+            .keys()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(storage)?;
+        for email_id in &interrupted {
+            finish(
+                (&t.emails, &t.outbox, &t.emails_sending).transaction(|(emails, outbox, sending)| {
+                    sending.remove(email_id)?;
+                    let Some(bytes) = emails.get(email_id)? else {
+                        return Ok(());
+                    };
+                    let mut email: Email = decode_in_tx(&bytes)?;
+                    if email.status == EmailStatus::Sending {
+                        email.status = EmailStatus::Queued;
+                        email.next_attempt_at = now;
+                        emails.insert(email_id, encode(&email))?;
+                        outbox.insert(outbox_key(now, &email.id), &[])?;
+                    }
+                    Ok(())
+                }),
+            )?;
+        }
+        if !interrupted.is_empty() {
+            self.durable().await?;
+        }
+        Ok(interrupted.len())
+    }
+
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
         Ok(Self::get(&self.trees.meta, SIGNING_KEYS)?.unwrap_or_default())
     }
@@ -513,6 +701,7 @@ impl Store for SledStore {
             match codec::parse_expiry_key(entry) {
                 Some((Expiring::Link, digest)) => self.purge_link(digest, entry)?,
                 Some((Expiring::Session, session_id)) => self.purge_session(session_id, entry)?,
+                Some((Expiring::Email, email_id)) => self.purge_email(email_id, entry)?,
                 None => {
                     self.trees.expiry.remove(entry).map_err(storage)?;
                 }

@@ -1,0 +1,209 @@
+//! LoginOrCreate (SPEC §5, Stytch): email an active user a login link, a new or pending user a
+//! sign-up link. The user, the link and the email enter the store in one step; the mail worker
+//! sends it.
+
+use super::error::{Error, Reason, Result};
+use super::links::{LINK_MAX_MINUTES, LINK_MIN_MINUTES, check_may_use_links};
+use super::model::{Email, EmailKind, EmailLink, LinkKind, User, UserStatus, email_key};
+use super::{Domain, validate};
+
+const LOGIN_DEFAULT_MINUTES: u32 = 60;
+const SIGNUP_DEFAULT_MINUTES: u32 = 10_080;
+
+#[derive(Debug, Default)]
+pub struct LoginOrCreate {
+    pub email: String,
+    pub login_url: String,
+    pub signup_url: String,
+    pub login_minutes: u32,
+    pub signup_minutes: u32,
+    pub login_template: String,
+    pub signup_template: String,
+    pub create_user_as_pending: bool,
+    pub code_challenge: String,
+}
+
+#[derive(Debug)]
+pub struct QueuedEmail {
+    pub user_id: String,
+    pub user_created: bool,
+    pub email_id: String,
+}
+
+/// The rate-limit bucket of a recipient.
+pub(crate) fn rate_key(email: &str) -> String {
+    format!("recipient:{}", email_key(email))
+}
+
+impl Domain {
+    /// An optional custom template id: empty means the built-in one.
+    pub(crate) fn template_id(&self, field: &'static str, raw: &str) -> Result<Option<String>> {
+        let id = raw.trim();
+        if id.is_empty() {
+            return Ok(None);
+        }
+        if !self.mail.templates.contains(id) {
+            return Err(Error::field(
+                Reason::TEMPLATE_NOT_FOUND,
+                field,
+                format!("no email template {id:?}"),
+            ));
+        }
+        Ok(Some(id.to_string()))
+    }
+
+    /// A redirect URL from the request (checked against the allow-list), or none.
+    fn requested_url(&self, field: &'static str, raw: &str) -> Result<Option<url::Url>> {
+        if raw.trim().is_empty() {
+            return Ok(None);
+        }
+        self.settings
+            .redirects
+            .check(field, raw, super::links::TOKEN_PARAMETER)
+            .map(Some)
+    }
+
+    fn magic_url_default(&self, signup: bool) -> Result<url::Url> {
+        let (field, configured) = if signup {
+            ("signup_magic_link_url", &self.settings.signup_magic_link_url)
+        } else {
+            ("login_magic_link_url", &self.settings.login_magic_link_url)
+        };
+        let default = configured
+            .as_ref()
+            .or(self.settings.default_redirect_url.as_ref())
+            .ok_or_else(|| Error::new(Reason::NO_REDIRECT_URL, format!("no {field} given and none configured")))?;
+        self.settings
+            .redirects
+            .check(field, default, super::links::TOKEN_PARAMETER)
+    }
+
+    pub async fn login_or_create(&self, request: LoginOrCreate) -> Result<QueuedEmail> {
+        let email = validate::email("email", &request.email)?;
+        let login_minutes = validate::minutes(
+            "login_expiration_minutes",
+            request.login_minutes,
+            LOGIN_DEFAULT_MINUTES,
+            LINK_MIN_MINUTES,
+            LINK_MAX_MINUTES,
+        )?;
+        let signup_minutes = validate::minutes(
+            "signup_expiration_minutes",
+            request.signup_minutes,
+            SIGNUP_DEFAULT_MINUTES,
+            LINK_MIN_MINUTES,
+            LINK_MAX_MINUTES,
+        )?;
+        let login_url = self.requested_url("login_magic_link_url", &request.login_url)?;
+        let signup_url = self.requested_url("signup_magic_link_url", &request.signup_url)?;
+        let login_template = self.template_id("login_template_id", &request.login_template)?;
+        let signup_template = self.template_id("signup_template_id", &request.signup_template)?;
+        let code_challenge = validate::code_challenge("code_challenge", &request.code_challenge)?;
+        let rate_limit = self.mail.rate_limit;
+        let rate = (!rate_limit.is_off()).then(|| rate_key(&email));
+
+        // A concurrent call may create the same new user first; then this one mails that user.
+        for _ in 0..2 {
+            let (user, new_user) = match self.store.user_by_email(&email).await? {
+                Some(user) => {
+                    check_may_use_links(&user)?;
+                    (user, None)
+                }
+                None => {
+                    let status = if request.create_user_as_pending {
+                        UserStatus::Pending
+                    } else {
+                        UserStatus::Active
+                    };
+                    let user = self.new_user(email.clone(), String::new(), String::new(), status);
+                    (user.clone(), Some(user))
+                }
+            };
+            let signup = new_user.is_some() || user.status == UserStatus::Pending;
+            let (url, minutes, template_id, kind) = if signup {
+                (
+                    signup_url.clone(),
+                    signup_minutes,
+                    signup_template.clone(),
+                    EmailKind::Signup,
+                )
+            } else {
+                (
+                    login_url.clone(),
+                    login_minutes,
+                    login_template.clone(),
+                    EmailKind::Login,
+                )
+            };
+            let url = match url {
+                Some(url) => url,
+                None => self.magic_url_default(signup)?,
+            };
+            let now = self.clock.now();
+            let link = self.new_link(LinkKind::Magic, &user.id, &url, minutes, code_challenge.clone(), now);
+            let queued = self.queue_email(
+                &user,
+                kind,
+                template_id,
+                now,
+                vec![EmailLink {
+                    token_digest: link.token_digest,
+                    number: None,
+                }],
+                link.expires_at,
+            );
+            let outcome = self
+                .store
+                .insert_email(
+                    std::slice::from_ref(&link),
+                    new_user.as_ref(),
+                    &queued,
+                    rate.as_deref().map(|key| (key, &rate_limit)),
+                    now,
+                )
+                .await;
+            match outcome {
+                Ok(()) => {
+                    self.mail.outbox.notify_one();
+                    return Ok(QueuedEmail {
+                        user_id: user.id,
+                        user_created: new_user.is_some(),
+                        email_id: queued.id,
+                    });
+                }
+                Err(error) if error.reason() == Reason::USER_EXISTS => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(Error::internal("a new user's email was taken and then not found"))
+    }
+
+    /// An outbox record for `user`, due now.
+    pub(crate) fn queue_email(
+        &self,
+        user: &User,
+        kind: EmailKind,
+        template_id: Option<String>,
+        now: super::model::Millis,
+        links: Vec<EmailLink>,
+        link_expires_at: super::model::Millis,
+    ) -> Email {
+        Email {
+            id: super::new_id("email"),
+            recipient: user.email.clone(),
+            user_id: user.id.clone(),
+            first_name: user.first_name.clone(),
+            last_name: user.last_name.clone(),
+            kind,
+            template_id,
+            links,
+            link_expires_at,
+            status: super::model::EmailStatus::Queued,
+            attempts: 0,
+            last_error: None,
+            created_at: now,
+            next_attempt_at: now,
+            sent_at: None,
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Mail in tests: a real SMTP server (aiosmtpd, driven by `tests/support/smtp_server.py`), test
+//! certificates for STARTTLS, reading `.eml` files, and waiting for a condition.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+/// The Python that has aiosmtpd: `LATCHKEY_TEST_PYTHON` (set by ./scripts/test), else the
+/// repository's `.venv`. Missing is a failure, never a skip.
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("LATCHKEY_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    let ok = Command::new(&python)
+        .args(["-c", "import aiosmtpd"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{} cannot import aiosmtpd: run ./scripts/test, which installs it",
+        python.display()
+    );
+    python
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[derive(Clone, Default)]
+pub struct SmtpOptions {
+    /// (certificate chain, key) for STARTTLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub auth: Option<(String, String)>,
+    /// Answer the first N messages with `fail_code` (-1: all of them).
+    pub fail_first: i32,
+    pub fail_code: String,
+}
+
+pub struct SmtpServer {
+    child: Child,
+    pub port: u16,
+    pub maildir: PathBuf,
+}
+
+impl SmtpServer {
+    pub fn start(maildir: &Path, port: u16, options: &SmtpOptions) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py");
+        let mut command = Command::new(python());
+        command
+            .arg(script)
+            .args(["--port", &port.to_string(), "--maildir"])
+            .arg(maildir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some((cert, key)) = &options.tls {
+            command.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
+        if let Some((user, password)) = &options.auth {
+            command.args(["--auth", &format!("{user}:{password}")]);
+        }
+        if !options.fail_code.is_empty() {
+            command.args([
+                "--fail-first",
+                &options.fail_first.to_string(),
+                "--fail-code",
+                &options.fail_code,
+            ]);
+        }
+        let mut child = command.spawn().expect("the SMTP server starts");
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert_eq!(ready.trim(), "READY", "the SMTP server did not start");
+        Self {
+            child,
+            port,
+            maildir: maildir.to_path_buf(),
+        }
+    }
+
+    pub fn messages(&self) -> Vec<String> {
+        eml_files(&self.maildir)
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// A CA and a leaf certificate for `localhost`/127.0.0.1 signed by it, made with openssl.
+/// Returns (ca.pem, leaf chain, leaf key).
+pub fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=latchkey test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    (dir.join("ca.pem"), dir.join("leaf.pem"), dir.join("leaf.key"))
+}
+
+/// Every `.eml` file in `dir`, sorted by name.
+pub fn eml_files(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|ext| ext == "eml"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
+}
+
+/// Polls `condition` until it holds; fails the test after 30 s. For effects that happen in
+/// another task or process (an email arriving), where there is nothing to await directly.
+pub async fn eventually<T>(what: &str, mut condition: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = condition().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A header's value (first occurrence, unfolded).
+pub fn header(message: &str, name: &str) -> Option<String> {
+    let head = message.split("\r\n\r\n").next().unwrap_or(message);
+    let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+    unfolded.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+    })
+}
+
+/// The decoded body of the part with this content type (`text/plain` or `text/html`).
+pub fn part(message: &str, content_type: &str) -> String {
+    let message = message.replace("\r\n", "\n");
+    let boundary = header(&message.replace('\n', "\r\n"), "Content-Type")
+        .and_then(|value| value.split("boundary=").nth(1).map(|b| b.trim_matches('"').to_string()))
+        .expect("a multipart message");
+    for chunk in message.split(&format!("--{boundary}")) {
+        let Some((head, body)) = chunk.trim_start_matches('\n').split_once("\n\n") else {
+            continue;
+        };
+        let head_crlf = head.replace('\n', "\r\n");
+        let Some(kind) = header(&head_crlf, "Content-Type") else {
+            continue;
+        };
+        if !kind.starts_with(content_type) {
+            continue;
+        }
+        let encoding = header(&head_crlf, "Content-Transfer-Encoding")
+            .unwrap_or_default()
+            .to_lowercase();
+        return match encoding.as_str() {
+            "base64" => {
+                let joined: String = body.split_whitespace().collect();
+                String::from_utf8(base64::engine::general_purpose::STANDARD.decode(joined).unwrap()).unwrap()
+            }
+            "quoted-printable" => decode_quoted_printable(body),
+            _ => body.to_string(),
+        };
+    }
+    panic!("no {content_type} part in:\n{message}");
+}
+
+fn decode_quoted_printable(body: &str) -> String {
+    let joined = body.replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'='
+            && i + 2 < bytes.len()
+            && let Ok(byte) = u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16)
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// The value of the first `name=` query parameter of a URL in `text` (a token is 43 characters).
+pub fn token_in(text: &str, name: &str) -> String {
+    let marker = format!("{name}=");
+    let start = text.find(&marker).unwrap_or_else(|| panic!("no {marker} in:\n{text}")) + marker.len();
+    text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
+}

@@ -1,0 +1,82 @@
+"""A real SMTP server for latchkey's tests (aiosmtpd): STARTTLS, AUTH, and scripted failures.
+
+Each accepted message is written to MAILDIR/<n>.eml (atomically). Prints READY once listening
+and runs until stdin closes or SIGTERM.
+
+  smtp_server.py --port P --maildir D [--tls-cert C --tls-key K] [--auth USER:PASS]
+                 [--fail-first N] [--fail-code CODE]
+"""
+import argparse
+import os
+import signal
+import ssl
+import sys
+import threading
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+
+class Handler:
+    def __init__(self, maildir, fail_first, fail_code):
+        self.maildir = maildir
+        self.fail_first = fail_first
+        self.fail_code = fail_code
+        self.seen = 0
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.seen += 1
+            seen = self.seen
+        if self.fail_code and (self.fail_first < 0 or seen <= self.fail_first):
+            text = "try again later" if self.fail_code.startswith("4") else "mailbox unavailable"
+            return f"{self.fail_code} {self.fail_code[0]}.0.0 {text}"
+        name = os.path.join(self.maildir, f"{seen:06d}.eml")
+        with open(name + ".tmp", "wb") as out:
+            out.write(envelope.original_content or envelope.content)
+        os.rename(name + ".tmp", name)
+        return "250 OK"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--maildir", required=True)
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--auth")
+    parser.add_argument("--fail-first", type=int, default=0, help="-1: always")
+    parser.add_argument("--fail-code", default="")
+    args = parser.parse_args()
+    os.makedirs(args.maildir, exist_ok=True)
+
+    options = {}
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        options.update(tls_context=context, require_starttls=True)
+    if args.auth:
+        user, password = args.auth.split(":", 1)
+
+        def authenticate(server, session, envelope, mechanism, auth_data):
+            ok = isinstance(auth_data, LoginPassword) and auth_data.login.decode() == user \
+                and auth_data.password.decode() == password
+            return AuthResult(success=ok)
+
+        options.update(authenticator=authenticate, auth_required=True, auth_require_tls=bool(args.tls_cert))
+
+    handler = Handler(args.maildir, args.fail_first, args.fail_code)
+    controller = Controller(handler, hostname="127.0.0.1", port=args.port, **options)
+    controller.start()
+    print("READY", flush=True)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    stop.wait()
+    controller.stop()
+
+
+if __name__ == "__main__":
+    main()
