@@ -12,6 +12,10 @@ import signal
 import ssl
 import sys
 import threading
+import warnings
+
+# aiosmtpd warns about its own use of Session.login_data; not ours to fix.
+warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -62,7 +66,8 @@ def main():
         def authenticate(server, session, envelope, mechanism, auth_data):
             ok = isinstance(auth_data, LoginPassword) and auth_data.login.decode() == user \
                 and auth_data.password.decode() == password
-            return AuthResult(success=ok)
+            # handled=False: aiosmtpd answers 535 itself (its default, True, answers nothing).
+            return AuthResult(success=ok, handled=False)
 
         options.update(authenticator=authenticate, auth_required=True, auth_require_tls=bool(args.tls_cert))
 

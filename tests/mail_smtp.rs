@@ -1,0 +1,266 @@
+//! Mail over a real SMTP conversation with aiosmtpd on loopback: STARTTLS with a test CA and
+//! AUTH, 4xx answers retried, 5xx answers failing, a dead server that comes back, and mail queued
+//! across kill -9 of the real binary delivered exactly once.
+
+mod common;
+
+use common::mail::*;
+use common::process::BinaryServer;
+use common::*;
+use latchkey::config::{Config, MailTransport, Secret, SmtpTls};
+use latchkey::domain::clock::Clock;
+use pb::get_email_status_response::Status as EmailStatus;
+
+const USER: &str = "latchkey";
+const PASSWORD: &str = "s3cret-smtp-password";
+
+fn use_smtp(config: &mut Config, port: u16, tls: SmtpTls) {
+    config.mail.transport = MailTransport::Smtp;
+    config.mail.smtp.host = "localhost".into();
+    config.mail.smtp.port = Some(port);
+    config.mail.smtp.tls = tls;
+    config.mail.smtp.timeout_seconds = 5;
+    config.mail.retry_base_seconds = 1;
+    config.mail.retry_max_seconds = 1;
+}
+
+async fn queue(app: &TestApp, email: &str) -> String {
+    let request = pb::LoginOrCreateRequest {
+        email: email.into(),
+        ..Default::default()
+    };
+    app.passwordless()
+        .login_or_create(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .email_id
+}
+
+async fn status(app: &TestApp, email_id: &str) -> pb::GetEmailStatusResponse {
+    let mut emails = pb::emails_client::EmailsClient::new(app.channel.clone());
+    let request = pb::GetEmailStatusRequest {
+        email_id: email_id.into(),
+    };
+    emails.get_email_status(request).await.unwrap().into_inner()
+}
+
+async fn wait_for_status(
+    app: &TestApp,
+    email_id: &str,
+    wanted: EmailStatus,
+    attempts: u32,
+) -> pb::GetEmailStatusResponse {
+    eventually(&format!("{wanted:?} after {attempts} attempts"), async || {
+        let current = status(app, email_id).await;
+        (current.status() == wanted && current.attempts >= attempts).then_some(current)
+    })
+    .await
+}
+
+/// Lets a retry fall due on the test's clock and wakes the worker.
+fn retry_now(app: &TestApp) {
+    app.clock.advance_minutes(1);
+    app.running().domain().mail.outbox.notify_one();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_and_auth_deliver_a_link_that_verifies() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, chain, key) = test_certificates(certs.path());
+    let maildir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let options = SmtpOptions {
+        tls: Some((chain, key)),
+        auth: Some((USER.into(), PASSWORD.into())),
+        ..Default::default()
+    };
+    let server = SmtpServer::start(maildir.path(), port, &options);
+    let app = TestApp::spawn_with(|config| {
+        use_smtp(config, port, SmtpTls::Starttls);
+        config.mail.smtp.ca_file = Some(ca);
+        config.mail.smtp.username = Some(USER.into());
+        config.mail.smtp.password = Some(toml_secret(PASSWORD));
+        config.mail.from = "Acme <no-reply@acme.example>".into();
+        config.mail.product_name = "Acme".into();
+    })
+    .await;
+    let email_id = queue(&app, "tls@example.com").await;
+    let sent = wait_for_status(&app, &email_id, EmailStatus::Sent, 1).await;
+    assert_eq!(sent.attempts, 1);
+    let message = server.messages().pop().expect("the SMTP server got the message");
+    assert_eq!(
+        header(&message, "From").as_deref(),
+        Some("Acme <no-reply@acme.example>")
+    );
+    assert_eq!(
+        header(&message, "Subject").as_deref(),
+        Some("Confirm your email for Acme")
+    );
+    let token = token_in(&part(&message, "text/plain"), "token");
+    app.verify(&token, "").await.expect("the emailed link signs in");
+}
+
+fn toml_secret(value: &str) -> Secret {
+    serde_json::from_value(serde_json::Value::from(value)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_fails_without_leaking_it() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, chain, key) = test_certificates(certs.path());
+    let maildir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let options = SmtpOptions {
+        tls: Some((chain, key)),
+        auth: Some((USER.into(), PASSWORD.into())),
+        ..Default::default()
+    };
+    let _server = SmtpServer::start(maildir.path(), port, &options);
+    let app = TestApp::spawn_with(|config| {
+        use_smtp(config, port, SmtpTls::Starttls);
+        config.mail.smtp.ca_file = Some(ca);
+        config.mail.smtp.username = Some(USER.into());
+        config.mail.smtp.password = Some(toml_secret("wrong-password-123"));
+    })
+    .await;
+    let email_id = queue(&app, "auth@example.com").await;
+    let failed = wait_for_status(&app, &email_id, EmailStatus::Failed, 1).await;
+    assert!(failed.last_error.contains("535"), "{}", failed.last_error);
+    assert!(!failed.last_error.contains("wrong-password-123"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_4xx_are_retried_with_backoff_until_sent() {
+    let maildir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let options = SmtpOptions {
+        fail_first: 2,
+        fail_code: "451".into(),
+        ..Default::default()
+    };
+    let server = SmtpServer::start(maildir.path(), port, &options);
+    let app = TestApp::spawn_with(|config| use_smtp(config, port, SmtpTls::None)).await;
+    let email_id = queue(&app, "retry@example.com").await;
+    let first = wait_for_status(&app, &email_id, EmailStatus::Queued, 1).await;
+    assert!(first.last_error.contains("451"), "{}", first.last_error);
+    assert!(server.messages().is_empty());
+    retry_now(&app);
+    wait_for_status(&app, &email_id, EmailStatus::Queued, 2).await;
+    retry_now(&app);
+    let sent = wait_for_status(&app, &email_id, EmailStatus::Sent, 3).await;
+    assert_eq!(sent.attempts, 3);
+    assert_eq!(server.messages().len(), 1, "sent once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_5xx_fail_at_once() {
+    let maildir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let options = SmtpOptions {
+        fail_first: -1,
+        fail_code: "550".into(),
+        ..Default::default()
+    };
+    let _server = SmtpServer::start(maildir.path(), port, &options);
+    let app = TestApp::spawn_with(|config| use_smtp(config, port, SmtpTls::None)).await;
+    let email_id = queue(&app, "bounce@example.com").await;
+    let failed = wait_for_status(&app, &email_id, EmailStatus::Failed, 1).await;
+    assert_eq!(failed.attempts, 1);
+    assert!(failed.last_error.contains("550"), "{}", failed.last_error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_server_delays_mail_but_not_the_api() {
+    let maildir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let app = TestApp::spawn_with(|config| use_smtp(config, port, SmtpTls::None)).await;
+    let email_id = queue(&app, "down@example.com").await;
+    let waiting = wait_for_status(&app, &email_id, EmailStatus::Queued, 1).await;
+    assert!(!waiting.last_error.is_empty());
+    // The API keeps answering meanwhile.
+    let other = queue(&app, "down2@example.com").await;
+    app.issue_for_email("api@example.com").await;
+
+    let server = SmtpServer::start(maildir.path(), port, &SmtpOptions::default());
+    retry_now(&app);
+    wait_for_status(&app, &email_id, EmailStatus::Sent, 2).await;
+    wait_for_status(&app, &other, EmailStatus::Sent, 2).await;
+    assert_eq!(server.messages().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_caught_mid_send_by_a_stop_goes_out_after_restart() {
+    let maildir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let app = TestApp::spawn_with(|config| {
+        use_smtp(config, port, SmtpTls::None);
+        config.mail.retry_base_seconds = 3600;
+        config.mail.retry_max_seconds = 3600;
+    })
+    .await;
+    let email_id = queue(&app, "midsend@example.com").await;
+    wait_for_status(&app, &email_id, EmailStatus::Queued, 1).await;
+    // What a crash during a send leaves behind: the email claimed, SENDING.
+    let store = app.running().domain().store.clone();
+    let later = app.clock.now() + 2 * 3_600_000;
+    let claimed = store.claim_email(&email_id, later).await.unwrap();
+    assert!(claimed.is_some());
+    drop(store);
+    assert_eq!(status(&app, &email_id).await.status(), EmailStatus::Sending);
+    let (dir, clock) = app.stop().await;
+
+    let server = SmtpServer::start(maildir.path(), port, &SmtpOptions::default());
+    let mut config = test_config(&dir);
+    use_smtp(&mut config, port, SmtpTls::None);
+    let app = TestApp::start_in(dir, config, clock).await;
+    wait_for_status(&app, &email_id, EmailStatus::Sent, 2).await;
+    assert_eq!(server.messages().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_mail_survives_kill_9_and_is_delivered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let env = [
+        ("LATCHKEY_MAIL__TRANSPORT", "smtp"),
+        ("LATCHKEY_MAIL__SMTP__HOST", "127.0.0.1"),
+        ("LATCHKEY_MAIL__SMTP__PORT", port.as_str()),
+        ("LATCHKEY_MAIL__SMTP__TLS", "none"),
+        ("LATCHKEY_MAIL__RETRY_BASE_SECONDS", "1"),
+        ("LATCHKEY_MAIL__RETRY_MAX_SECONDS", "1"),
+        ("LATCHKEY_MAIL__MAX_ATTEMPTS", "100"),
+    ];
+    let mut server = BinaryServer::start(dir.path(), &[], &env);
+    let mut client = pb::passwordless_client::PasswordlessClient::new(connect(server.addr).await);
+    let recipients: Vec<String> = (0..10).map(|n| format!("crash{n}@example.com")).collect();
+    let mut email_ids = Vec::new();
+    for recipient in &recipients {
+        let request = pb::LoginOrCreateRequest {
+            email: recipient.clone(),
+            ..Default::default()
+        };
+        email_ids.push(client.login_or_create(request).await.unwrap().into_inner().email_id);
+    }
+    server.kill9();
+
+    let smtp = SmtpServer::start(maildir.path(), port.parse().unwrap(), &SmtpOptions::default());
+    let server = BinaryServer::start(dir.path(), &[], &env);
+    let mut emails = pb::emails_client::EmailsClient::new(connect(server.addr).await);
+    for email_id in &email_ids {
+        eventually("every accepted email to be sent", async || {
+            let request = pb::GetEmailStatusRequest {
+                email_id: email_id.clone(),
+            };
+            let status = emails.get_email_status(request).await.unwrap().into_inner();
+            (status.status() == EmailStatus::Sent).then_some(())
+        })
+        .await;
+    }
+    let mut delivered: Vec<String> = smtp.messages().iter().map(|m| header(m, "To").unwrap()).collect();
+    delivered.sort();
+    let mut expected = recipients.clone();
+    expected.sort();
+    assert_eq!(delivered, expected, "each accepted email exactly once");
+}
