@@ -48,12 +48,12 @@ impl TestApp {
             (status.status() == pb::get_email_status_response::Status::Sent).then_some(())
         })
         .await;
-        let messages = eml_files(&self.mail_dir());
-        let mut to_recipient: Vec<String> = messages
+        let message = eml_files(&self.mail_dir())
             .into_iter()
-            .filter(|m| header(m, "To").is_some_and(|to| to.contains(recipient)))
-            .collect();
-        to_recipient.pop().expect("the message is in the mail folder")
+            .find(|m| header(m, "X-Latchkey-Email-Id").as_deref() == Some(email_id))
+            .expect("the message is in the mail folder");
+        assert!(header(&message, "To").unwrap().contains(recipient));
+        message
     }
 }
 

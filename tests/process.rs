@@ -320,6 +320,15 @@ fn bad_config_stops_start_up_naming_the_key() {
             output.stderr
         );
     }
+    // An unknown LATCHKEY_* variable is a typo to report, like an unknown key in the file.
+    let typo = command_output(
+        dir.path(),
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("LATCHKEY_STORE__DURABLITY", "flush")],
+    );
+    assert_eq!(typo.status.code(), Some(2), "{}", typo.stderr);
+    assert!(typo.stderr.to_lowercase().contains("durablity"), "{}", typo.stderr);
+
     let missing = command_output(dir.path(), &["serve", "--config", "nope.toml"], &[]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(missing.stderr.contains("nope.toml"));

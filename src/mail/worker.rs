@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::Message;
+use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,9 @@ use crate::crypto::random_in_range;
 use crate::domain::Domain;
 use crate::domain::model::{Email, EmailStatus, MINUTE, Millis};
 use crate::domain::validate::mask_email;
+
+/// Every message names its email id, as GetEmailStatus knows it.
+pub const EMAIL_ID_HEADER: HeaderName = HeaderName::new_from_ascii_str("X-Latchkey-Email-Id");
 
 /// Pause after the store fails to answer, before the worker asks again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
@@ -204,6 +208,8 @@ impl Worker {
             .parse()
             .map_err(|error| format!("bad recipient address: {error}"))?;
         Message::builder()
+            // Not a secret: lets a bounce or a support question be matched to GetEmailStatus.
+            .raw_header(HeaderValue::new(EMAIL_ID_HEADER, email.id.clone()))
             .from(self.from.clone())
             .to(to)
             .subject(rendered.subject)

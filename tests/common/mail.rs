@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-/// The Python that has aiosmtpd: `LATCHKEY_TEST_PYTHON` (set by ./scripts/test), else the
+/// The Python that has aiosmtpd: `SMTP_TEST_PYTHON` (set by ./scripts/test), else the
 /// repository's `.venv`. Missing is a failure, never a skip.
 pub fn python() -> PathBuf {
-    let python = std::env::var_os("LATCHKEY_TEST_PYTHON")
+    let python = std::env::var_os("SMTP_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
     let ok = Command::new(&python)
