@@ -93,6 +93,8 @@ impl Running {
             tracing::info!(delay = ?self.shutdown_delay, "NOT_SERVING; still answering while routing stops");
             tokio::time::sleep(self.shutdown_delay).await;
         }
+        // Long-polls answer now with the current status instead of holding the drain.
+        self.domain.stopping.cancel();
         self.shutdown.cancel();
         // Health watchers have seen NOT_SERVING; dropping the statuses ends their streams, which
         // would otherwise hold the drain open forever.
@@ -132,6 +134,7 @@ fn settings(validated: &Validated) -> Settings {
         audience: config.sessions.audience.clone(),
         login_magic_link_url: config.links.login_magic_link_url.clone(),
         signup_magic_link_url: config.links.signup_magic_link_url.clone(),
+        enchanted_default_minutes: config.links.enchanted_expiration_minutes,
     }
 }
 

@@ -121,6 +121,8 @@ pub struct LinksConfig {
     /// LoginOrCreate's defaults; `default_redirect_url` when unset.
     pub login_magic_link_url: Option<String>,
     pub signup_magic_link_url: Option<String>,
+    /// SendEnchantedLink's default link lifetime.
+    pub enchanted_expiration_minutes: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +240,7 @@ impl Config {
                 },
                 login_magic_link_url: None,
                 signup_magic_link_url: None,
+                enchanted_expiration_minutes: 10,
             },
             mail: MailConfig {
                 transport: if development {
@@ -445,6 +448,12 @@ impl Config {
                     .check("url", url, "token")
                     .map_err(|error| invalid(key, error.to_string()))?;
             }
+        }
+        if !(5..=10_080).contains(&self.links.enchanted_expiration_minutes) {
+            return Err(invalid(
+                "links.enchanted_expiration_minutes",
+                "must be between 5 and 10080",
+            ));
         }
         let smtp_password = self.validate_mail()?;
         let sessions = &self.sessions;

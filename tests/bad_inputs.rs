@@ -523,20 +523,6 @@ async fn methods_of_later_releases_answer_unimplemented_with_error_info() {
     let app = TestApp::spawn().await;
     let mut passwordless = app.passwordless();
     assert_error(
-        drop_body(
-            passwordless
-                .send_enchanted_link(pb::SendEnchantedLinkRequest::default())
-                .await,
-        ),
-        Code::Unimplemented,
-        "NOT_IMPLEMENTED",
-    );
-    assert_error(
-        drop_body(passwordless.poll_session(pb::PollSessionRequest::default()).await),
-        Code::Unimplemented,
-        "NOT_IMPLEMENTED",
-    );
-    assert_error(
         drop_body(passwordless.exchange_code(pb::ExchangeCodeRequest::default()).await),
         Code::Unimplemented,
         "NOT_IMPLEMENTED",

@@ -78,3 +78,27 @@ pub fn session(new: NewSession) -> pb::Session {
         jwt_expires_at: timestamp(new.jwt_expires_at),
     }
 }
+
+/// A `google.protobuf.Struct` as JSON (custom claims).
+pub fn json_object(value: prost_types::Struct) -> serde_json::Map<String, serde_json::Value> {
+    value
+        .fields
+        .into_iter()
+        .map(|(key, value)| (key, json_value(value)))
+        .collect()
+}
+
+fn json_value(value: prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value;
+    match value.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(b),
+        // Protobuf numbers are doubles; whole ones read better as integers in a JWT.
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => Value::from(n as i64),
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number),
+        Some(Kind::StringValue(s)) => Value::String(s),
+        Some(Kind::ListValue(list)) => Value::Array(list.values.into_iter().map(json_value).collect()),
+        Some(Kind::StructValue(object)) => Value::Object(json_object(object)),
+    }
+}

@@ -7,7 +7,9 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, timestamp};
 use super::error::not_implemented;
 use super::pb::{self, passwordless_server::Passwordless};
-use crate::domain::links::IssueLoginLink;
+use crate::domain::enchanted::{Mode, PollOutcome, SendEnchantedLink};
+use crate::domain::error::{Error, Reason};
+use crate::domain::links::{IssueLoginLink, VerifyOutcome};
 use crate::domain::magic::LoginOrCreate;
 use crate::domain::{Domain, UserRef};
 
@@ -81,9 +83,48 @@ impl Passwordless for PasswordlessApi {
 
     async fn send_enchanted_link(
         &self,
-        _request: Request<pb::SendEnchantedLinkRequest>,
+        request: Request<pb::SendEnchantedLinkRequest>,
     ) -> Result<Response<pb::SendEnchantedLinkResponse>, Status> {
-        Err(not_implemented("SendEnchantedLink"))
+        use pb::send_enchanted_link_request::Mode as ModePb;
+        let request = request.into_inner();
+        let options = request.login_options.unwrap_or_default();
+        let mode = match ModePb::try_from(request.mode) {
+            Ok(ModePb::Unspecified | ModePb::SignInOrUp) => Mode::SignInOrUp,
+            Ok(ModePb::SignUp) => Mode::SignUp,
+            Ok(ModePb::SignIn) => Mode::SignIn,
+            Err(_) => {
+                return Err(Error::field(
+                    Reason::INVALID_VALUE,
+                    "mode",
+                    "mode is SIGN_IN_OR_UP, SIGN_UP or SIGN_IN",
+                )
+                .into());
+            }
+        };
+        let sent = self
+            .domain
+            .send_enchanted_link(SendEnchantedLink {
+                login_id: request.login_id,
+                redirect_url: request.redirect_url,
+                stepup: options.stepup,
+                mfa: options.mfa,
+                custom_claims: options.custom_claims.map(convert::json_object).unwrap_or_default(),
+                provider_id: request.provider_id,
+                sso_app_id: request.sso_app_id,
+                mode,
+                expiration_minutes: request.expiration_minutes,
+                template_id: request.template_id,
+            })
+            .await?;
+        Ok(Response::new(pb::SendEnchantedLinkResponse {
+            link_id: sent.link_id,
+            pending_ref: sent.pending_ref,
+            masked_email: sent.masked_email,
+            expires_at: timestamp(sent.expires_at),
+            user_id: sent.user_id,
+            user_created: sent.user_created,
+            email_id: sent.email_id,
+        }))
     }
 
     async fn inspect_token(
@@ -113,17 +154,45 @@ impl Passwordless for PasswordlessApi {
             user: Some(convert::user(verified.user)),
             user_activated: verified.user_activated,
             link_kind: convert::link_kind(verified.kind).into(),
-            result: Some(pb::verify_token_response::Result::Session(convert::session(
-                verified.session,
-            ))),
+            result: Some(match verified.outcome {
+                VerifyOutcome::Session(session) => {
+                    pb::verify_token_response::Result::Session(convert::session(session))
+                }
+                VerifyOutcome::Enchanted { verified_at } => {
+                    pb::verify_token_response::Result::Enchanted(pb::EnchantedConfirmation {
+                        verified_at: timestamp(verified_at),
+                    })
+                }
+            }),
         }))
     }
 
     async fn poll_session(
         &self,
-        _request: Request<pb::PollSessionRequest>,
+        request: Request<pb::PollSessionRequest>,
     ) -> Result<Response<pb::PollSessionResponse>, Status> {
-        Err(not_implemented("PollSession"))
+        use pb::poll_session_response::Status as PollStatus;
+        let request = request.into_inner();
+        let outcome = self
+            .domain
+            .poll_session(&request.pending_ref, request.wait_seconds)
+            .await?;
+        let (status, user, session) = match outcome {
+            PollOutcome::Pending => (PollStatus::Pending, None, None),
+            PollOutcome::Verified { user, session } => (
+                PollStatus::Verified,
+                Some(convert::user(user)),
+                Some(convert::session(*session)),
+            ),
+            PollOutcome::Expired => (PollStatus::Expired, None, None),
+            PollOutcome::Failed => (PollStatus::Failed, None, None),
+            PollOutcome::Collected => (PollStatus::Collected, None, None),
+        };
+        Ok(Response::new(pb::PollSessionResponse {
+            status: status.into(),
+            user,
+            session,
+        }))
     }
 
     async fn exchange_code(

@@ -3,7 +3,7 @@
 use super::Domain;
 use super::UserRef;
 use super::error::{Error, Reason, Result};
-use super::model::{Link, LinkKind, MINUTE, Millis, Role, Session, User, UserStatus};
+use super::model::{Attempt, AttemptStatus, Link, LinkKind, MINUTE, Millis, Role, Session, User, UserStatus};
 use super::redirect::link_with_token;
 use super::sessions::NewSession;
 use super::store::{LinkInsert, Redemption};
@@ -12,6 +12,15 @@ use crate::crypto::{Digest32, base64url, pkce, random_bytes};
 
 const TOKEN_LABEL: &str = "latchkey/link-token/v1";
 pub(crate) const TOKEN_PARAMETER: &str = "token";
+/// Enchanted links carry their token as `t` (Descope's name).
+pub(crate) const ENCHANTED_TOKEN_PARAMETER: &str = "t";
+
+pub(crate) fn token_parameter(kind: LinkKind) -> &'static str {
+    match kind {
+        LinkKind::Enchanted => ENCHANTED_TOKEN_PARAMETER,
+        LinkKind::Login | LinkKind::Magic => TOKEN_PARAMETER,
+    }
+}
 const LOGIN_LINK_DEFAULT_MINUTES: u32 = 120;
 pub(crate) const LINK_MIN_MINUTES: u32 = 5;
 pub(crate) const LINK_MAX_MINUTES: u32 = 10_080;
@@ -54,7 +63,15 @@ pub struct Verification {
     pub user: User,
     pub user_activated: bool,
     pub kind: LinkKind,
-    pub session: NewSession,
+    pub outcome: VerifyOutcome,
+}
+
+#[derive(Debug)]
+pub enum VerifyOutcome {
+    /// Login and magic links: a session for the device that clicked.
+    Session(NewSession),
+    /// Enchanted links: confirmation only; the starting device collects the session.
+    Enchanted { verified_at: Millis },
 }
 
 /// Email links are for client users in good standing (SPP's client-only and 2FA rules).
@@ -104,16 +121,28 @@ impl Domain {
             used_at: None,
             code_challenge,
             reuse_key: None,
+            attempt: None,
         }
     }
 
     /// The URL a person clicks: the link's redirect URL with its token, derived again from the
     /// server key (the mail worker renders emails with it).
     pub fn link_url(&self, link: &Link) -> String {
-        link_with_token(&link.redirect_url, TOKEN_PARAMETER, &self.link_token(&link.seed))
+        link_with_token(
+            &link.redirect_url,
+            token_parameter(link.kind),
+            &self.link_token(&link.seed),
+        )
     }
 
-    pub(crate) fn redirect_or_default(&self, field: &'static str, raw: &str) -> Result<url::Url> {
+    /// The request's redirect URL, or the configured default, checked against the allow-list;
+    /// `token_parameter` is the query parameter the token will go in.
+    pub(crate) fn redirect_with_default(
+        &self,
+        field: &'static str,
+        raw: &str,
+        token_parameter: &str,
+    ) -> Result<url::Url> {
         let raw = match (raw.trim(), &self.settings.default_redirect_url) {
             ("", Some(default)) => default.as_str(),
             ("", None) => {
@@ -124,7 +153,7 @@ impl Domain {
             }
             (raw, _) => raw,
         };
-        self.settings.redirects.check(field, raw, TOKEN_PARAMETER)
+        self.settings.redirects.check(field, raw, token_parameter)
     }
 
     pub async fn issue_login_link(&self, request: IssueLoginLink) -> Result<IssuedLink> {
@@ -141,7 +170,7 @@ impl Domain {
             LINK_MIN_MINUTES,
             LINK_MAX_MINUTES,
         )?;
-        let redirect = self.redirect_or_default("redirect_url", &request.redirect_url)?;
+        let redirect = self.redirect_with_default("redirect_url", &request.redirect_url, TOKEN_PARAMETER)?;
         let code_challenge = validate::code_challenge("code_challenge", &request.code_challenge)?;
         let user_ref = request.user.clone().ok_or_else(|| Error::missing("user_id"))?;
         // A concurrent call may create the same new user first; then this one links to it.
@@ -258,6 +287,13 @@ impl Domain {
         check_usable(&link, self.clock.now())?;
         let user = self.store.user(&link.user_id).await?;
         let user = user.ok_or_else(|| Error::new(Reason::TOKEN_NOT_FOUND, "no such token"))?;
+        if let Some(ref_digest) = &link.attempt {
+            let attempt = self.store.attempt(ref_digest).await?;
+            check_attempt_open(
+                &attempt.ok_or_else(|| Error::new(Reason::TOKEN_NOT_FOUND, "no such token"))?,
+                self.clock.now(),
+            )?;
+        }
         // A landing page should not offer a button that VerifyToken would refuse.
         check_may_use_links(&user)?;
         Ok(Inspection {
@@ -287,8 +323,11 @@ impl Domain {
         let now = self.clock.now();
         // Made before the transaction: a retried decision must hand out the same session.
         let (session, session_token) = self.new_session_record(now, session_minutes);
-        let decide = |link: &Link, user: &User| -> Result<Redemption> {
+        let decide = |link: &Link, user: &User, attempt: Option<&Attempt>| -> Result<Redemption> {
             check_usable(link, now)?;
+            if let Some(attempt) = attempt {
+                check_attempt_open(attempt, now)?;
+            }
             check_may_use_links(user)?;
             if let Some(challenge) = &link.code_challenge {
                 let verifier = verifier.ok_or_else(|| {
@@ -306,6 +345,26 @@ impl Domain {
             }
             let mut link = link.clone();
             link.used_at = Some(now);
+            if let Some(attempt) = attempt
+                && attempt.right_link != link.token_digest
+            {
+                // A wrong number: the whole attempt is off, and that is written.
+                let mut attempt = attempt.clone();
+                attempt.status = AttemptStatus::Failed;
+                let refusal = Error::new(
+                    Reason::WRONG_ENCHANTED_LINK,
+                    "that was not the link with the number shown on the other screen; this sign-in is cancelled",
+                );
+                let user = user.clone();
+                return Ok(Redemption {
+                    link,
+                    user,
+                    attempt: Some(attempt),
+                    refusal: Some(refusal),
+                    user_activated: false,
+                    session: None,
+                });
+            }
             let mut user = user.clone();
             let user_activated = user.status == UserStatus::Pending;
             if user_activated {
@@ -314,27 +373,69 @@ impl Domain {
             user.email_verified = true;
             user.last_login_at = Some(now);
             user.updated_at = now;
-            let session = Session {
-                user_id: user.id.clone(),
-                link_kind: link.kind,
-                ..session.clone()
+            let (attempt, session) = match attempt {
+                // The session goes to whoever polls, not to the device that clicked.
+                Some(attempt) => {
+                    let mut attempt = attempt.clone();
+                    attempt.status = AttemptStatus::Verified;
+                    attempt.verified_at = Some(now);
+                    (Some(attempt), None)
+                }
+                None => (
+                    None,
+                    Some(Session {
+                        user_id: user.id.clone(),
+                        link_kind: link.kind,
+                        ..session.clone()
+                    }),
+                ),
             };
             Ok(Redemption {
                 link,
                 user,
+                attempt,
+                refusal: None,
                 user_activated,
-                session: Some(session),
+                session,
             })
         };
         let redemption = self.store.redeem_link(&Digest32::of(token), &decide).await?;
-        let session = redemption.session.expect("login links always create a session");
-        let new_session = self.issue_session_jwt(session, session_token, &redemption.user, now);
+        if let Some(attempt) = &redemption.attempt {
+            self.pollers.wake(&attempt.ref_digest);
+        }
+        if let Some(refusal) = redemption.refusal {
+            return Err(refusal);
+        }
+        let outcome = match redemption.session {
+            Some(session) => {
+                VerifyOutcome::Session(self.issue_session_jwt(session, session_token, &redemption.user, now))
+            }
+            None => VerifyOutcome::Enchanted { verified_at: now },
+        };
         Ok(Verification {
             user: redemption.user,
             user_activated: redemption.user_activated,
             kind: redemption.link.kind,
-            session: new_session,
+            outcome,
         })
+    }
+}
+
+/// An enchanted link works only while its attempt waits for a click.
+pub(crate) fn check_attempt_open(attempt: &Attempt, now: Millis) -> Result<()> {
+    match attempt.status {
+        AttemptStatus::Failed => Err(Error::new(
+            Reason::WRONG_ENCHANTED_LINK,
+            "this sign-in was cancelled because a link with the wrong number was used",
+        )),
+        AttemptStatus::Verified | AttemptStatus::Collected => Err(Error::new(
+            Reason::TOKEN_ALREADY_USED,
+            "this sign-in was already completed",
+        )),
+        AttemptStatus::Pending if attempt.expires_at <= now => {
+            Err(Error::new(Reason::TOKEN_EXPIRED, "this link has expired"))
+        }
+        AttemptStatus::Pending => Ok(()),
     }
 }
 

@@ -156,6 +156,7 @@ impl Domain {
                 .store
                 .insert_email(
                     std::slice::from_ref(&link),
+                    None,
                     new_user.as_ref(),
                     &queued,
                     rate.as_deref().map(|key| (key, &rate_limit)),

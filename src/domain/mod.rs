@@ -3,11 +3,13 @@
 
 pub mod clock;
 pub mod emails;
+pub mod enchanted;
 pub mod error;
 pub mod keys;
 pub mod links;
 pub mod magic;
 pub mod model;
+pub mod pollers;
 pub mod rate_limit;
 pub mod redirect;
 pub mod sessions;
@@ -40,6 +42,8 @@ pub struct Settings {
     /// LoginOrCreate's defaults; `default_redirect_url` when unset.
     pub login_magic_link_url: Option<String>,
     pub signup_magic_link_url: Option<String>,
+    /// SendEnchantedLink's default link lifetime.
+    pub enchanted_default_minutes: u32,
 }
 
 /// Which custom email templates exist (the mail module loads them).
@@ -61,6 +65,9 @@ pub struct Domain {
     pub clock: Arc<dyn Clock>,
     pub keys: KeyRing,
     pub mail: Mail,
+    pub pollers: pollers::Pollers,
+    /// Cancelled as shutdown starts: long-polls answer at once with the current status.
+    pub stopping: tokio_util::sync::CancellationToken,
     pub(crate) server_key: ServerKey,
     pub(crate) settings: Settings,
 }
@@ -79,6 +86,8 @@ impl Domain {
             clock,
             keys,
             mail,
+            pollers: pollers::Pollers::default(),
+            stopping: tokio_util::sync::CancellationToken::new(),
             server_key,
             settings,
         }

@@ -78,6 +78,9 @@ pub struct Link {
     pub code_challenge: Option<String>,
     /// Identifies "the same parameters" for reuse of login links.
     pub reuse_key: Option<Digest32>,
+    /// For an enchanted link: its attempt (the digest of the attempt's pending ref).
+    #[serde(default)]
+    pub attempt: Option<Digest32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -90,6 +93,37 @@ pub struct Session {
     pub revoked_at: Option<Millis>,
     /// How the session was started.
     pub link_kind: LinkKind,
+    /// Put into every JWT of the session (enchanted-link login options, provider ids).
+    #[serde(default)]
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttemptStatus {
+    /// Waiting for a click.
+    Pending,
+    /// The right link was clicked; the session waits for the starting device.
+    Verified,
+    /// A wrong link was clicked: the whole attempt is off.
+    Failed,
+    /// The starting device has its session.
+    Collected,
+}
+
+/// An enchanted-link sign-in, keyed by the digest of its pending ref.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub ref_digest: Digest32,
+    pub user_id: String,
+    pub status: AttemptStatus,
+    /// The one link (of three) that verifies.
+    pub right_link: Digest32,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub verified_at: Option<Millis>,
+    /// Claims for the session: login options, provider and SSO app ids, custom claims.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    pub session_id: Option<String>,
 }
 
 /// An Ed25519 signing key, stored as the random salt its private key is derived from under the

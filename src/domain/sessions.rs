@@ -1,6 +1,6 @@
 //! Sessions: creation at verification, session JWTs, AuthenticateSession and revocation (SPEC §6).
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::Domain;
 use super::error::{Error, Reason, Result};
@@ -45,6 +45,7 @@ impl Domain {
             expires_at: now + Millis::from(minutes) * MINUTE,
             revoked_at: None,
             link_kind: LinkKind::Login,
+            claims: serde_json::Map::new(),
         };
         (session, token)
     }
@@ -58,7 +59,8 @@ impl Domain {
         now: Millis,
     ) -> NewSession {
         let expires_at = (now + Millis::from(self.settings.session_jwt_minutes) * MINUTE).min(session.expires_at);
-        let mut claims = Map::new();
+        // The session's own claims first; the registered ones after, so they always win.
+        let mut claims = session.claims.clone();
         claims.insert("iss".into(), Value::from(self.settings.issuer.clone()));
         claims.insert("sub".into(), Value::from(user.id.clone()));
         claims.insert("aud".into(), Value::from(self.settings.audience.clone()));
@@ -108,10 +110,13 @@ impl Domain {
             }
         };
         let now = self.clock.now();
+        let revoked = || Error::new(Reason::SESSION_REVOKED, "this session was revoked");
+        if session.revoked_at.is_some() {
+            return Err(revoked());
+        }
         let user = self.store.user(&session.user_id).await?.ok_or_else(not_found)?;
-        let revoked_with_user = user.sessions_revoked_at.is_some_and(|at| session.created_at <= at);
-        if session.revoked_at.is_some() || revoked_with_user {
-            return Err(Error::new(Reason::SESSION_REVOKED, "this session was revoked"));
+        if user.sessions_revoked_at.is_some_and(|at| session.created_at <= at) {
+            return Err(revoked());
         }
         if session.expires_at <= now {
             return Err(Error::new(Reason::SESSION_EXPIRED, "this session has expired"));

@@ -16,23 +16,38 @@
 
 use async_trait::async_trait;
 
+use super::error::Error;
 use super::error::Result;
-use super::model::{Email, Link, Millis, Session, SigningKeyRecord, User, UserStatus};
+use super::model::{Attempt, Email, Link, Millis, Session, SigningKeyRecord, User, UserStatus};
 use super::rate_limit::RateLimit;
 use crate::crypto::Digest32;
 
-/// What a verification decided: the new states of the link and user, and a session to create.
+/// What a verification decided: the new states of the link, user and attempt, and a session to
+/// create. A `refusal` is written like any outcome (a wrong enchanted link fails its attempt),
+/// then returned to the caller as the error.
 #[derive(Debug)]
 pub struct Redemption {
     pub link: Link,
     pub user: User,
+    pub attempt: Option<Attempt>,
+    pub refusal: Option<Error>,
     /// The verification turned a PENDING user ACTIVE.
     pub user_activated: bool,
     pub session: Option<Session>,
 }
 
-/// Given the current link and its user, decides the redemption or rejects it (nothing is written).
-pub type RedeemFn<'a> = &'a (dyn Fn(&Link, &User) -> Result<Redemption> + Send + Sync);
+/// Given the current link, its user and (for an enchanted link) its attempt, decides the
+/// redemption or rejects it (then nothing is written).
+pub type RedeemFn<'a> = &'a (dyn Fn(&Link, &User, Option<&Attempt>) -> Result<Redemption> + Send + Sync);
+
+/// What PollSession's collection found.
+#[derive(Debug)]
+pub enum Collection {
+    /// The attempt was VERIFIED: it is COLLECTED now and the session stored.
+    Collected(Attempt),
+    /// Nothing to collect; the attempt as it is.
+    Unchanged(Attempt),
+}
 
 /// Given the current user, returns the updated user or rejects the update.
 pub type UpdateUserFn<'a> = &'a (dyn Fn(&User) -> Result<User> + Send + Sync);
@@ -75,12 +90,14 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes every live session of a user; returns how many.
     async fn revoke_user_sessions(&self, user_id: &str, now: Millis) -> Result<u32>;
 
-    /// Queues an email with its links (creating `new_user` too) in one step. With a rate limit,
+    /// Queues an email with its links (creating `new_user`, and storing an enchanted-link
+    /// `attempt`, too) in one step. With a rate limit,
     /// one send is first taken from the recipient's bucket, named by `rate_key`; an empty bucket
     /// fails `RATE_LIMITED` and nothing is written.
     async fn insert_email(
         &self,
         links: &[Link],
+        attempt: Option<&Attempt>,
         new_user: Option<&User>,
         email: &Email,
         rate: Option<(&str, &RateLimit)>,
@@ -97,6 +114,10 @@ pub trait Store: Send + Sync + 'static {
     async fn finish_email(&self, email: &Email) -> Result<()>;
     /// Queues again the emails a crash caught SENDING (delivery is at-least-once).
     async fn requeue_interrupted_emails(&self, now: Millis) -> Result<usize>;
+
+    async fn attempt(&self, ref_digest: &Digest32) -> Result<Option<Attempt>>;
+    /// VERIFIED → COLLECTED with `session` stored, atomically: one caller gets the session.
+    async fn collect_attempt(&self, ref_digest: &Digest32, session: &Session) -> Result<Option<Collection>>;
 
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
     /// Replaces the key set if it still equals `expected` (compare-and-swap); false otherwise.

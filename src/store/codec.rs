@@ -34,6 +34,7 @@ pub enum Expiring {
     Link = b'L' as isize,
     Session = b'S' as isize,
     Email = b'E' as isize,
+    Attempt = b'A' as isize,
 }
 
 /// `purge_at (big-endian, sign-flipped) | kind | record key`: a range scan up to now finds every
@@ -69,6 +70,7 @@ pub fn parse_expiry_key(key: &[u8]) -> Option<(Expiring, &[u8])> {
         b'L' => Expiring::Link,
         b'S' => Expiring::Session,
         b'E' => Expiring::Email,
+        b'A' => Expiring::Attempt,
         _ => return None,
     };
     Some((kind, &key[9..]))

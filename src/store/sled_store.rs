@@ -10,6 +10,7 @@
 //! - `emails`: email id → Email; `outbox`: due time | email id → () for QUEUED emails;
 //!   `emails_sending`: email id → () for emails a worker has claimed
 //! - `rate_limits`: recipient key → RateBucket
+//! - `attempts`: pending-ref digest → Attempt (enchanted links)
 //! - `meta`: named singletons (the signing key set)
 
 use std::fs::File;
@@ -24,9 +25,11 @@ use super::codec::{self, Expiring, child_key, child_prefix, decode, encode, expi
 use super::commit::{Durability, GroupCommit};
 use crate::crypto::Digest32;
 use crate::domain::error::{Error, Reason, Result};
-use crate::domain::model::{Email, EmailStatus, Link, Millis, RateBucket, Session, SigningKeyRecord, User, UserStatus};
+use crate::domain::model::{
+    Attempt, AttemptStatus, Email, EmailStatus, Link, Millis, RateBucket, Session, SigningKeyRecord, User, UserStatus,
+};
 use crate::domain::rate_limit::RateLimit;
-use crate::domain::store::{LinkInsert, RedeemFn, Redemption, Store, UpdateUserFn, UserDeletion};
+use crate::domain::store::{Collection, LinkInsert, RedeemFn, Redemption, Store, UpdateUserFn, UserDeletion};
 
 const SIGNING_KEYS: &[u8] = b"signing_keys";
 
@@ -65,6 +68,7 @@ struct Trees {
     outbox: sled::Tree,
     emails_sending: sled::Tree,
     rate_limits: sled::Tree,
+    attempts: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -118,6 +122,7 @@ impl SledStore {
             outbox: tree("outbox")?,
             emails_sending: tree("emails_sending")?,
             rate_limits: tree("rate_limits")?,
+            attempts: tree("attempts")?,
             meta: tree("meta")?,
         };
         let data_file = match options.durability {
@@ -411,34 +416,45 @@ impl Store for SledStore {
     async fn redeem_link(&self, token_digest: &Digest32, decide: RedeemFn<'_>) -> Result<Redemption> {
         let t = &self.trees;
         let retention = self.retention;
-        let redemption = finish(
-            (
-                &t.links,
-                &t.users,
-                &t.sessions,
-                &t.session_tokens,
-                &t.user_sessions,
-                &t.expiry,
-            )
-                .transaction(|(links, users, sessions, tokens, user_sessions, expiry)| {
-                    let not_found = || Error::new(Reason::TOKEN_NOT_FOUND, "no such token");
-                    let Some(bytes) = links.get(token_digest.as_bytes())? else {
-                        return abort(not_found());
-                    };
-                    let link: Link = decode_in_tx(&bytes)?;
-                    let Some(bytes) = users.get(link.user_id.as_bytes())? else {
-                        return abort(not_found());
-                    };
-                    let user: User = decode_in_tx(&bytes)?;
-                    let redemption = decide(&link, &user).map_err(ConflictableTransactionError::Abort)?;
-                    links.insert(token_digest.as_bytes(), encode(&redemption.link))?;
-                    users.insert(user.id.as_bytes(), encode(&redemption.user))?;
-                    if let Some(session) = &redemption.session {
-                        insert_session(sessions, tokens, user_sessions, expiry, session, retention)?;
-                    }
-                    Ok(redemption)
-                }),
-        )?;
+        let trees = (
+            &t.links,
+            &t.users,
+            &t.sessions,
+            &t.session_tokens,
+            &t.user_sessions,
+            &t.expiry,
+            &t.attempts,
+        );
+        let redemption = finish(trees.transaction(
+            |(links, users, sessions, tokens, user_sessions, expiry, attempts)| {
+                let not_found = || Error::new(Reason::TOKEN_NOT_FOUND, "no such token");
+                let Some(bytes) = links.get(token_digest.as_bytes())? else {
+                    return abort(not_found());
+                };
+                let link: Link = decode_in_tx(&bytes)?;
+                let Some(bytes) = users.get(link.user_id.as_bytes())? else {
+                    return abort(not_found());
+                };
+                let user: User = decode_in_tx(&bytes)?;
+                let attempt: Option<Attempt> = match &link.attempt {
+                    Some(ref_digest) => match attempts.get(ref_digest.as_bytes())? {
+                        Some(bytes) => Some(decode_in_tx(&bytes)?),
+                        None => return abort(not_found()),
+                    },
+                    None => None,
+                };
+                let redemption = decide(&link, &user, attempt.as_ref()).map_err(ConflictableTransactionError::Abort)?;
+                if let Some(attempt) = &redemption.attempt {
+                    attempts.insert(attempt.ref_digest.as_bytes(), encode(attempt))?;
+                }
+                links.insert(token_digest.as_bytes(), encode(&redemption.link))?;
+                users.insert(user.id.as_bytes(), encode(&redemption.user))?;
+                if let Some(session) = &redemption.session {
+                    insert_session(sessions, tokens, user_sessions, expiry, session, retention)?;
+                }
+                Ok(redemption)
+            },
+        ))?;
         self.durable().await?;
         Ok(redemption)
     }
@@ -506,6 +522,7 @@ impl Store for SledStore {
     async fn insert_email(
         &self,
         links: &[Link],
+        attempt: Option<&Attempt>,
         new_user: Option<&User>,
         email: &Email,
         rate: Option<(&str, &RateLimit)>,
@@ -522,9 +539,10 @@ impl Store for SledStore {
             &t.emails,
             &t.outbox,
             &t.rate_limits,
+            &t.attempts,
         );
         finish(trees.transaction(
-            |(users, emails_index, links_tree, user_links, expiry, emails, outbox, rate_limits)| {
+            |(users, emails_index, links_tree, user_links, expiry, emails, outbox, rate_limits, attempts)| {
                 if let Some((key, limit)) = rate {
                     let bucket: Option<RateBucket> = match rate_limits.get(key.as_bytes())? {
                         Some(bytes) => Some(decode_in_tx(&bytes)?),
@@ -554,6 +572,11 @@ impl Store for SledStore {
                     links_tree.insert(digest, encode(link))?;
                     user_links.insert(child_key(&link.user_id, digest), &[])?;
                     expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[])?;
+                }
+                if let Some(attempt) = attempt {
+                    let key = attempt.ref_digest.as_bytes();
+                    attempts.insert(key, encode(attempt))?;
+                    expiry.insert(expiry_key(attempt.expires_at + retention, Expiring::Attempt, key), &[])?;
                 }
                 emails.insert(email.id.as_bytes(), encode(email))?;
                 outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[])?;
@@ -664,6 +687,36 @@ impl Store for SledStore {
         Ok(interrupted.len())
     }
 
+    async fn attempt(&self, ref_digest: &Digest32) -> Result<Option<Attempt>> {
+        Self::get(&self.trees.attempts, ref_digest.as_bytes())
+    }
+
+    async fn collect_attempt(&self, ref_digest: &Digest32, session: &Session) -> Result<Option<Collection>> {
+        let t = &self.trees;
+        let retention = self.retention;
+        let trees = (&t.attempts, &t.sessions, &t.session_tokens, &t.user_sessions, &t.expiry);
+        let collection = finish(
+            trees.transaction(|(attempts, sessions, tokens, user_sessions, expiry)| {
+                let Some(bytes) = attempts.get(ref_digest.as_bytes())? else {
+                    return Ok(None);
+                };
+                let mut attempt: Attempt = decode_in_tx(&bytes)?;
+                if attempt.status != AttemptStatus::Verified {
+                    return Ok(Some(Collection::Unchanged(attempt)));
+                }
+                attempt.status = AttemptStatus::Collected;
+                attempt.session_id = Some(session.id.clone());
+                attempts.insert(ref_digest.as_bytes(), encode(&attempt))?;
+                insert_session(sessions, tokens, user_sessions, expiry, session, retention)?;
+                Ok(Some(Collection::Collected(attempt)))
+            }),
+        )?;
+        if matches!(collection, Some(Collection::Collected(_))) {
+            self.durable().await?;
+        }
+        Ok(collection)
+    }
+
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
         Ok(Self::get(&self.trees.meta, SIGNING_KEYS)?.unwrap_or_default())
     }
@@ -702,6 +755,14 @@ impl Store for SledStore {
                 Some((Expiring::Link, digest)) => self.purge_link(digest, entry)?,
                 Some((Expiring::Session, session_id)) => self.purge_session(session_id, entry)?,
                 Some((Expiring::Email, email_id)) => self.purge_email(email_id, entry)?,
+                Some((Expiring::Attempt, ref_digest)) => {
+                    let t = &self.trees;
+                    finish((&t.attempts, &t.expiry).transaction(|(attempts, expiry)| {
+                        attempts.remove(ref_digest)?;
+                        expiry.remove(entry.as_ref())?;
+                        Ok(())
+                    }))?;
+                }
                 None => {
                     self.trees.expiry.remove(entry).map_err(storage)?;
                 }
