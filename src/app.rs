@@ -30,6 +30,7 @@ use crate::config::{Scope, Validated};
 use crate::domain::clock::Clock;
 use crate::domain::keys::{KeyPolicy, KeyRing};
 use crate::domain::model::{HOUR, MINUTE, Millis};
+use crate::domain::oauth::OAuthClient;
 use crate::domain::rate_limit::RateLimit;
 use crate::domain::store::Store;
 use crate::domain::{Domain, Mail, Settings};
@@ -70,11 +71,18 @@ pub struct Running {
     tasks: TaskTracker,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     shutdown_delay: Duration,
+    http_addr: Option<SocketAddr>,
+    data_dir: std::path::PathBuf,
 }
 
 impl Running {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the HTTP port (JWKS, discovery) listens, if it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     pub fn domain(&self) -> &Arc<Domain> {
@@ -112,7 +120,27 @@ impl Running {
         self.tasks.close();
         self.tasks.wait().await;
         self.domain.store.close().await.map_err(|error| error.to_string())?;
+        release_store(self.domain, &self.data_dir).await;
         served.map_err(|error| format!("server error: {error}"))
+    }
+}
+
+/// Waits (up to a few seconds) until the store's directory lock is free, so that when shutdown
+/// returns the same process can open the data directory again. Two things hold it a moment
+/// longer: hyper drops a connection's per-stream tasks (holding the services) just after it
+/// reports the connection closed, and sled's I/O threads drop their handles just after the last
+/// flush they served.
+async fn release_store(domain: Arc<Domain>, data_dir: &std::path::Path) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&domain) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    drop(domain);
+    while !crate::store::sled_store::lock_is_free(data_dir) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    if !crate::store::sled_store::lock_is_free(data_dir) {
+        tracing::warn!("the data directory is still locked after shutdown");
     }
 }
 
@@ -135,6 +163,18 @@ fn settings(validated: &Validated) -> Settings {
         login_magic_link_url: config.links.login_magic_link_url.clone(),
         signup_magic_link_url: config.links.signup_magic_link_url.clone(),
         enchanted_default_minutes: config.links.enchanted_expiration_minutes,
+        oauth_clients: config
+            .oauth
+            .clients
+            .iter()
+            .map(|client| OAuthClient {
+                id: client.client_id.trim().to_string(),
+                name: client.name.clone(),
+                redirect_uris: client.redirect_uris.clone(),
+                scopes: client.scopes.clone(),
+            })
+            .collect(),
+        access_token_minutes: config.oauth.access_token_minutes,
     }
 }
 
@@ -156,7 +196,7 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
 
     let policy = KeyPolicy {
         signing_lifetime: Millis::from(config.sessions.signing_key_rotation_days) * 24 * HOUR,
-        max_token_lifetime: Millis::from(config.sessions.jwt_minutes) * MINUTE,
+        max_token_lifetime: Millis::from(config.sessions.jwt_minutes.max(config.oauth.access_token_minutes)) * MINUTE,
     };
     let keys = KeyRing::load(validated.server_key.clone(), store.clone(), policy, clock.now())
         .await
@@ -261,6 +301,7 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()));
 
     let tasks = TaskTracker::new();
+    let domain_for_http = domain.clone();
     let sweep_interval = Duration::from_secs(config.store.sweep_interval_seconds);
     tasks.spawn(sweeper::run(
         store.clone(),
@@ -270,6 +311,27 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
     ));
     tasks.spawn(rotate_keys(domain.clone(), shutdown.clone()));
     tasks.spawn(worker.run(shutdown.clone()));
+    let http_addr = match config.metrics_listen {
+        Some(address) => {
+            let listener = TcpListener::bind(address)
+                .await
+                .map_err(|source| StartError::Bind { address, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| StartError::Bind { address, source })?;
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let serving = axum::serve(listener, crate::http::router(domain_for_http))
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(error) = serving {
+                    tracing::error!(%error, "the HTTP port stopped");
+                }
+            });
+            Some(bound)
+        }
+        None => None,
+    };
 
     set_health(&health, ServingStatus::Serving).await;
     let shutdown_delay = Duration::from_secs(config.shutdown_delay_seconds);
@@ -281,6 +343,8 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         tasks,
         server,
         shutdown_delay,
+        http_addr,
+        data_dir: config.data_dir.clone(),
     })
 }
 

@@ -32,6 +32,9 @@ enum Command {
         /// Where the store lives.
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// HTTP address for JWKS, OpenID discovery and metrics, e.g. 127.0.0.1:9464.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Prints the SHA-256 digest of an API key for `auth.api_keys[].sha256` (reads stdin when no
     /// key is given, which keeps the key out of shell history).
@@ -46,7 +49,15 @@ pub fn run() -> ExitCode {
             config,
             listen,
             data_dir,
-        } => serve(config, Overrides { listen, data_dir }),
+            metrics_listen,
+        } => serve(
+            config,
+            Overrides {
+                listen,
+                metrics_listen,
+                data_dir,
+            },
+        ),
         Command::HashKey { key } => {
             let key = match key {
                 Some(key) => key,
@@ -128,6 +139,7 @@ async fn serve_until_signal(validated: config::Validated) -> Result<(), String> 
         .map_err(|error| error.to_string())?;
     tracing::info!(
         listen = %running.local_addr(),
+        http = %running.http_addr().map_or("off".to_string(), |a| a.to_string()),
         data_dir = %config.data_dir.display(),
         durability = ?config.store.durability,
         "latchkey is serving"

@@ -69,6 +69,9 @@ pub struct Config {
     pub profile: Profile,
     /// gRPC address.
     pub listen: SocketAddr,
+    /// HTTP address for `/.well-known/jwks.json`, `/.well-known/openid-configuration` (and
+    /// `/metrics`); unset turns the HTTP port off.
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// The server key itself (base64 or hex, 32+ bytes); usually from `LATCHKEY_SERVER_KEY`.
     pub server_key: Option<Secret>,
@@ -85,6 +88,26 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub store: StoreConfig,
     pub mail: MailConfig,
+    pub oauth: OAuthConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    pub clients: Vec<OAuthClientConfig>,
+    /// Lifetime of access and ID tokens.
+    pub access_token_minutes: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthClientConfig {
+    pub client_id: String,
+    /// Shown to people, e.g. on a consent or landing page.
+    pub name: String,
+    /// Compared exactly with the request's `redirect_uri`.
+    pub redirect_uris: Vec<String>,
+    pub scopes: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -218,10 +241,11 @@ impl Config {
         Config {
             profile,
             listen: "127.0.0.1:50051".parse().expect("valid address"),
+            metrics_listen: Some("127.0.0.1:9464".parse().expect("valid address")),
             data_dir: PathBuf::from("./data"),
             server_key: None,
             server_key_file: None,
-            issuer: "http://localhost:50051".into(),
+            issuer: "http://localhost:9464".into(),
             shutdown_delay_seconds: 0,
             log: LogConfig {
                 format: LogFormat::Text,
@@ -272,6 +296,19 @@ impl Config {
                     per_minute: 1,
                 },
             },
+            oauth: OAuthConfig {
+                clients: if development {
+                    vec![OAuthClientConfig {
+                        client_id: "dev".into(),
+                        name: "Development client".into(),
+                        redirect_uris: vec!["http://localhost:3000/oauth/callback".into()],
+                        scopes: vec!["openid".into(), "email".into(), "profile".into()],
+                    }]
+                } else {
+                    Vec::new()
+                },
+                access_token_minutes: 60,
+            },
             sessions: SessionsConfig {
                 default_duration_minutes: 1440,
                 jwt_minutes: 5,
@@ -292,6 +329,7 @@ impl Config {
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
 }
 
@@ -351,6 +389,9 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
     if let Some(dir) = &overrides.data_dir {
         flags.insert("data_dir".into(), dir.display().to_string().into());
     }
+    if let Some(listen) = overrides.metrics_listen {
+        flags.insert("metrics_listen".into(), listen.to_string().into());
+    }
     Figment::from(Serialized::defaults(Config::defaults(profile)))
         .merge(layers)
         .merge(Serialized::defaults(flags))
@@ -392,6 +433,15 @@ impl Config {
     /// Checks every value and resolves the server key. `working_dir` is where the development
     /// profile keeps its generated key.
     pub fn validate(self, working_dir: &Path) -> Result<Validated, ConfigError> {
+        if let Some(http) = self.metrics_listen
+            && !self.auth.required
+            && !http.ip().is_loopback()
+        {
+            return Err(invalid(
+                "metrics_listen",
+                "must be a loopback address while auth is off",
+            ));
+        }
         if !self.auth.required && !self.listen.ip().is_loopback() {
             return Err(invalid(
                 "auth.required",
@@ -455,6 +505,7 @@ impl Config {
                 "must be between 5 and 10080",
             ));
         }
+        self.validate_oauth()?;
         let smtp_password = self.validate_mail()?;
         let sessions = &self.sessions;
         if !(5..=525_600).contains(&sessions.default_duration_minutes) {
@@ -496,6 +547,37 @@ impl Config {
             generated_key_file,
             smtp_password,
         })
+    }
+
+    fn validate_oauth(&self) -> Result<(), ConfigError> {
+        let oauth = &self.oauth;
+        if !(1..=1440).contains(&oauth.access_token_minutes) {
+            return Err(invalid("oauth.access_token_minutes", "must be between 1 and 1440"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (index, client) in oauth.clients.iter().enumerate() {
+            let at = |field: &str| format!("oauth.clients[{index}].{field}");
+            let id = client.client_id.trim();
+            if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(invalid(at("client_id"), "1-128 printable characters without spaces"));
+            }
+            if !seen.insert(id) {
+                return Err(invalid(at("client_id"), format!("{id:?} is configured twice")));
+            }
+            if client.redirect_uris.is_empty() {
+                return Err(invalid(at("redirect_uris"), "give at least one"));
+            }
+            for uri in &client.redirect_uris {
+                crate::domain::redirect::check_registered_uri(uri)
+                    .map_err(|problem| invalid(at("redirect_uris"), problem))?;
+            }
+            let scope_ok =
+                |s: &String| !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\');
+            if client.scopes.is_empty() || !client.scopes.iter().all(scope_ok) {
+                return Err(invalid(at("scopes"), "give at least one scope, each without spaces"));
+            }
+        }
+        Ok(())
     }
 
     /// Checks the mail settings; returns the SMTP password, read from its file if need be.
@@ -750,13 +832,52 @@ mod tests {
     }
 
     #[test]
+    fn oauth_clients_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |change: &dyn Fn(&mut OAuthClientConfig)| {
+            let mut config = Config::defaults(Profile::Development);
+            config.data_dir = dir.path().join("data");
+            change(&mut config.oauth.clients[0]);
+            config.validate(dir.path()).err().map(|e| e.to_string())
+        };
+        assert_eq!(check(&|_| {}), None);
+        type Change<'a> = &'a dyn Fn(&mut OAuthClientConfig);
+        let cases: [(Change, &str); 6] = [
+            (&|c| c.client_id = "has space".into(), "oauth.clients[0].client_id"),
+            (&|c| c.redirect_uris.clear(), "oauth.clients[0].redirect_uris"),
+            (
+                &|c| c.redirect_uris = vec!["http://localhost:*/cb".into()],
+                "redirect_uris",
+            ),
+            (
+                &|c| c.redirect_uris = vec!["http://partner.example/cb".into()],
+                "redirect_uris",
+            ),
+            (
+                &|c| c.redirect_uris = vec!["https://partner.example".into()],
+                "normal form",
+            ),
+            (&|c| c.scopes = vec!["two words".into()], "oauth.clients[0].scopes"),
+        ];
+        for (change, expected) in cases {
+            let error = check(change).expect(expected);
+            assert!(error.contains(expected), "{error}");
+        }
+        assert_eq!(
+            check(&|c| c.redirect_uris = vec!["https://partner.example/cb?app=1".into()]),
+            None,
+            "a registered URI may have a query"
+        );
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("latchkey.toml");
         std::fs::write(&file, "listen = \"127.0.0.1:1\"\ndata_dir = \"/tmp/a\"\n").unwrap();
         let overrides = Overrides {
             listen: Some("127.0.0.1:2".parse().unwrap()),
-            data_dir: None,
+            ..Default::default()
         };
         let config = load(Some(&file), &overrides).unwrap();
         assert_eq!(config.listen.port(), 2);

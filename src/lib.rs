@@ -7,6 +7,7 @@
 //! - `domain`: the flows (links, sessions, users) and the traits they need (store, clock).
 //! - `store`: the sled implementation of the store, group commit, expiry sweeping.
 //! - `mail`: templates, transports (SMTP, files) and the worker that drains the outbox.
+//! - `http`: the HTTP port (JWKS, OpenID discovery).
 //! - `crypto`, `jwt`: secrets, digests, PKCE, derived keys, EdDSA JWTs.
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod http;
 pub mod jwt;
 pub mod mail;
 pub mod store;

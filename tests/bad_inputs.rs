@@ -193,25 +193,8 @@ async fn issue_login_link_bad_inputs() {
             Code::InvalidArgument,
             "INVALID_CODE_CHALLENGE",
         ),
-        (
-            "oauth not yet",
-            pb::IssueLoginLinkRequest {
-                oauth: Some(pb::OAuthParameters::default()),
-                ..base()
-            },
-            Code::Unimplemented,
-            "NOT_IMPLEMENTED",
-        ),
     ];
-    for (label, request, code, expected) in cases {
-        let status = app.issue(request).await.expect_err(label);
-        assert_eq!(
-            (status.code(), reason(&status).as_str()),
-            (code, expected),
-            "{label}: {status:?}"
-        );
-        assert!(!status.message().is_empty(), "{label}: a message for people");
-    }
+    assert_refusals(cases, |request| app.issue(request)).await;
     // Field problems carry a BadRequest violation naming the field.
     let status = app
         .issue(pb::IssueLoginLinkRequest {
@@ -516,17 +499,6 @@ async fn sessions_and_users_bad_inputs() {
         .authenticate_session(authenticate(Some(Credential::SessionToken(session.session_token))))
         .await
         .expect("still serving");
-}
-
-#[tokio::test]
-async fn methods_of_later_releases_answer_unimplemented_with_error_info() {
-    let app = TestApp::spawn().await;
-    let mut passwordless = app.passwordless();
-    assert_error(
-        drop_body(passwordless.exchange_code(pb::ExchangeCodeRequest::default()).await),
-        Code::Unimplemented,
-        "NOT_IMPLEMENTED",
-    );
 }
 
 const LINKS_KEY: &str = "links-key-0123456789";

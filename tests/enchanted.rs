@@ -443,14 +443,7 @@ async fn modes_and_bad_inputs() {
             "INVALID_VALUE",
         ),
     ];
-    for (label, request, code, expected) in cases {
-        let status = app.send_enchanted(request).await.expect_err(label);
-        assert_eq!(
-            (status.code(), reason(&status).as_str()),
-            (code, expected),
-            "{label}: {status:?}"
-        );
-    }
+    assert_refusals(cases, |request| app.send_enchanted(request)).await;
     let lookup = pb::GetUserRequest {
         user: Some(pb::get_user_request::User::Email("bad@example.com".into())),
     };
@@ -484,6 +477,7 @@ async fn a_long_poll_in_flight_at_shutdown_answers_promptly() {
     // The poll is parked once it counts as live.
     let domain = app.running().domain().clone();
     eventually("the poll to wait", async || (domain.pollers.live() == 1).then_some(())).await;
+    drop(domain);
     let started = std::time::Instant::now();
     app.stop().await;
     let answer = waiting.await.unwrap().expect("answered, not cut off").into_inner();

@@ -33,7 +33,7 @@ async fn session_jwt_verifies_with_the_jwks() {
     let jwk = set.find(&kid).expect("the signing key is published");
     let mut validation = Validation::new(Algorithm::EdDSA);
     validation.set_audience(&["latchkey"]);
-    validation.set_issuer(&["http://localhost:50051"]);
+    validation.set_issuer(&["http://localhost:9464"]);
     validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
     let claims = decode::<Value>(&session.session_jwt, &DecodingKey::from_jwk(jwk).unwrap(), &validation)
         .expect("verifies offline")
@@ -49,7 +49,7 @@ async fn session_jwt_verifies_with_the_jwks() {
     // A tampered token does not verify.
     let mut parts: Vec<String> = session.session_jwt.split('.').map(String::from).collect();
     parts[1] = latchkey::crypto::base64url(
-        br#"{"sub":"someone-else","exp":9999999999,"aud":"latchkey","iss":"http://localhost:50051"}"#,
+        br#"{"sub":"someone-else","exp":9999999999,"aud":"latchkey","iss":"http://localhost:9464"}"#,
     );
     assert!(decode::<Value>(&parts.join("."), &DecodingKey::from_jwk(jwk).unwrap(), &validation).is_err());
 }

@@ -308,14 +308,7 @@ async fn login_or_create_bad_inputs() {
             "INVALID_CODE_CHALLENGE",
         ),
     ];
-    for (label, request, code, expected) in cases {
-        let status = app.login_or_create(request).await.expect_err(label);
-        assert_eq!(
-            (status.code(), reason(&status).as_str()),
-            (code, expected),
-            "{label}: {status:?}"
-        );
-    }
+    assert_refusals(cases, |request| app.login_or_create(request)).await;
     // Nothing was written: no user, no email, and the rate limit was not touched.
     let lookup = pb::GetUserRequest {
         user: Some(pb::get_user_request::User::Email("bad@example.com".into())),

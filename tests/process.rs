@@ -247,7 +247,15 @@ async fn environment_overrides_flags_and_a_second_process_is_refused() {
     // --listen points at a port that cannot be bound; the environment wins and picks a free one.
     let mut command = command(dir.path());
     command
-        .args(["serve", "--listen", "127.0.0.1:1", "--data-dir", "data"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:1",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "data",
+        ])
         .env("LATCHKEY_LISTEN", "127.0.0.1:0")
         // What Kubernetes injects for a Service named latchkey: ignored, not unknown keys.
         .env("LATCHKEY_PORT", "tcp://10.0.0.7:50051")
@@ -385,7 +393,7 @@ async fn production_config_with_keys_from_file_and_environment() {
     let digest = latchkey::crypto::api_key_digest(key);
     let server_key = latchkey::crypto::ServerKey::generate_encoded();
     let config = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n[log]\nformat = \"json\"\n\n[[auth.api_keys]]\nname = \"web\"\nsha256 = \"{digest}\"\nscopes = [\"links\", \"sessions\"]\n\n[links]\ndefault_redirect_url = \"https://app.example.com/auth/callback\"\nredirect_allow_list = [\"https://app.example.com/auth/\"]\n\n[mail]\ntransport = \"file\"\n"
+        "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n[log]\nformat = \"json\"\n\n[[auth.api_keys]]\nname = \"web\"\nsha256 = \"{digest}\"\nscopes = [\"links\", \"sessions\"]\n\n[links]\ndefault_redirect_url = \"https://app.example.com/auth/callback\"\nredirect_allow_list = [\"https://app.example.com/auth/\"]\n\n[mail]\ntransport = \"file\"\n"
     );
     std::fs::write(dir.path().join("latchkey.toml"), config).unwrap();
     let mut command = command(dir.path());

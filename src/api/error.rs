@@ -21,7 +21,6 @@ fn grpc_code(code: Code) -> GrpcCode {
         Code::FailedPrecondition => GrpcCode::FailedPrecondition,
         Code::ResourceExhausted => GrpcCode::ResourceExhausted,
         Code::Unavailable => GrpcCode::Unavailable,
-        Code::Unimplemented => GrpcCode::Unimplemented,
         Code::Internal => GrpcCode::Internal,
     }
 }
@@ -66,12 +65,4 @@ impl From<Error> for Status {
     fn from(error: Error) -> Self {
         to_status(error)
     }
-}
-
-/// An RPC that a later release implements.
-pub fn not_implemented(method: &str) -> Status {
-    to_status(Error::new(
-        Reason::NOT_IMPLEMENTED,
-        format!("{method} is not implemented yet"),
-    ))
 }

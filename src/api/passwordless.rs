@@ -5,12 +5,12 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, timestamp};
-use super::error::not_implemented;
 use super::pb::{self, passwordless_server::Passwordless};
 use crate::domain::enchanted::{Mode, PollOutcome, SendEnchantedLink};
 use crate::domain::error::{Error, Reason};
 use crate::domain::links::{IssueLoginLink, VerifyOutcome};
 use crate::domain::magic::LoginOrCreate;
+use crate::domain::oauth::{Exchange, OAuthParams};
 use crate::domain::{Domain, UserRef};
 
 pub struct PasswordlessApi {
@@ -43,7 +43,16 @@ impl Passwordless for PasswordlessApi {
                 redirect_url: request.redirect_url,
                 expiration_minutes: request.expiration_minutes,
                 code_challenge: request.code_challenge,
-                oauth_requested: request.oauth.is_some(),
+                oauth: request.oauth.map(|oauth| OAuthParams {
+                    client_id: oauth.client_id,
+                    redirect_uri: oauth.redirect_uri,
+                    scope: oauth.scope,
+                    state: oauth.state,
+                    nonce: oauth.nonce,
+                    code_challenge: oauth.code_challenge,
+                    code_challenge_method: oauth.code_challenge_method,
+                    response_type: oauth.response_type,
+                }),
             })
             .await?;
         Ok(Response::new(pb::IssueLoginLinkResponse {
@@ -158,6 +167,15 @@ impl Passwordless for PasswordlessApi {
                 VerifyOutcome::Session(session) => {
                     pb::verify_token_response::Result::Session(convert::session(session))
                 }
+                VerifyOutcome::Authorization {
+                    code,
+                    redirect_url,
+                    expires_at,
+                } => pb::verify_token_response::Result::Authorization(pb::Authorization {
+                    code,
+                    redirect_url,
+                    expires_at: timestamp(expires_at),
+                }),
                 VerifyOutcome::Enchanted { verified_at } => {
                     pb::verify_token_response::Result::Enchanted(pb::EnchantedConfirmation {
                         verified_at: timestamp(verified_at),
@@ -197,8 +215,26 @@ impl Passwordless for PasswordlessApi {
 
     async fn exchange_code(
         &self,
-        _request: Request<pb::ExchangeCodeRequest>,
+        request: Request<pb::ExchangeCodeRequest>,
     ) -> Result<Response<pb::ExchangeCodeResponse>, Status> {
-        Err(not_implemented("ExchangeCode"))
+        let request = request.into_inner();
+        let exchanged = self
+            .domain
+            .exchange_code(Exchange {
+                grant_type: request.grant_type,
+                code: request.code,
+                code_verifier: request.code_verifier,
+                client_id: request.client_id,
+                redirect_uri: request.redirect_uri,
+            })
+            .await?;
+        Ok(Response::new(pb::ExchangeCodeResponse {
+            access_token: exchanged.access_token,
+            token_type: "Bearer".into(),
+            expires_in: exchanged.expires_in,
+            scope: exchanged.scope,
+            id_token: exchanged.id_token.unwrap_or_default(),
+            session_id: exchanged.session_id,
+        }))
     }
 }

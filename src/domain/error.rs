@@ -16,7 +16,6 @@ pub enum Code {
     FailedPrecondition,
     ResourceExhausted,
     Unavailable,
-    Unimplemented,
     Internal,
 }
 
@@ -61,7 +60,6 @@ reasons! {
     ],
     ResourceExhausted => [RATE_LIMITED],
     Unavailable => [SHUTTING_DOWN, STORE_UNAVAILABLE],
-    Unimplemented => [NOT_IMPLEMENTED],
     Internal => [INTERNAL],
 }
 

@@ -4,11 +4,12 @@ use super::Domain;
 use super::UserRef;
 use super::error::{Error, Reason, Result};
 use super::model::{Attempt, AttemptStatus, Link, LinkKind, MINUTE, Millis, Role, Session, User, UserStatus};
+use super::oauth::{OAuthParams, callback_url};
 use super::redirect::link_with_token;
 use super::sessions::NewSession;
 use super::store::{LinkInsert, Redemption};
 use super::validate;
-use crate::crypto::{Digest32, base64url, pkce, random_bytes};
+use crate::crypto::{Digest32, base64url, new_secret, pkce, random_bytes};
 
 const TOKEN_LABEL: &str = "latchkey/link-token/v1";
 pub(crate) const TOKEN_PARAMETER: &str = "token";
@@ -35,8 +36,8 @@ pub struct IssueLoginLink {
     pub redirect_url: String,
     pub expiration_minutes: u32,
     pub code_challenge: String,
-    /// OAuth login links arrive with the OAuth flow; until then they are refused.
-    pub oauth_requested: bool,
+    /// An OAuth authorization request: verifying the link then yields an authorization code.
+    pub oauth: Option<OAuthParams>,
 }
 
 #[derive(Debug)]
@@ -72,6 +73,12 @@ pub enum VerifyOutcome {
     Session(NewSession),
     /// Enchanted links: confirmation only; the starting device collects the session.
     Enchanted { verified_at: Millis },
+    /// OAuth login links: an authorization code for the client.
+    Authorization {
+        code: String,
+        redirect_url: String,
+        expires_at: Millis,
+    },
 }
 
 /// Email links are for client users in good standing (SPP's client-only and 2FA rules).
@@ -122,6 +129,7 @@ impl Domain {
             code_challenge,
             reuse_key: None,
             attempt: None,
+            oauth: None,
         }
     }
 
@@ -157,12 +165,11 @@ impl Domain {
     }
 
     pub async fn issue_login_link(&self, request: IssueLoginLink) -> Result<IssuedLink> {
-        if request.oauth_requested {
-            return Err(Error::new(
-                Reason::NOT_IMPLEMENTED,
-                "OAuth login links are not available yet",
-            ));
-        }
+        let oauth = request
+            .oauth
+            .as_ref()
+            .map(|params| self.validate_oauth(params))
+            .transpose()?;
         let minutes = validate::minutes(
             "expiration_minutes",
             request.expiration_minutes,
@@ -178,11 +185,16 @@ impl Domain {
             let (user, new_user) = self.resolve_link_user(&user_ref, &request).await?;
             check_may_use_links(&user)?;
             let now = self.clock.now();
+            // The same user, redirect URL, challenge, lifetime and OAuth request: the same link.
             let reuse_key = Digest32::of(&format!(
-                "login\0{}\0{}\0{}\0{minutes}",
+                "login\0{}\0{}\0{}\0{minutes}\0{}",
                 user.id,
                 redirect.as_str(),
-                code_challenge.as_deref().unwrap_or_default()
+                code_challenge.as_deref().unwrap_or_default(),
+                oauth
+                    .as_ref()
+                    .map(|o| serde_json::to_string(o).expect("serializes"))
+                    .unwrap_or_default()
             ));
             let mut link = self.new_link(
                 LinkKind::Login,
@@ -193,6 +205,7 @@ impl Domain {
                 now,
             );
             link.reuse_key = Some(reuse_key);
+            link.oauth = oauth.clone();
             let token = self.link_token(&link.seed);
             let created = new_user.is_some();
             match self.store.insert_link(&link, new_user.as_ref(), now).await {
@@ -323,6 +336,7 @@ impl Domain {
         let now = self.clock.now();
         // Made before the transaction: a retried decision must hand out the same session.
         let (session, session_token) = self.new_session_record(now, session_minutes);
+        let code_secret = new_secret();
         let decide = |link: &Link, user: &User, attempt: Option<&Attempt>| -> Result<Redemption> {
             check_usable(link, now)?;
             if let Some(attempt) = attempt {
@@ -360,6 +374,7 @@ impl Domain {
                     link,
                     user,
                     attempt: Some(attempt),
+                    code: None,
                     refusal: Some(refusal),
                     user_activated: false,
                     session: None,
@@ -373,15 +388,18 @@ impl Domain {
             user.email_verified = true;
             user.last_login_at = Some(now);
             user.updated_at = now;
-            let (attempt, session) = match attempt {
+            let (attempt, code, session) = match (attempt, &link.oauth) {
                 // The session goes to whoever polls, not to the device that clicked.
-                Some(attempt) => {
+                (Some(attempt), _) => {
                     let mut attempt = attempt.clone();
                     attempt.status = AttemptStatus::Verified;
                     attempt.verified_at = Some(now);
-                    (Some(attempt), None)
+                    (Some(attempt), None, None)
                 }
-                None => (
+                // The client exchanges the code for tokens and a session.
+                (None, Some(request)) => (None, Some(self.new_code(&code_secret, &user, request, now)), None),
+                (None, None) => (
+                    None,
                     None,
                     Some(Session {
                         user_id: user.id.clone(),
@@ -394,6 +412,7 @@ impl Domain {
                 link,
                 user,
                 attempt,
+                code,
                 refusal: None,
                 user_activated,
                 session,
@@ -406,11 +425,16 @@ impl Domain {
         if let Some(refusal) = redemption.refusal {
             return Err(refusal);
         }
-        let outcome = match redemption.session {
-            Some(session) => {
+        let outcome = match (redemption.session, &redemption.code) {
+            (Some(session), _) => {
                 VerifyOutcome::Session(self.issue_session_jwt(session, session_token, &redemption.user, now))
             }
-            None => VerifyOutcome::Enchanted { verified_at: now },
+            (None, Some(code)) => VerifyOutcome::Authorization {
+                redirect_url: callback_url(&code.request, &code_secret),
+                code: code_secret,
+                expires_at: code.expires_at,
+            },
+            (None, None) => VerifyOutcome::Enchanted { verified_at: now },
         };
         Ok(Verification {
             user: redemption.user,

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod links;
 pub mod magic;
 pub mod model;
+pub mod oauth;
 pub mod pollers;
 pub mod rate_limit;
 pub mod redirect;
@@ -44,6 +45,9 @@ pub struct Settings {
     pub signup_magic_link_url: Option<String>,
     /// SendEnchantedLink's default link lifetime.
     pub enchanted_default_minutes: u32,
+    pub oauth_clients: Vec<oauth::OAuthClient>,
+    /// Lifetime of OAuth access and ID tokens.
+    pub access_token_minutes: u32,
 }
 
 /// Which custom email templates exist (the mail module loads them).

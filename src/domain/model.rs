@@ -81,6 +81,36 @@ pub struct Link {
     /// For an enchanted link: its attempt (the digest of the attempt's pending ref).
     #[serde(default)]
     pub attempt: Option<Digest32>,
+    /// For an OAuth login link: the authorization request it completes.
+    #[serde(default)]
+    pub oauth: Option<OAuthRequest>,
+}
+
+/// A validated OAuth authorization request (response_type `code`, PKCE S256).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthRequest {
+    pub client_id: String,
+    pub redirect_uri: String,
+    /// Space-separated.
+    pub scope: String,
+    pub state: String,
+    pub nonce: String,
+    pub code_challenge: String,
+}
+
+/// An authorization code, keyed by its digest; single use, 60 seconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuthCode {
+    pub code_digest: Digest32,
+    pub user_id: String,
+    pub request: OAuthRequest,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    /// When the user proved the email (OIDC `auth_time`).
+    pub auth_time: Millis,
+    pub used_at: Option<Millis>,
+    /// The session issued by the first exchange (revoked if the code is replayed).
+    pub session_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -42,6 +42,20 @@ impl AllowedRedirect {
     }
 }
 
+/// Checks a registered OAuth redirect URI: an absolute URL that requests must repeat exactly, so it
+/// has no wildcard; it may have a query (RFC 6749 §3.1.2), to which `code` and `state` are added.
+pub fn check_registered_uri(uri: &str) -> std::result::Result<(), String> {
+    let url = Url::parse(uri).map_err(|error| format!("{uri:?} is not a URL: {error}"))?;
+    check_shape(&url).map_err(|problem| format!("{uri:?}: {problem}"))?;
+    if url.as_str() != uri {
+        return Err(format!(
+            "{uri:?} is not in normal form (it would be {:?}); register it as requests send it",
+            url.as_str()
+        ));
+    }
+    Ok(())
+}
+
 /// `/auth` allows `/auth`, `/auth/` and `/auth/x`, but not `/authx`.
 fn path_is_under(path: &str, prefix: &str) -> bool {
     if prefix.ends_with('/') {

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 
 use super::error::Error;
 use super::error::Result;
-use super::model::{Attempt, Email, Link, Millis, Session, SigningKeyRecord, User, UserStatus};
+use super::model::{Attempt, AuthCode, Email, Link, Millis, Session, SigningKeyRecord, User, UserStatus};
 use super::rate_limit::RateLimit;
 use crate::crypto::Digest32;
 
@@ -30,6 +30,8 @@ pub struct Redemption {
     pub link: Link,
     pub user: User,
     pub attempt: Option<Attempt>,
+    /// For an OAuth login link: the authorization code to store.
+    pub code: Option<AuthCode>,
     pub refusal: Option<Error>,
     /// The verification turned a PENDING user ACTIVE.
     pub user_activated: bool,
@@ -39,6 +41,23 @@ pub struct Redemption {
 /// Given the current link, its user and (for an enchanted link) its attempt, decides the
 /// redemption or rejects it (then nothing is written).
 pub type RedeemFn<'a> = &'a (dyn Fn(&Link, &User, Option<&Attempt>) -> Result<Redemption> + Send + Sync);
+
+/// What an authorization-code exchange decided: the code's new state, a session to create, a
+/// session to revoke (a replayed code revokes what its first use issued), or a refusal that is
+/// written like any outcome and then returned as the error.
+#[derive(Debug)]
+pub struct CodeRedemption {
+    pub code: AuthCode,
+    /// The code's user as the transaction read it.
+    pub user: User,
+    pub session: Option<Session>,
+    /// (session id, when): the session a replayed code's first use issued.
+    pub revoke_session: Option<(String, Millis)>,
+    pub refusal: Option<Error>,
+}
+
+/// Given the current code and its user, decides the exchange or rejects it (then nothing is written).
+pub type RedeemCodeFn<'a> = &'a (dyn Fn(&AuthCode, &User) -> Result<CodeRedemption> + Send + Sync);
 
 /// What PollSession's collection found.
 #[derive(Debug)]
@@ -114,6 +133,10 @@ pub trait Store: Send + Sync + 'static {
     async fn finish_email(&self, email: &Email) -> Result<()>;
     /// Queues again the emails a crash caught SENDING (delivery is at-least-once).
     async fn requeue_interrupted_emails(&self, now: Millis) -> Result<usize>;
+
+    /// Atomically re-reads the code, lets `decide` rule, and writes the outcome; `CODE_NOT_FOUND`
+    /// when there is no such code.
+    async fn redeem_code(&self, code_digest: &Digest32, decide: RedeemCodeFn<'_>) -> Result<CodeRedemption>;
 
     async fn attempt(&self, ref_digest: &Digest32) -> Result<Option<Attempt>>;
     /// VERIFIED → COLLECTED with `session` stored, atomically: one caller gets the session.

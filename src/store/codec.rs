@@ -35,6 +35,7 @@ pub enum Expiring {
     Session = b'S' as isize,
     Email = b'E' as isize,
     Attempt = b'A' as isize,
+    Code = b'C' as isize,
 }
 
 /// `purge_at (big-endian, sign-flipped) | kind | record key`: a range scan up to now finds every
@@ -71,6 +72,7 @@ pub fn parse_expiry_key(key: &[u8]) -> Option<(Expiring, &[u8])> {
         b'S' => Expiring::Session,
         b'E' => Expiring::Email,
         b'A' => Expiring::Attempt,
+        b'C' => Expiring::Code,
         _ => return None,
     };
     Some((kind, &key[9..]))

@@ -11,6 +11,7 @@
 //!   `emails_sending`: email id → () for emails a worker has claimed
 //! - `rate_limits`: recipient key → RateBucket
 //! - `attempts`: pending-ref digest → Attempt (enchanted links)
+//! - `codes`: authorization-code digest → AuthCode
 //! - `meta`: named singletons (the signing key set)
 
 use std::fs::File;
@@ -26,10 +27,13 @@ use super::commit::{Durability, GroupCommit};
 use crate::crypto::Digest32;
 use crate::domain::error::{Error, Reason, Result};
 use crate::domain::model::{
-    Attempt, AttemptStatus, Email, EmailStatus, Link, Millis, RateBucket, Session, SigningKeyRecord, User, UserStatus,
+    Attempt, AttemptStatus, AuthCode, Email, EmailStatus, Link, Millis, RateBucket, Session, SigningKeyRecord, User,
+    UserStatus,
 };
 use crate::domain::rate_limit::RateLimit;
-use crate::domain::store::{Collection, LinkInsert, RedeemFn, Redemption, Store, UpdateUserFn, UserDeletion};
+use crate::domain::store::{
+    CodeRedemption, Collection, LinkInsert, RedeemCodeFn, RedeemFn, Redemption, Store, UpdateUserFn, UserDeletion,
+};
 
 const SIGNING_KEYS: &[u8] = b"signing_keys";
 
@@ -69,6 +73,7 @@ struct Trees {
     emails_sending: sled::Tree,
     rate_limits: sled::Tree,
     attempts: sled::Tree,
+    codes: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -123,6 +128,7 @@ impl SledStore {
             emails_sending: tree("emails_sending")?,
             rate_limits: tree("rate_limits")?,
             attempts: tree("attempts")?,
+            codes: tree("codes")?,
             meta: tree("meta")?,
         };
         let data_file = match options.durability {
@@ -215,6 +221,15 @@ impl SledStore {
                 },
             ),
         )
+    }
+}
+
+/// Whether no handle (in this process or another) holds sled's lock on the data directory: sled
+/// takes an exclusive `flock` on its `db` file, which this tries to take and gives back at once.
+pub fn lock_is_free(data_dir: &Path) -> bool {
+    match std::fs::File::open(data_dir.join("db")) {
+        Ok(file) => file.try_lock().is_ok(),
+        Err(_) => true,
     }
 }
 
@@ -424,9 +439,10 @@ impl Store for SledStore {
             &t.user_sessions,
             &t.expiry,
             &t.attempts,
+            &t.codes,
         );
         let redemption = finish(trees.transaction(
-            |(links, users, sessions, tokens, user_sessions, expiry, attempts)| {
+            |(links, users, sessions, tokens, user_sessions, expiry, attempts, codes)| {
                 let not_found = || Error::new(Reason::TOKEN_NOT_FOUND, "no such token");
                 let Some(bytes) = links.get(token_digest.as_bytes())? else {
                     return abort(not_found());
@@ -446,6 +462,11 @@ impl Store for SledStore {
                 let redemption = decide(&link, &user, attempt.as_ref()).map_err(ConflictableTransactionError::Abort)?;
                 if let Some(attempt) = &redemption.attempt {
                     attempts.insert(attempt.ref_digest.as_bytes(), encode(attempt))?;
+                }
+                if let Some(code) = &redemption.code {
+                    let key = code.code_digest.as_bytes();
+                    codes.insert(key, encode(code))?;
+                    expiry.insert(expiry_key(code.expires_at + retention, Expiring::Code, key), &[])?;
                 }
                 links.insert(token_digest.as_bytes(), encode(&redemption.link))?;
                 users.insert(user.id.as_bytes(), encode(&redemption.user))?;
@@ -687,6 +708,50 @@ impl Store for SledStore {
         Ok(interrupted.len())
     }
 
+    async fn redeem_code(&self, code_digest: &Digest32, decide: RedeemCodeFn<'_>) -> Result<CodeRedemption> {
+        let t = &self.trees;
+        let retention = self.retention;
+        let trees = (
+            &t.codes,
+            &t.users,
+            &t.sessions,
+            &t.session_tokens,
+            &t.user_sessions,
+            &t.expiry,
+        );
+        let redemption = finish(
+            trees.transaction(|(codes, users, sessions, tokens, user_sessions, expiry)| {
+                let not_found = || Error::new(Reason::CODE_NOT_FOUND, "no such authorization code");
+                let Some(bytes) = codes.get(code_digest.as_bytes())? else {
+                    return abort(not_found());
+                };
+                let code: AuthCode = decode_in_tx(&bytes)?;
+                // A deleted user's codes are void, as their links are.
+                let Some(bytes) = users.get(code.user_id.as_bytes())? else {
+                    return abort(not_found());
+                };
+                let user: User = decode_in_tx(&bytes)?;
+                let redemption = decide(&code, &user).map_err(ConflictableTransactionError::Abort)?;
+                codes.insert(code_digest.as_bytes(), encode(&redemption.code))?;
+                if let Some(session) = &redemption.session {
+                    insert_session(sessions, tokens, user_sessions, expiry, session, retention)?;
+                }
+                if let Some((session_id, at)) = &redemption.revoke_session
+                    && let Some(bytes) = sessions.get(session_id.as_bytes())?
+                {
+                    let mut session: Session = decode_in_tx(&bytes)?;
+                    if session.revoked_at.is_none() {
+                        session.revoked_at = Some(*at);
+                        sessions.insert(session_id.as_bytes(), encode(&session))?;
+                    }
+                }
+                Ok(redemption)
+            }),
+        )?;
+        self.durable().await?;
+        Ok(redemption)
+    }
+
     async fn attempt(&self, ref_digest: &Digest32) -> Result<Option<Attempt>> {
         Self::get(&self.trees.attempts, ref_digest.as_bytes())
     }
@@ -755,6 +820,14 @@ impl Store for SledStore {
                 Some((Expiring::Link, digest)) => self.purge_link(digest, entry)?,
                 Some((Expiring::Session, session_id)) => self.purge_session(session_id, entry)?,
                 Some((Expiring::Email, email_id)) => self.purge_email(email_id, entry)?,
+                Some((Expiring::Code, code_digest)) => {
+                    let t = &self.trees;
+                    finish((&t.codes, &t.expiry).transaction(|(codes, expiry)| {
+                        codes.remove(code_digest)?;
+                        expiry.remove(entry.as_ref())?;
+                        Ok(())
+                    }))?;
+                }
                 Some((Expiring::Attempt, ref_digest)) => {
                     let t = &self.trees;
                     finish((&t.attempts, &t.expiry).transaction(|(attempts, expiry)| {

@@ -39,6 +39,7 @@ pub struct TestApp {
 pub fn test_config(dir: &TempDir) -> Config {
     let mut config = Config::defaults(Profile::Development);
     config.listen = "127.0.0.1:0".parse().unwrap();
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     config.data_dir = dir.path().join("data");
     let key_file = dir.path().join("server.key");
     if !key_file.exists() {
@@ -207,4 +208,41 @@ pub fn assert_error<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, e
     assert_eq!(status.code(), code, "code of {status:?}");
     assert_eq!(reason(&status), expected_reason, "reason of {status:?}");
     status
+}
+
+/// Runs each labelled bad request through `call` and checks its code, reason and message.
+pub async fn assert_refusals<R, T, F, Fut>(cases: Vec<(&str, R, Code, &str)>, mut call: F)
+where
+    F: FnMut(R) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+    T: std::fmt::Debug,
+{
+    for (label, request, code, expected) in cases {
+        let status = call(request).await.expect_err(label);
+        assert_eq!(
+            (status.code(), reason(&status).as_str()),
+            (code, expected),
+            "{label}: {status:?}"
+        );
+        assert!(!status.message().is_empty(), "{label}: a message for people");
+    }
+}
+
+/// GET over plain HTTP/1.1 (the HTTP port serves only small documents): (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the HTTP port answers");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, body.to_string())
 }

@@ -36,7 +36,15 @@ impl BinaryServer {
     pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = command(dir);
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "data"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                "data",
+            ])
             .args(args);
         for (key, value) in env {
             command.env(key, value);
