@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -11,8 +12,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -26,7 +27,7 @@ use crate::api::pb::users_server::UsersServer;
 use crate::api::sessions::SessionsApi;
 use crate::api::users::UsersApi;
 use crate::api::{SERVICE_NAMES, pb};
-use crate::config::{Scope, Validated};
+use crate::config::{Scope, TlsMaterial, Validated};
 use crate::domain::clock::Clock;
 use crate::domain::keys::{KeyPolicy, KeyRing};
 use crate::domain::model::{HOUR, MINUTE, Millis};
@@ -37,6 +38,7 @@ use crate::domain::{Domain, Mail, Settings};
 use crate::mail::templates::Templates;
 use crate::mail::transport::{self, Transport};
 use crate::mail::worker::{RetryPolicy, Worker};
+use crate::metrics::{GrpcMetricsLayer, Metrics};
 use crate::store::{SledOptions, SledStore, sweeper};
 
 /// How long shutdown waits for calls in flight before closing them.
@@ -60,6 +62,8 @@ pub enum StartError {
     Reflection(String),
     #[error("mail: {0}")]
     Mail(String),
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// A started server.
@@ -73,6 +77,8 @@ pub struct Running {
     shutdown_delay: Duration,
     http_addr: Option<SocketAddr>,
     data_dir: std::path::PathBuf,
+    /// What `/readyz` on the HTTP port answers: health's overall status, as a flag.
+    ready: Arc<AtomicBool>,
 }
 
 impl Running {
@@ -97,6 +103,7 @@ impl Running {
     /// Drains and stops; returns once the store is durable and closed.
     pub async fn shutdown(mut self) -> Result<(), String> {
         set_health(&self.health, ServingStatus::NotServing).await;
+        self.ready.store(false, Ordering::Relaxed);
         if !self.shutdown_delay.is_zero() {
             tracing::info!(delay = ?self.shutdown_delay, "NOT_SERVING; still answering while routing stops");
             tokio::time::sleep(self.shutdown_delay).await;
@@ -141,6 +148,15 @@ async fn release_store(domain: Arc<Domain>, data_dir: &std::path::Path) {
     }
     if !crate::store::sled_store::lock_is_free(data_dir) {
         tracing::warn!("the data directory is still locked after shutdown");
+    }
+}
+
+fn server_tls(tls: &TlsMaterial) -> ServerTlsConfig {
+    let identity = Identity::from_pem(&tls.cert_pem, tls.key_pem.expose());
+    let config = ServerTlsConfig::new().identity(identity);
+    match &tls.client_ca_pem {
+        Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+        None => config,
     }
 }
 
@@ -259,6 +275,21 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         address: config.listen,
         source,
     })?;
+    let http_listener = match config.metrics_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|source| StartError::Bind { address, source })?,
+        ),
+        None => None,
+    };
+    let http_addr = match &http_listener {
+        Some(listener) => Some(listener.local_addr().map_err(|source| StartError::Bind {
+            address: config.metrics_listen.expect("bound"),
+            source,
+        })?),
+        None => None,
+    };
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -276,7 +307,15 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
     let required = config.auth.required;
     let check = |scope| ApiKeyCheck::new(api_keys.clone(), required, scope);
     let shutdown = CancellationToken::new();
-    let router = Server::builder()
+    let metrics = Metrics::new(domain.clone(), worker.counts());
+    let mut builder = Server::builder();
+    if let Some(tls) = &validated.tls {
+        builder = builder
+            .tls_config(server_tls(tls))
+            .map_err(|error| StartError::Tls(error.to_string()))?;
+    }
+    let router = builder
+        .layer(GrpcMetricsLayer::new(metrics.clone()))
         .trace_fn(|request| tracing::debug_span!("grpc", path = %request.uri().path()))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -301,7 +340,6 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()));
 
     let tasks = TaskTracker::new();
-    let domain_for_http = domain.clone();
     let sweep_interval = Duration::from_secs(config.store.sweep_interval_seconds);
     tasks.spawn(sweeper::run(
         store.clone(),
@@ -311,29 +349,26 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
     ));
     tasks.spawn(rotate_keys(domain.clone(), shutdown.clone()));
     tasks.spawn(worker.run(shutdown.clone()));
-    let http_addr = match config.metrics_listen {
-        Some(address) => {
-            let listener = TcpListener::bind(address)
-                .await
-                .map_err(|source| StartError::Bind { address, source })?;
-            let bound = listener
-                .local_addr()
-                .map_err(|source| StartError::Bind { address, source })?;
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                let serving = axum::serve(listener, crate::http::router(domain_for_http))
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(error) = serving {
-                    tracing::error!(%error, "the HTTP port stopped");
-                }
-            });
-            Some(bound)
-        }
-        None => None,
-    };
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(listener) = http_listener {
+        let state = crate::http::HttpState {
+            domain: domain.clone(),
+            metrics,
+            ready: ready.clone(),
+        };
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let serving = axum::serve(listener, crate::http::router(state))
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(error) = serving {
+                tracing::error!(%error, "the HTTP port stopped");
+            }
+        });
+    }
 
     set_health(&health, ServingStatus::Serving).await;
+    ready.store(true, Ordering::Relaxed);
     let shutdown_delay = Duration::from_secs(config.shutdown_delay_seconds);
     Ok(Running {
         local_addr,
@@ -345,6 +380,7 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         shutdown_delay,
         http_addr,
         data_dir: config.data_dir.clone(),
+        ready,
     })
 }
 

@@ -89,6 +89,25 @@ pub struct Config {
     pub store: StoreConfig,
     pub mail: MailConfig,
     pub oauth: OAuthConfig,
+    pub tls: TlsConfig,
+}
+
+/// TLS for the gRPC port (PEM files); all unset means plaintext.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// CA certificates that client certificates must chain to: turns on mutual TLS.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// The TLS files as read at start-up.
+#[derive(Clone, Debug)]
+pub struct TlsMaterial {
+    pub cert_pem: String,
+    pub key_pem: Secret,
+    pub client_ca_pem: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -296,6 +315,7 @@ impl Config {
                     per_minute: 1,
                 },
             },
+            tls: TlsConfig::default(),
             oauth: OAuthConfig {
                 clients: if development {
                     vec![OAuthClientConfig {
@@ -427,6 +447,7 @@ pub struct Validated {
     pub generated_key_file: Option<PathBuf>,
     /// `mail.smtp.password`, or the contents of `mail.smtp.password_file`.
     pub smtp_password: Option<Secret>,
+    pub tls: Option<TlsMaterial>,
 }
 
 impl Config {
@@ -507,6 +528,7 @@ impl Config {
         }
         self.validate_oauth()?;
         let smtp_password = self.validate_mail()?;
+        let tls = self.validate_tls()?;
         let sessions = &self.sessions;
         if !(5..=525_600).contains(&sessions.default_duration_minutes) {
             return Err(invalid(
@@ -546,7 +568,41 @@ impl Config {
             api_keys,
             generated_key_file,
             smtp_password,
+            tls,
         })
+    }
+
+    /// Reads the TLS files; a certificate needs its key, and mutual TLS needs both.
+    fn validate_tls(&self) -> Result<Option<TlsMaterial>, ConfigError> {
+        let tls = &self.tls;
+        let read = |key: &str, path: &Path, marker: &str| {
+            let text = std::fs::read_to_string(path)
+                .map_err(|error| invalid(key, format!("cannot read {}: {error}", path.display())))?;
+            if !text.contains(marker) {
+                return Err(invalid(
+                    key,
+                    format!("{} holds no PEM {marker:?} block", path.display()),
+                ));
+            }
+            Ok(text)
+        };
+        match (&tls.cert_file, &tls.key_file) {
+            (None, None) if tls.client_ca_file.is_some() => Err(invalid(
+                "tls.client_ca_file",
+                "mutual TLS needs tls.cert_file and tls.key_file too",
+            )),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(invalid("tls.key_file", "tls.cert_file needs its key")),
+            (None, Some(_)) => Err(invalid("tls.cert_file", "tls.key_file needs its certificate")),
+            (Some(cert), Some(key)) => Ok(Some(TlsMaterial {
+                cert_pem: read("tls.cert_file", cert, "CERTIFICATE")?,
+                key_pem: Secret(read("tls.key_file", key, "PRIVATE KEY")?),
+                client_ca_pem: match &tls.client_ca_file {
+                    Some(ca) => Some(read("tls.client_ca_file", ca, "CERTIFICATE")?),
+                    None => None,
+                },
+            })),
+        }
     }
 
     fn validate_oauth(&self) -> Result<(), ConfigError> {

@@ -1,32 +1,46 @@
-//! The HTTP port (`metrics_listen`): the JWKS and OpenID Connect discovery, for JWT libraries that
-//! fetch keys by URL. The same keys as `Sessions/GetJwks`.
+//! The HTTP port (`metrics_listen`): the JWKS and OpenID Connect discovery for JWT libraries that
+//! fetch keys by URL (the same keys as `Sessions/GetJwks`), Prometheus metrics, and liveness and
+//! readiness for probes that cannot speak gRPC (Kubernetes' gRPC probes do not do TLS).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::json;
 
 use crate::domain::Domain;
+use crate::metrics::Metrics;
 
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 
-pub fn router(domain: Arc<Domain>) -> Router {
+#[derive(Clone)]
+pub struct HttpState {
+    pub domain: Arc<Domain>,
+    pub metrics: Arc<Metrics>,
+    /// True while health's overall status is SERVING.
+    pub ready: Arc<AtomicBool>,
+}
+
+pub fn router(state: HttpState) -> Router {
     Router::new()
         .route(JWKS_PATH, get(jwks))
         .route(DISCOVERY_PATH, get(discovery))
-        .with_state(domain)
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
 }
 
 /// Verifiers may cache the keys for five minutes; a successor key is published a day before use.
 const CACHE: &str = "public, max-age=300";
 
-async fn jwks(State(domain): State<Arc<Domain>>) -> impl IntoResponse {
-    let (_, document) = domain.keys.jwks();
+async fn jwks(State(state): State<HttpState>) -> impl IntoResponse {
+    let (_, document) = state.domain.keys.jwks();
     (
         [
             (header::CONTENT_TYPE, "application/json"),
@@ -36,10 +50,10 @@ async fn jwks(State(domain): State<Arc<Domain>>) -> impl IntoResponse {
     )
 }
 
-async fn discovery(State(domain): State<Arc<Domain>>) -> impl IntoResponse {
-    let issuer = domain.settings.issuer.trim_end_matches('/').to_string();
-    let mut scopes: Vec<&str> = domain
-        .settings
+async fn discovery(State(state): State<HttpState>) -> impl IntoResponse {
+    let settings = &state.domain.settings;
+    let issuer = settings.issuer.trim_end_matches('/').to_string();
+    let mut scopes: Vec<&str> = settings
         .oauth_clients
         .iter()
         .flat_map(|c| c.scopes.iter().map(String::as_str))
@@ -49,7 +63,7 @@ async fn discovery(State(domain): State<Arc<Domain>>) -> impl IntoResponse {
     // The authorization and token endpoints are gRPC methods (IssueLoginLink, ExchangeCode), so
     // this document names what a token verifier needs rather than browser endpoints.
     let document = json!({
-        "issuer": domain.settings.issuer,
+        "issuer": settings.issuer,
         "jwks_uri": format!("{issuer}{JWKS_PATH}"),
         "response_types_supported": ["code"],
         "grant_types_supported": ["authorization_code"],
@@ -60,4 +74,22 @@ async fn discovery(State(domain): State<Arc<Domain>>) -> impl IntoResponse {
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "email", "email_verified", "sid"],
     });
     ([(header::CACHE_CONTROL, CACHE)], axum::Json(document))
+}
+
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
+    }
 }

@@ -7,7 +7,8 @@
 //! - `domain`: the flows (links, sessions, users) and the traits they need (store, clock).
 //! - `store`: the sled implementation of the store, group commit, expiry sweeping.
 //! - `mail`: templates, transports (SMTP, files) and the worker that drains the outbox.
-//! - `http`: the HTTP port (JWKS, OpenID discovery).
+//! - `http`: the HTTP port (JWKS, OpenID discovery, metrics, liveness and readiness).
+//! - `metrics`: Prometheus metrics and the tower layer that counts gRPC calls.
 //! - `crypto`, `jwt`: secrets, digests, PKCE, derived keys, EdDSA JWTs.
 #![forbid(unsafe_code)]
 
@@ -20,5 +21,6 @@ pub mod domain;
 pub mod http;
 pub mod jwt;
 pub mod mail;
+pub mod metrics;
 pub mod store;
 pub mod telemetry;

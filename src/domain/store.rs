@@ -83,6 +83,19 @@ pub struct UserDeletion {
     pub voided_links: u32,
 }
 
+/// What the store can say about itself (metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub bytes_on_disk: u64,
+    /// Emails waiting in the outbox (QUEUED, due or backing off).
+    pub outbox_queued: u64,
+    /// Emails being sent now.
+    pub outbox_sending: u64,
+    /// Group flushes made durable since start, and the writes they carried.
+    pub flushes: u64,
+    pub writes: u64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn user(&self, user_id: &str) -> Result<Option<User>>;
@@ -148,8 +161,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes records whose retention ended before `now`, at most `limit`; returns how many.
     async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize>;
-    /// Bytes the store occupies on disk.
-    fn size_on_disk(&self) -> u64;
+    /// Figures for metrics, cheap enough to read at every scrape.
+    fn stats(&self) -> StoreStats;
     /// Makes everything durable and stops background work; later calls fail `STORE_UNAVAILABLE`.
     async fn close(&self) -> Result<()>;
 }

@@ -6,6 +6,7 @@
 //! finish. After a crash, emails caught mid-send go out again (at-least-once).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use lettre::Message;
@@ -44,8 +45,17 @@ impl RetryPolicy {
     }
 }
 
+/// Outcomes of delivery attempts since start, for metrics.
+#[derive(Debug, Default)]
+pub struct SendCounts {
+    pub sent: AtomicU64,
+    pub retried: AtomicU64,
+    pub failed: AtomicU64,
+}
+
 pub struct Worker {
     domain: Arc<Domain>,
+    counts: Arc<SendCounts>,
     transport: Arc<dyn Transport>,
     templates: Arc<Templates>,
     from: Mailbox,
@@ -66,6 +76,7 @@ impl Worker {
     ) -> Self {
         Self {
             domain,
+            counts: Arc::default(),
             transport,
             templates,
             from,
@@ -73,6 +84,10 @@ impl Worker {
             policy,
             concurrency,
         }
+    }
+
+    pub fn counts(&self) -> Arc<SendCounts> {
+        self.counts.clone()
     }
 
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
@@ -148,10 +163,12 @@ impl Worker {
             Ok(()) => {
                 email.status = EmailStatus::Sent;
                 email.sent_at = Some(now);
+                self.counts.sent.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(email_id = %email.id, %recipient, attempts = email.attempts, "email sent");
             }
             Err(failure) if failure.permanent || email.attempts >= self.policy.max_attempts => {
                 email.status = EmailStatus::Failed;
+                self.counts.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(email_id = %email.id, %recipient, attempts = email.attempts, error = %failure.detail, "email failed");
                 email.last_error = Some(failure.detail);
             }
@@ -159,6 +176,7 @@ impl Worker {
                 let delay = self.policy.delay(email.attempts);
                 email.status = EmailStatus::Queued;
                 email.next_attempt_at = now + delay.as_millis() as Millis;
+                self.counts.retried.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(email_id = %email.id, %recipient, attempts = email.attempts, retry_in = ?delay, error = %failure.detail, "email will be retried");
                 email.last_error = Some(failure.detail);
             }

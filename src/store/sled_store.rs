@@ -32,7 +32,8 @@ use crate::domain::model::{
 };
 use crate::domain::rate_limit::RateLimit;
 use crate::domain::store::{
-    CodeRedemption, Collection, LinkInsert, RedeemCodeFn, RedeemFn, Redemption, Store, UpdateUserFn, UserDeletion,
+    CodeRedemption, Collection, LinkInsert, RedeemCodeFn, RedeemFn, Redemption, Store, StoreStats, UpdateUserFn,
+    UserDeletion,
 };
 
 const SIGNING_KEYS: &[u8] = b"signing_keys";
@@ -155,11 +156,6 @@ impl SledStore {
             tracing::error!(%error, "store commit failed");
             Error::new(Reason::STORE_UNAVAILABLE, "the store is unavailable; try again")
         })
-    }
-
-    /// (flushes, acknowledged writes) since the store opened.
-    pub fn commit_counts(&self) -> (u64, u64) {
-        self.commit.counts()
     }
 
     fn get<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: impl AsRef<[u8]>) -> Result<Option<T>> {
@@ -847,8 +843,16 @@ impl Store for SledStore {
         Ok(due.len())
     }
 
-    fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+    fn stats(&self) -> StoreStats {
+        let (flushes, writes) = self.commit.counts();
+        StoreStats {
+            bytes_on_disk: self.db.size_on_disk().unwrap_or(0),
+            // Both trees hold only emails in flight, so counting them stays cheap.
+            outbox_queued: self.trees.outbox.len() as u64,
+            outbox_sending: self.trees.emails_sending.len() as u64,
+            flushes,
+            writes,
+        }
     }
 
     async fn close(&self) -> Result<()> {

@@ -1,0 +1,172 @@
+//! Prometheus metrics for `/metrics` on the HTTP port: gRPC calls by service, method and code with
+//! latency histograms (recorded by the tower layer in `layer.rs`), and figures read at scrape
+//! time — outbox depth, sends by result, live long-polls, store size, group commits.
+
+mod layer;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+pub use layer::GrpcMetricsLayer;
+
+use crate::domain::Domain;
+use crate::mail::worker::SendCounts;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    service: &'static str,
+    method: &'static str,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    service: &'static str,
+    method: &'static str,
+}
+
+type LatencyFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to ~52 s: from a cached read to a 30 s long-poll.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// Every metric the service exports.
+pub struct Metrics {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    latency: LatencyFamily,
+}
+
+impl Metrics {
+    pub fn new(domain: Arc<Domain>, sends: Arc<SendCounts>) -> Arc<Self> {
+        let mut registry = Registry::default();
+        let calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "latchkey_grpc_calls",
+            "gRPC calls answered, by service, method and status code",
+            calls.clone(),
+        );
+        let latency = LatencyFamily::new_with_constructor(latency_histogram);
+        registry.register(
+            "latchkey_grpc_call_duration_seconds",
+            "Time from request to final status, by service and method",
+            latency.clone(),
+        );
+        registry.register_collector(Box::new(LiveFigures { domain, sends }));
+        Arc::new(Self {
+            registry,
+            calls,
+            latency,
+        })
+    }
+
+    fn record(&self, service: &'static str, method: &'static str, code: &'static str, seconds: f64) {
+        self.calls.get_or_create(&CallLabels { service, method, code }).inc();
+        self.latency
+            .get_or_create(&MethodLabels { service, method })
+            .observe(seconds);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// Figures read when scraped rather than counted on the hot path.
+struct LiveFigures {
+    domain: Arc<Domain>,
+    sends: Arc<SendCounts>,
+}
+
+impl fmt::Debug for LiveFigures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LiveFigures")
+    }
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let counter = ConstCounter::new(value);
+    counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
+}
+
+impl Collector for LiveFigures {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let stats = self.domain.store.stats();
+        let e = &mut encoder;
+        gauge(
+            e,
+            "latchkey_outbox_queued",
+            "Emails waiting in the outbox",
+            stats.outbox_queued,
+        )?;
+        gauge(
+            e,
+            "latchkey_outbox_sending",
+            "Emails being sent now",
+            stats.outbox_sending,
+        )?;
+        let sends = &self.sends;
+        counter(
+            e,
+            "latchkey_mail_sent",
+            "Emails delivered",
+            sends.sent.load(Ordering::Relaxed),
+        )?;
+        counter(
+            e,
+            "latchkey_mail_retried",
+            "Delivery attempts that failed and will be retried",
+            sends.retried.load(Ordering::Relaxed),
+        )?;
+        counter(
+            e,
+            "latchkey_mail_failed",
+            "Emails given up on (5xx, exhausted attempts, expired links)",
+            sends.failed.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            e,
+            "latchkey_long_polls_live",
+            "PollSession calls waiting now",
+            self.domain.pollers.live() as u64,
+        )?;
+        gauge(
+            e,
+            "latchkey_store_bytes",
+            "Bytes the store occupies on disk",
+            stats.bytes_on_disk,
+        )?;
+        counter(
+            e,
+            "latchkey_store_flushes",
+            "Group commits made durable (flush, and fdatasync when configured)",
+            stats.flushes,
+        )?;
+        counter(
+            e,
+            "latchkey_store_writes",
+            "Writes acknowledged by group commits; writes per flush shows how well commits group",
+            stats.writes,
+        )?;
+        Ok(())
+    }
+}
