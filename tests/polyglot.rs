@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use common::process::{BinaryServer, command};
 use serde_json::Value;
 
@@ -398,21 +397,12 @@ fn grpcurl_lists_describes_and_calls_with_reflection_only() {
     assert_eq!(health["status"], "SERVING");
 }
 
-/// The reason of a google.rpc.ErrorInfo detail as grpcurl prints it. Reflection does not serve
-/// google/rpc/error_details.proto, so grpcurl cannot decode the detail: it prints `@type` and the raw
-/// message as base64 in `@value` (ErrorInfo field 1, `reason`, comes first: tag 0x0a, a length, the
-/// text). Should reflection ever serve the type, grpcurl prints `reason` itself; both are accepted.
+/// The reason of a google.rpc.ErrorInfo detail as grpcurl prints it: reflection serves
+/// google/rpc/error_details.proto, so grpcurl decodes the detail into named fields.
 fn error_info_reason(detail: &Value) -> String {
     assert_eq!(detail["@type"], "type.googleapis.com/google.rpc.ErrorInfo", "{detail}");
-    if let Some(reason) = detail["reason"].as_str() {
-        return reason.to_string();
-    }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(detail["@value"].as_str().expect("@value"))
-        .unwrap();
-    assert_eq!(raw[0], 0x0a, "field 1, length-delimited: {raw:?}");
-    let len = raw[1] as usize;
-    String::from_utf8(raw[2..2 + len].to_vec()).unwrap()
+    assert_eq!(detail["domain"], "latchkey", "{detail}");
+    detail["reason"].as_str().expect("a decoded reason").to_string()
 }
 
 /// Output of `latchkey ARGS` (its helper subcommands), trimmed.

@@ -49,7 +49,7 @@ const latchkey = grpc.loadPackageDefinition(definition).latchkey.v1;
 
 // google.rpc.Status and google.rpc.ErrorInfo, to read the status details.
 const rpcProtos = new protobuf.Root();
-rpcProtos.resolvePath = (_origin, target) => path.join(__dirname, 'proto', target);
+rpcProtos.resolvePath = (_origin, target) => path.resolve(__dirname, '..', '..', 'third_party', target);
 rpcProtos.loadSync(['google/rpc/status.proto', 'google/rpc/error_details.proto']);
 const RpcStatus = rpcProtos.lookupType('google.rpc.Status');
 const ErrorInfo = rpcProtos.lookupType('google.rpc.ErrorInfo');

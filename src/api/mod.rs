@@ -16,6 +16,8 @@ pub mod pb {
 
     /// Everything reflection serves about latchkey.v1.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("latchkey_descriptor");
+    /// google/rpc/status.proto and error_details.proto, so reflection clients can decode details.
+    pub const GOOGLE_RPC_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("google_rpc_descriptor");
 }
 
 /// Full service names, as clients, probes and health checks use them.
