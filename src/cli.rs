@@ -134,6 +134,9 @@ async fn serve_until_signal(validated: config::Validated) -> Result<(), String> 
     if config.profile == Profile::Development {
         tracing::warn!("development profile: localhost redirects and a generated server key");
     }
+    // Handlers go in before start-up, so a SIGTERM that arrives while starting (or right after the
+    // "serving" line) drains cleanly instead of killing the process.
+    let shutdown_signal = shutdown_signal().map_err(|error| format!("cannot handle signals: {error}"))?;
     let running = crate::app::start(validated, Arc::new(SystemClock))
         .await
         .map_err(|error| error.to_string())?;
@@ -146,19 +149,22 @@ async fn serve_until_signal(validated: config::Validated) -> Result<(), String> 
         mutual_tls = config.tls.client_ca_file.is_some(),
         "latchkey is serving"
     );
-    wait_for_signal().await;
+    shutdown_signal.await;
     tracing::info!("shutting down: draining calls in flight");
     running.shutdown().await?;
     tracing::info!("latchkey stopped cleanly");
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the returned future ends at the first of them.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }

@@ -368,15 +368,40 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// `LATCHKEY_*` variables, minus the ones Kubernetes injects for a Service named `latchkey`
-/// (`LATCHKEY_PORT`, `LATCHKEY_SERVICE_HOST`, ...).
+/// `LATCHKEY_*` variables, minus the ones Kubernetes injects for Services named `latchkey` or
+/// `latchkey-*` (`LATCHKEY_PORT`, `LATCHKEY_SERVICE_HOST`, `LATCHKEY_HEADLESS_PORT_50051_TCP`, ...).
 fn environment() -> Env {
     Env::prefixed("LATCHKEY_")
-        .filter(|key| {
-            let key = key.as_str().to_ascii_lowercase();
-            !key.starts_with("port") && !key.starts_with("service_")
-        })
+        .filter(|key| !is_kubernetes_service_variable(key.as_str()))
         .split("__")
+}
+
+/// Whether `name` (after `LATCHKEY_`) has the shape of a Kubernetes service-link variable:
+/// `[NAME_]SERVICE_HOST`, `[NAME_]SERVICE_PORT[_PORTNAME]`, `[NAME_]PORT`, or
+/// `[NAME_]PORT_<number>_<TCP|UDP|SCTP>[_PROTO|_PORT|_ADDR]`. latchkey's own keys nest with `__`,
+/// which these never contain, and no top-level key has such a shape.
+fn is_kubernetes_service_variable(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    if name.contains("__") {
+        return false;
+    }
+    let words: Vec<&str> = name.split('_').collect();
+    words.iter().enumerate().any(|(at, word)| {
+        let rest = &words[at + 1..];
+        match *word {
+            "service" => matches!(rest.first(), Some(&"host") if rest.len() == 1) || rest.first() == Some(&"port"),
+            "port" => match rest {
+                [] => true,
+                [number, protocol, tail @ ..] => {
+                    number.bytes().all(|b| b.is_ascii_digit())
+                        && matches!(*protocol, "tcp" | "udp" | "sctp")
+                        && matches!(tail, [] | ["proto" | "port" | "addr"])
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    })
 }
 
 /// Reads the layered configuration: defaults for the profile, the file, the flags, the environment.
@@ -885,6 +910,36 @@ mod tests {
             error.contains("auth.api_keys") || error.contains("redirect_allow_list"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn kubernetes_service_variables_are_told_from_config_keys() {
+        for injected in [
+            "PORT",
+            "PORT_50051_TCP",
+            "PORT_50051_TCP_ADDR",
+            "SERVICE_HOST",
+            "SERVICE_PORT",
+            "SERVICE_PORT_GRPC",
+            "HEADLESS_PORT",
+            "HEADLESS_SERVICE_HOST",
+            "HEADLESS_PORT_9464_TCP_PROTO",
+            "headless_service_port_http_metrics",
+        ] {
+            assert!(is_kubernetes_service_variable(injected), "{injected}");
+        }
+        for ours in [
+            "MAIL__SMTP__PORT",
+            "LISTEN",
+            "METRICS_LISTEN",
+            "SHUTDOWN_DELAY_SECONDS",
+            "SERVER_KEY",
+            "PROFILE",
+            "PORTS",
+            "SERVICE",
+        ] {
+            assert!(!is_kubernetes_service_variable(ours), "{ours}");
+        }
     }
 
     #[test]

@@ -159,6 +159,19 @@ async fn sigterm_drains_calls_in_flight_and_exits_zero() {
 }
 
 /// Every file under `dir`, as bytes.
+#[test]
+fn sigterm_right_after_the_serving_line_still_exits_zero() {
+    // The signal handlers are installed before start-up, so there is no moment after "serving"
+    // at which SIGTERM kills the process instead of draining it.
+    for _ in 0..5 {
+        let dir = dir();
+        let mut server = BinaryServer::start(dir.path(), &[], &[]);
+        server.sigterm();
+        let status = server.wait();
+        assert_eq!(status.code(), Some(0), "{status:?}\n{}", server.log());
+    }
+}
+
 fn all_bytes(dir: &Path) -> Vec<u8> {
     let mut bytes = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {

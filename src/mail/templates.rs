@@ -84,6 +84,11 @@ impl Templates {
                     continue;
                 }
                 let id = entry.file_name().to_string_lossy().into_owned();
+                // Hidden entries are not templates: a Kubernetes ConfigMap or Secret volume keeps
+                // its files in `..data` and a timestamped `..2026_…` folder beside the symlinks.
+                if id.starts_with('.') {
+                    continue;
+                }
                 if !valid_id(&id) {
                     return Err(format!("template folder {id:?}: ids are 1-64 of A-Z a-z 0-9 - _"));
                 }
@@ -205,6 +210,9 @@ mod tests {
         )
         .unwrap();
         std::fs::write(welcome.join("body.txt"), "Go: {{ link }}").unwrap();
+        // A ConfigMap volume's bookkeeping folders sit beside the templates and are skipped.
+        std::fs::create_dir(dir.path().join("..data")).unwrap();
+        std::fs::create_dir(dir.path().join("..2026_11_24_10_00_00.123")).unwrap();
         let templates = Templates::load(Some(dir.path())).unwrap();
         assert!(templates.contains("welcome-v2"));
         let rendered = templates
