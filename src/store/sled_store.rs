@@ -95,7 +95,23 @@ fn storage(error: sled::Error) -> Error {
     Error::internal(format!("sled: {error}"))
 }
 
-fn finish<T>(result: std::result::Result<T, TransactionError<Error>>) -> Result<T> {
+/// Runs a sled operation that may block. Once transactions are in use, sled guards every
+/// operation with a reader-writer lock: a flush holds it (shared) across its disk I/O, and a
+/// transaction needs it exclusively, so a transaction, and any read queued behind one, may block
+/// for a whole flush. Under a multi-threaded runtime the operation runs with `block_in_place`,
+/// which hands this worker's other tasks to another thread: the calls waiting behind a flush then
+/// pile up into the next group commit instead of stalling the runtime (with one worker per core,
+/// at most two calls would otherwise wait per flush).
+fn blocking<T>(operation: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(operation),
+        _ => operation(),
+    }
+}
+
+/// Runs a sled transaction (see `blocking`) and maps its outcome.
+fn finish<T>(transaction: impl FnOnce() -> std::result::Result<T, TransactionError<Error>>) -> Result<T> {
+    let result = blocking(transaction);
     result.map_err(|error| match error {
         TransactionError::Abort(error) => error,
         TransactionError::Storage(error) => storage(error),
@@ -159,7 +175,7 @@ impl SledStore {
     }
 
     fn get<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: impl AsRef<[u8]>) -> Result<Option<T>> {
-        match tree.get(key).map_err(storage)? {
+        match blocking(|| tree.get(key)).map_err(storage)? {
             Some(bytes) => decode(&bytes).map(Some),
             None => Ok(None),
         }
@@ -174,7 +190,7 @@ impl SledStore {
 
     fn purge_link(&self, digest: &[u8], expiry_entry: &[u8]) -> Result<()> {
         let t = &self.trees;
-        finish(
+        finish(|| {
             (&t.links, &t.link_reuse, &t.user_links, &t.expiry).transaction(|(links, reuse, user_links, expiry)| {
                 if let Some(bytes) = links.remove(digest)? {
                     let link: Link = decode_in_tx(&bytes)?;
@@ -183,13 +199,13 @@ impl SledStore {
                 }
                 expiry.remove(expiry_entry)?;
                 Ok(())
-            }),
-        )
+            })
+        })
     }
 
     fn purge_email(&self, email_id: &[u8], expiry_entry: &[u8]) -> Result<()> {
         let t = &self.trees;
-        finish(
+        finish(|| {
             (&t.emails, &t.outbox, &t.emails_sending, &t.expiry).transaction(|(emails, outbox, sending, expiry)| {
                 if let Some(bytes) = emails.remove(email_id)? {
                     let email: Email = decode_in_tx(&bytes)?;
@@ -198,13 +214,13 @@ impl SledStore {
                 }
                 expiry.remove(expiry_entry)?;
                 Ok(())
-            }),
-        )
+            })
+        })
     }
 
     fn purge_session(&self, session_id: &[u8], expiry_entry: &[u8]) -> Result<()> {
         let t = &self.trees;
-        finish(
+        finish(|| {
             (&t.sessions, &t.session_tokens, &t.user_sessions, &t.expiry).transaction(
                 |(sessions, tokens, user_sessions, expiry)| {
                     if let Some(bytes) = sessions.remove(session_id)? {
@@ -215,8 +231,8 @@ impl SledStore {
                     expiry.remove(expiry_entry)?;
                     Ok(())
                 },
-            ),
-        )
+            )
+        })
     }
 }
 
@@ -276,12 +292,8 @@ impl Store for SledStore {
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
-        match self
-            .trees
-            .user_emails
-            .get(crate::domain::model::email_key(email))
-            .map_err(storage)?
-        {
+        let index = &self.trees.user_emails;
+        match blocking(|| index.get(crate::domain::model::email_key(email))).map_err(storage)? {
             Some(user_id) => Self::get(&self.trees.users, user_id),
             None => Ok(None),
         }
@@ -307,15 +319,17 @@ impl Store for SledStore {
     }
 
     async fn update_user(&self, user_id: &str, update: UpdateUserFn<'_>) -> Result<User> {
-        let updated = finish(self.trees.users.transaction(|users| {
-            let Some(bytes) = users.get(user_id)? else {
-                return abort(Error::new(Reason::USER_NOT_FOUND, "no user with this id"));
-            };
-            let current: User = decode_in_tx(&bytes)?;
-            let updated = update(&current).map_err(ConflictableTransactionError::Abort)?;
-            users.insert(user_id, encode(&updated))?;
-            Ok(updated)
-        }))?;
+        let updated = finish(|| {
+            self.trees.users.transaction(|users| {
+                let Some(bytes) = users.get(user_id)? else {
+                    return abort(Error::new(Reason::USER_NOT_FOUND, "no user with this id"));
+                };
+                let current: User = decode_in_tx(&bytes)?;
+                let updated = update(&current).map_err(ConflictableTransactionError::Abort)?;
+                users.insert(user_id, encode(&updated))?;
+                Ok(updated)
+            })
+        })?;
         self.durable().await?;
         Ok(updated)
     }
@@ -325,7 +339,7 @@ impl Store for SledStore {
         let link_keys = Self::child_keys(&t.user_links, user_id)?;
         let session_keys = Self::child_keys(&t.user_sessions, user_id)?;
         let prefix_len = child_prefix(user_id).len();
-        let deletion = finish(
+        let deletion = finish(|| {
             (
                 &t.users,
                 &t.user_emails,
@@ -366,8 +380,8 @@ impl Store for SledStore {
                         }
                     }
                     Ok(Some(deletion))
-                }),
-        )?;
+                })
+        })?;
         self.durable().await?;
         Ok(deletion)
     }
@@ -376,7 +390,7 @@ impl Store for SledStore {
         let t = &self.trees;
         let digest = link.token_digest.as_bytes();
         let retention = self.retention;
-        let outcome = finish(
+        let outcome = finish(|| {
             (
                 &t.users,
                 &t.user_emails,
@@ -413,8 +427,8 @@ impl Store for SledStore {
                     user_links.insert(child_key(&link.user_id, digest), &[])?;
                     expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[])?;
                     Ok(LinkInsert::Inserted)
-                }),
-        )?;
+                })
+        })?;
         // Also when an existing link comes back: its own writer may not have been flushed yet.
         self.durable().await?;
         Ok(outcome)
@@ -437,41 +451,44 @@ impl Store for SledStore {
             &t.attempts,
             &t.codes,
         );
-        let redemption = finish(trees.transaction(
-            |(links, users, sessions, tokens, user_sessions, expiry, attempts, codes)| {
-                let not_found = || Error::new(Reason::TOKEN_NOT_FOUND, "no such token");
-                let Some(bytes) = links.get(token_digest.as_bytes())? else {
-                    return abort(not_found());
-                };
-                let link: Link = decode_in_tx(&bytes)?;
-                let Some(bytes) = users.get(link.user_id.as_bytes())? else {
-                    return abort(not_found());
-                };
-                let user: User = decode_in_tx(&bytes)?;
-                let attempt: Option<Attempt> = match &link.attempt {
-                    Some(ref_digest) => match attempts.get(ref_digest.as_bytes())? {
-                        Some(bytes) => Some(decode_in_tx(&bytes)?),
-                        None => return abort(not_found()),
-                    },
-                    None => None,
-                };
-                let redemption = decide(&link, &user, attempt.as_ref()).map_err(ConflictableTransactionError::Abort)?;
-                if let Some(attempt) = &redemption.attempt {
-                    attempts.insert(attempt.ref_digest.as_bytes(), encode(attempt))?;
-                }
-                if let Some(code) = &redemption.code {
-                    let key = code.code_digest.as_bytes();
-                    codes.insert(key, encode(code))?;
-                    expiry.insert(expiry_key(code.expires_at + retention, Expiring::Code, key), &[])?;
-                }
-                links.insert(token_digest.as_bytes(), encode(&redemption.link))?;
-                users.insert(user.id.as_bytes(), encode(&redemption.user))?;
-                if let Some(session) = &redemption.session {
-                    insert_session(sessions, tokens, user_sessions, expiry, session, retention)?;
-                }
-                Ok(redemption)
-            },
-        ))?;
+        let redemption = finish(|| {
+            trees.transaction(
+                |(links, users, sessions, tokens, user_sessions, expiry, attempts, codes)| {
+                    let not_found = || Error::new(Reason::TOKEN_NOT_FOUND, "no such token");
+                    let Some(bytes) = links.get(token_digest.as_bytes())? else {
+                        return abort(not_found());
+                    };
+                    let link: Link = decode_in_tx(&bytes)?;
+                    let Some(bytes) = users.get(link.user_id.as_bytes())? else {
+                        return abort(not_found());
+                    };
+                    let user: User = decode_in_tx(&bytes)?;
+                    let attempt: Option<Attempt> = match &link.attempt {
+                        Some(ref_digest) => match attempts.get(ref_digest.as_bytes())? {
+                            Some(bytes) => Some(decode_in_tx(&bytes)?),
+                            None => return abort(not_found()),
+                        },
+                        None => None,
+                    };
+                    let redemption =
+                        decide(&link, &user, attempt.as_ref()).map_err(ConflictableTransactionError::Abort)?;
+                    if let Some(attempt) = &redemption.attempt {
+                        attempts.insert(attempt.ref_digest.as_bytes(), encode(attempt))?;
+                    }
+                    if let Some(code) = &redemption.code {
+                        let key = code.code_digest.as_bytes();
+                        codes.insert(key, encode(code))?;
+                        expiry.insert(expiry_key(code.expires_at + retention, Expiring::Code, key), &[])?;
+                    }
+                    links.insert(token_digest.as_bytes(), encode(&redemption.link))?;
+                    users.insert(user.id.as_bytes(), encode(&redemption.user))?;
+                    if let Some(session) = &redemption.session {
+                        insert_session(sessions, tokens, user_sessions, expiry, session, retention)?;
+                    }
+                    Ok(redemption)
+                },
+            )
+        })?;
         self.durable().await?;
         Ok(redemption)
     }
@@ -481,29 +498,27 @@ impl Store for SledStore {
     }
 
     async fn session_by_token(&self, token_digest: &Digest32) -> Result<Option<Session>> {
-        match self
-            .trees
-            .session_tokens
-            .get(token_digest.as_bytes())
-            .map_err(storage)?
-        {
+        let index = &self.trees.session_tokens;
+        match blocking(|| index.get(token_digest.as_bytes())).map_err(storage)? {
             Some(session_id) => Self::get(&self.trees.sessions, session_id),
             None => Ok(None),
         }
     }
 
     async fn revoke_session(&self, session_id: &str, now: Millis) -> Result<Option<Session>> {
-        let session = finish(self.trees.sessions.transaction(|sessions| {
-            let Some(bytes) = sessions.get(session_id)? else {
-                return Ok(None);
-            };
-            let mut session: Session = decode_in_tx(&bytes)?;
-            if session.revoked_at.is_none() {
-                session.revoked_at = Some(now);
-                sessions.insert(session_id, encode(&session))?;
-            }
-            Ok(Some(session))
-        }))?;
+        let session = finish(|| {
+            self.trees.sessions.transaction(|sessions| {
+                let Some(bytes) = sessions.get(session_id)? else {
+                    return Ok(None);
+                };
+                let mut session: Session = decode_in_tx(&bytes)?;
+                if session.revoked_at.is_none() {
+                    session.revoked_at = Some(now);
+                    sessions.insert(session_id, encode(&session))?;
+                }
+                Ok(Some(session))
+            })
+        })?;
         self.durable().await?;
         Ok(session)
     }
@@ -512,26 +527,28 @@ impl Store for SledStore {
         let keys = Self::child_keys(&self.trees.user_sessions, user_id)?;
         let prefix_len = child_prefix(user_id).len();
         let t = &self.trees;
-        let revoked = finish((&t.users, &t.sessions).transaction(|(users, sessions)| {
-            if let Some(bytes) = users.get(user_id.as_bytes())? {
-                let mut user: User = decode_in_tx(&bytes)?;
-                user.sessions_revoked_at = Some(now);
-                users.insert(user_id.as_bytes(), encode(&user))?;
-            }
-            let mut revoked = 0;
-            for key in &keys {
-                let session_id = &key[prefix_len..];
-                if let Some(bytes) = sessions.get(session_id)? {
-                    let mut session: Session = decode_in_tx(&bytes)?;
-                    if session.revoked_at.is_none() && session.expires_at > now {
-                        session.revoked_at = Some(now);
-                        sessions.insert(session_id, encode(&session))?;
-                        revoked += 1;
+        let revoked = finish(|| {
+            (&t.users, &t.sessions).transaction(|(users, sessions)| {
+                if let Some(bytes) = users.get(user_id.as_bytes())? {
+                    let mut user: User = decode_in_tx(&bytes)?;
+                    user.sessions_revoked_at = Some(now);
+                    users.insert(user_id.as_bytes(), encode(&user))?;
+                }
+                let mut revoked = 0;
+                for key in &keys {
+                    let session_id = &key[prefix_len..];
+                    if let Some(bytes) = sessions.get(session_id)? {
+                        let mut session: Session = decode_in_tx(&bytes)?;
+                        if session.revoked_at.is_none() && session.expires_at > now {
+                            session.revoked_at = Some(now);
+                            sessions.insert(session_id, encode(&session))?;
+                            revoked += 1;
+                        }
                     }
                 }
-            }
-            Ok(revoked)
-        }))?;
+                Ok(revoked)
+            })
+        })?;
         self.durable().await?;
         Ok(revoked)
     }
@@ -558,52 +575,54 @@ impl Store for SledStore {
             &t.rate_limits,
             &t.attempts,
         );
-        finish(trees.transaction(
-            |(users, emails_index, links_tree, user_links, expiry, emails, outbox, rate_limits, attempts)| {
-                if let Some((key, limit)) = rate {
-                    let bucket: Option<RateBucket> = match rate_limits.get(key.as_bytes())? {
-                        Some(bytes) => Some(decode_in_tx(&bytes)?),
-                        None => None,
-                    };
-                    match limit.take(bucket.as_ref(), now) {
-                        Ok(bucket) => rate_limits.insert(key.as_bytes(), encode(&bucket))?,
-                        Err(retry_after) => return abort(Error::RateLimited { retry_after }),
-                    };
-                }
-                match new_user {
-                    Some(user) => {
-                        let email_key = user.email_key();
-                        if emails_index.get(email_key.as_bytes())?.is_some() {
-                            return abort(Error::new(Reason::USER_EXISTS, "a user with this email exists"));
+        finish(|| {
+            trees.transaction(
+                |(users, emails_index, links_tree, user_links, expiry, emails, outbox, rate_limits, attempts)| {
+                    if let Some((key, limit)) = rate {
+                        let bucket: Option<RateBucket> = match rate_limits.get(key.as_bytes())? {
+                            Some(bytes) => Some(decode_in_tx(&bytes)?),
+                            None => None,
+                        };
+                        match limit.take(bucket.as_ref(), now) {
+                            Ok(bucket) => rate_limits.insert(key.as_bytes(), encode(&bucket))?,
+                            Err(retry_after) => return abort(Error::RateLimited { retry_after }),
+                        };
+                    }
+                    match new_user {
+                        Some(user) => {
+                            let email_key = user.email_key();
+                            if emails_index.get(email_key.as_bytes())?.is_some() {
+                                return abort(Error::new(Reason::USER_EXISTS, "a user with this email exists"));
+                            }
+                            emails_index.insert(email_key.as_bytes(), user.id.as_bytes())?;
+                            users.insert(user.id.as_bytes(), encode(user))?;
                         }
-                        emails_index.insert(email_key.as_bytes(), user.id.as_bytes())?;
-                        users.insert(user.id.as_bytes(), encode(user))?;
+                        None if users.get(email.user_id.as_bytes())?.is_none() => {
+                            return abort(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"));
+                        }
+                        None => {}
                     }
-                    None if users.get(email.user_id.as_bytes())?.is_none() => {
-                        return abort(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"));
+                    for link in links {
+                        let digest = link.token_digest.as_bytes();
+                        links_tree.insert(digest, encode(link))?;
+                        user_links.insert(child_key(&link.user_id, digest), &[])?;
+                        expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[])?;
                     }
-                    None => {}
-                }
-                for link in links {
-                    let digest = link.token_digest.as_bytes();
-                    links_tree.insert(digest, encode(link))?;
-                    user_links.insert(child_key(&link.user_id, digest), &[])?;
-                    expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[])?;
-                }
-                if let Some(attempt) = attempt {
-                    let key = attempt.ref_digest.as_bytes();
-                    attempts.insert(key, encode(attempt))?;
-                    expiry.insert(expiry_key(attempt.expires_at + retention, Expiring::Attempt, key), &[])?;
-                }
-                emails.insert(email.id.as_bytes(), encode(email))?;
-                outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[])?;
-                expiry.insert(
-                    expiry_key(email.link_expires_at + retention, Expiring::Email, email.id.as_bytes()),
-                    &[],
-                )?;
-                Ok(())
-            },
-        ))?;
+                    if let Some(attempt) = attempt {
+                        let key = attempt.ref_digest.as_bytes();
+                        attempts.insert(key, encode(attempt))?;
+                        expiry.insert(expiry_key(attempt.expires_at + retention, Expiring::Attempt, key), &[])?;
+                    }
+                    emails.insert(email.id.as_bytes(), encode(email))?;
+                    outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[])?;
+                    expiry.insert(
+                        expiry_key(email.link_expires_at + retention, Expiring::Email, email.id.as_bytes()),
+                        &[],
+                    )?;
+                    Ok(())
+                },
+            )
+        })?;
         self.durable().await
     }
 
@@ -634,7 +653,7 @@ impl Store for SledStore {
     async fn claim_email(&self, email_id: &str, _now: Millis) -> Result<Option<Email>> {
         let t = &self.trees;
         // Not waited on: a claim lost in a crash leaves the email QUEUED, which is as good.
-        finish(
+        finish(|| {
             (&t.emails, &t.outbox, &t.emails_sending).transaction(|(emails, outbox, sending)| {
                 let Some(bytes) = emails.get(email_id.as_bytes())? else {
                     return Ok(None);
@@ -648,13 +667,13 @@ impl Store for SledStore {
                 emails.insert(email_id.as_bytes(), encode(&email))?;
                 sending.insert(email_id.as_bytes(), &[])?;
                 Ok(Some(email))
-            }),
-        )
+            })
+        })
     }
 
     async fn finish_email(&self, email: &Email) -> Result<()> {
         let t = &self.trees;
-        finish(
+        finish(|| {
             (&t.emails, &t.outbox, &t.emails_sending).transaction(|(emails, outbox, sending)| {
                 if emails.get(email.id.as_bytes())?.is_none() {
                     // Purged while it was being sent: nothing left to record.
@@ -667,8 +686,8 @@ impl Store for SledStore {
                     outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[])?;
                 }
                 Ok(())
-            }),
-        )?;
+            })
+        })?;
         self.durable().await
     }
 
@@ -681,7 +700,7 @@ impl Store for SledStore {
             .collect::<std::result::Result<_, _>>()
             .map_err(storage)?;
         for email_id in &interrupted {
-            finish(
+            finish(|| {
                 (&t.emails, &t.outbox, &t.emails_sending).transaction(|(emails, outbox, sending)| {
                     sending.remove(email_id)?;
                     let Some(bytes) = emails.get(email_id)? else {
@@ -695,8 +714,8 @@ impl Store for SledStore {
                         outbox.insert(outbox_key(now, &email.id), &[])?;
                     }
                     Ok(())
-                }),
-            )?;
+                })
+            })?;
         }
         if !interrupted.is_empty() {
             self.durable().await?;
@@ -715,7 +734,7 @@ impl Store for SledStore {
             &t.user_sessions,
             &t.expiry,
         );
-        let redemption = finish(
+        let redemption = finish(|| {
             trees.transaction(|(codes, users, sessions, tokens, user_sessions, expiry)| {
                 let not_found = || Error::new(Reason::CODE_NOT_FOUND, "no such authorization code");
                 let Some(bytes) = codes.get(code_digest.as_bytes())? else {
@@ -742,8 +761,8 @@ impl Store for SledStore {
                     }
                 }
                 Ok(redemption)
-            }),
-        )?;
+            })
+        })?;
         self.durable().await?;
         Ok(redemption)
     }
@@ -756,7 +775,7 @@ impl Store for SledStore {
         let t = &self.trees;
         let retention = self.retention;
         let trees = (&t.attempts, &t.sessions, &t.session_tokens, &t.user_sessions, &t.expiry);
-        let collection = finish(
+        let collection = finish(|| {
             trees.transaction(|(attempts, sessions, tokens, user_sessions, expiry)| {
                 let Some(bytes) = attempts.get(ref_digest.as_bytes())? else {
                     return Ok(None);
@@ -770,8 +789,8 @@ impl Store for SledStore {
                 attempts.insert(ref_digest.as_bytes(), encode(&attempt))?;
                 insert_session(sessions, tokens, user_sessions, expiry, session, retention)?;
                 Ok(Some(Collection::Collected(attempt)))
-            }),
-        )?;
+            })
+        })?;
         if matches!(collection, Some(Collection::Collected(_))) {
             self.durable().await?;
         }
@@ -818,19 +837,23 @@ impl Store for SledStore {
                 Some((Expiring::Email, email_id)) => self.purge_email(email_id, entry)?,
                 Some((Expiring::Code, code_digest)) => {
                     let t = &self.trees;
-                    finish((&t.codes, &t.expiry).transaction(|(codes, expiry)| {
-                        codes.remove(code_digest)?;
-                        expiry.remove(entry.as_ref())?;
-                        Ok(())
-                    }))?;
+                    finish(|| {
+                        (&t.codes, &t.expiry).transaction(|(codes, expiry)| {
+                            codes.remove(code_digest)?;
+                            expiry.remove(entry.as_ref())?;
+                            Ok(())
+                        })
+                    })?;
                 }
                 Some((Expiring::Attempt, ref_digest)) => {
                     let t = &self.trees;
-                    finish((&t.attempts, &t.expiry).transaction(|(attempts, expiry)| {
-                        attempts.remove(ref_digest)?;
-                        expiry.remove(entry.as_ref())?;
-                        Ok(())
-                    }))?;
+                    finish(|| {
+                        (&t.attempts, &t.expiry).transaction(|(attempts, expiry)| {
+                            attempts.remove(ref_digest)?;
+                            expiry.remove(entry.as_ref())?;
+                            Ok(())
+                        })
+                    })?;
                 }
                 None => {
                     self.trees.expiry.remove(entry).map_err(storage)?;
