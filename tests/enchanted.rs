@@ -5,6 +5,7 @@
 mod common;
 
 use common::mail::*;
+use common::mime::header;
 use common::*;
 use pb::poll_session_response::Status as PollStatus;
 use tonic::Code;

@@ -5,6 +5,7 @@
 mod common;
 
 use common::mail::*;
+use common::mime::header;
 use common::*;
 use tonic::Code;
 use tonic_types::StatusExt;

@@ -5,6 +5,7 @@
 mod common;
 
 use common::mail::*;
+use common::mime::header;
 use common::process::BinaryServer;
 use common::*;
 use latchkey::config::{Config, MailTransport, Secret, SmtpTls};

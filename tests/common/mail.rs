@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-
 /// The Python that has aiosmtpd: `SMTP_TEST_PYTHON` (set by ./scripts/test), else the
 /// repository's `.venv`. Missing is a failure, never a skip.
 pub fn python() -> PathBuf {
@@ -194,66 +192,9 @@ pub async fn eventually<T>(what: &str, mut condition: impl AsyncFnMut() -> Optio
     }
 }
 
-/// A header's value (first occurrence, unfolded).
-pub fn header(message: &str, name: &str) -> Option<String> {
-    let head = message.split("\r\n\r\n").next().unwrap_or(message);
-    let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
-    unfolded.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.eq_ignore_ascii_case(name).then(|| value.trim().to_string())
-    })
-}
-
 /// The decoded body of the part with this content type (`text/plain` or `text/html`).
 pub fn part(message: &str, content_type: &str) -> String {
-    let message = message.replace("\r\n", "\n");
-    let boundary = header(&message.replace('\n', "\r\n"), "Content-Type")
-        .and_then(|value| value.split("boundary=").nth(1).map(|b| b.trim_matches('"').to_string()))
-        .expect("a multipart message");
-    for chunk in message.split(&format!("--{boundary}")) {
-        let Some((head, body)) = chunk.trim_start_matches('\n').split_once("\n\n") else {
-            continue;
-        };
-        let head_crlf = head.replace('\n', "\r\n");
-        let Some(kind) = header(&head_crlf, "Content-Type") else {
-            continue;
-        };
-        if !kind.starts_with(content_type) {
-            continue;
-        }
-        let encoding = header(&head_crlf, "Content-Transfer-Encoding")
-            .unwrap_or_default()
-            .to_lowercase();
-        return match encoding.as_str() {
-            "base64" => {
-                let joined: String = body.split_whitespace().collect();
-                String::from_utf8(base64::engine::general_purpose::STANDARD.decode(joined).unwrap()).unwrap()
-            }
-            "quoted-printable" => decode_quoted_printable(body),
-            _ => body.to_string(),
-        };
-    }
-    panic!("no {content_type} part in:\n{message}");
-}
-
-fn decode_quoted_printable(body: &str) -> String {
-    let joined = body.replace("=\n", "");
-    let bytes = joined.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'='
-            && i + 2 < bytes.len()
-            && let Ok(byte) = u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16)
-        {
-            out.push(byte);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
+    super::mime::part(message, content_type).unwrap_or_else(|| panic!("no {content_type} part in:\n{message}"))
 }
 
 /// The value of the first `name=` query parameter of a URL in `text` (a token is 43 characters).

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod mail;
+pub mod mime;
 pub mod process;
 
 use std::net::SocketAddr;

@@ -1,0 +1,260 @@
+//! latchkey-bench: drives a release `latchkey` through the scenarios of issue 8 and reports
+//! calls/s, latency percentiles, errors by code, server CPU per call and RSS. `bench/run` builds
+//! everything, writes the config and calls this; see bench/README.md.
+//!
+//! Module map: `server` (the child process and /proc), `api` (connections and stubs), `load`
+//! (closed and open loops), `unary` and `flows` (the scenarios), `mail` (.eml files), `h2load`
+//! (the cross-check), `report` (table and JSON), `bench` (shared state).
+
+mod api;
+mod bench;
+mod flows;
+mod h2load;
+mod load;
+mod mail;
+#[path = "../../tests/common/mime.rs"]
+mod mime;
+mod report;
+mod server;
+mod unary;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::bench::{Bench, Settings, round};
+use crate::server::{RssWatch, Server, ServerSpec};
+
+const USAGE: &str =
+    "usage: latchkey-bench --server BIN --config FILE --work-dir DIR --mail-dir DIR --out-dir DIR --repo DIR
+  [--quick] [--only health,issue,verify,half_peak,authenticate,h2load,login_or_create,long_poll,scale]
+  [--perf DIR] [--no-h2load] [--connections N] [--in-flight N] [--warmup S] [--duration S]
+  [--waiters N] [--scale-users N] [--client-threads N (default 1)]
+The API key comes from the environment variable BENCH_API_KEY.";
+
+struct Args {
+    client_threads: usize,
+    settings: Settings,
+    out_dir: PathBuf,
+    repo: PathBuf,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let mut values: std::collections::HashMap<String, String> = Default::default();
+    let mut flags: Vec<String> = Vec::new();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" | "--no-h2load" => flags.push(arg),
+            "-h" | "--help" => return Err(USAGE.into()),
+            name if name.starts_with("--") => {
+                let value = args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"))?;
+                values.insert(name.trim_start_matches("--").to_string(), value);
+            }
+            other => return Err(format!("unexpected argument {other}\n{USAGE}")),
+        }
+    }
+    let path = |key: &str| -> Result<PathBuf, String> {
+        values
+            .get(key)
+            .map(PathBuf::from)
+            .ok_or_else(|| format!("--{key} is required\n{USAGE}"))
+    };
+    let number = |key: &str, default: f64| -> Result<f64, String> {
+        values
+            .get(key)
+            .map(|v| v.parse::<f64>().map_err(|_| format!("--{key}: not a number: {v}")))
+            .unwrap_or(Ok(default))
+    };
+    let quick = flags.iter().any(|f| f == "--quick");
+    let api_key = std::env::var("BENCH_API_KEY").map_err(|_| "BENCH_API_KEY is not set".to_string())?;
+    let work_dir = path("work-dir")?;
+    let settings = Settings {
+        quick,
+        spec: ServerSpec {
+            binary: path("server")?,
+            config: path("config")?,
+            log_dir: work_dir.clone(),
+        },
+        api_key,
+        mail_dir: path("mail-dir")?,
+        work_dir,
+        connections: number("connections", 8.0)? as usize,
+        per_connection: number("in-flight", 64.0)? as usize,
+        warmup: Duration::from_secs_f64(number("warmup", if quick { 1.0 } else { 2.0 })?),
+        duration: Duration::from_secs_f64(number("duration", if quick { 3.0 } else { 8.0 })?),
+        long_poll_waiters: number("waiters", if quick { 2000.0 } else { 10_000.0 })? as usize,
+        scale_users: number("scale-users", if quick { 50_000.0 } else { 1_000_000.0 })? as u64,
+        only: values
+            .get("only")
+            .map(|list| list.split(',').map(|s| s.trim().to_string()).collect()),
+        perf_dir: values.get("perf").map(PathBuf::from),
+        h2load: !flags.iter().any(|f| f == "--no-h2load"),
+    };
+    Ok(Args {
+        client_threads: number("client-threads", 1.0)? as usize,
+        settings,
+        out_dir: path("out-dir")?,
+        repo: path("repo")?,
+    })
+}
+
+fn utc_stamp() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H%M%SZ"])
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown-time".into())
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    // One thread by default: the generator shares two cores with the server, and a single-threaded
+    // runtime spends far less CPU per call (no cross-thread wake-ups) than a multi-threaded one.
+    let runtime = if args.client_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.client_threads)
+            .enable_all()
+            .build()
+    };
+    runtime.expect("a tokio runtime").block_on(run(args));
+}
+
+async fn run(args: Args) {
+    let started_at = utc_stamp();
+    let clock = Instant::now();
+    let settings = args.settings.clone();
+    let data_dir = settings.work_dir.join("data");
+    eprintln!("starting the server ({})", settings.spec.binary.display());
+    let (server, to_serving) = match Server::start(&settings.spec, &data_dir, "main").await {
+        Ok(started) => started,
+        Err(error) => {
+            eprintln!("latchkey-bench: {error}");
+            std::process::exit(1);
+        }
+    };
+    eprintln!(
+        "SERVING after {:.0} ms (empty store)",
+        to_serving.as_secs_f64() * 1000.0
+    );
+    let api = match api::Api::connect(&server.url, &settings.api_key, settings.connections).await {
+        Ok(api) => Arc::new(api),
+        Err(error) => {
+            eprintln!("latchkey-bench: {error}");
+            std::process::exit(1);
+        }
+    };
+    let rss = RssWatch::start(server.probe());
+    let mut bench = Bench {
+        settings: settings.clone(),
+        server: Some(server),
+        api,
+        rss,
+        tokens: Arc::default(),
+        sessions: Arc::default(),
+        rows: Vec::new(),
+        extra: Default::default(),
+        problems: Vec::new(),
+    };
+    let mut server_info = serde_json::Map::new();
+    server_info.insert(
+        "start_to_serving_empty_ms".into(),
+        json!(round(to_serving.as_secs_f64() * 1000.0, 1)),
+    );
+
+    eprintln!(
+        "scenarios ({} connections x {} in flight, warm-up {:?}, window {:?}):",
+        settings.connections, settings.per_connection, settings.warmup, settings.duration
+    );
+    if bench.wants("health") {
+        bench.health().await;
+    }
+    if bench.wants("issue") {
+        bench.issue().await;
+    }
+    if bench.wants("verify") {
+        bench.verify().await;
+    }
+    if bench.wants("half_peak") {
+        bench.half_peak("issue").await;
+        bench.half_peak("verify").await;
+    }
+    if bench.wants("authenticate") || bench.wants("h2load") {
+        bench.ensure_sessions().await;
+    }
+    if bench.wants("authenticate") {
+        bench.authenticate().await;
+    }
+    if bench.wants("h2load") && settings.h2load {
+        bench.cross_check().await;
+    }
+    if bench.wants("login_or_create") {
+        bench.login_or_create().await;
+    }
+    if bench.wants("long_poll") {
+        bench.long_poll().await;
+    }
+    let main_server = bench.server.take().expect("main server");
+    let hwm = main_server.probe().hwm_kib();
+    let problems = main_server.log_problems();
+    let stopped = main_server.stop().await;
+    server_info.insert("main_peak_rss_mib".into(), json!(round(bench::mib(hwm), 1)));
+    server_info.insert("main_shutdown_s".into(), json!(round(stopped.took.as_secs_f64(), 3)));
+    server_info.insert("main_exit_code".into(), json!(stopped.exit_code));
+    server_info.insert("main_log_warnings".into(), json!(problems.len()));
+    if stopped.exit_code != Some(0) {
+        bench
+            .problems
+            .push(format!("main server exited with {:?} after SIGTERM", stopped.exit_code));
+    }
+    for line in problems.iter().take(10) {
+        bench.problems.push(format!("server log: {line}"));
+    }
+    eprintln!(
+        "main server stopped by SIGTERM in {:.2} s, exit code {:?}",
+        stopped.took.as_secs_f64(),
+        stopped.exit_code
+    );
+    if bench.wants("scale") {
+        bench.scale().await;
+        if let Some(server) = bench.server.take() {
+            let problems = server.log_problems();
+            let stopped = server.stop().await;
+            server_info.insert("scale_shutdown_s".into(), json!(round(stopped.took.as_secs_f64(), 3)));
+            server_info.insert("scale_exit_code".into(), json!(stopped.exit_code));
+            for line in problems.iter().take(10) {
+                bench.problems.push(format!("scale server log: {line}"));
+            }
+        }
+    }
+    bench
+        .extra
+        .insert("server".into(), serde_json::Value::Object(server_info));
+    if let Err(error) = report::write(
+        &bench,
+        &args.repo,
+        &args.out_dir,
+        &started_at,
+        clock.elapsed().as_secs_f64(),
+    ) {
+        eprintln!("latchkey-bench: cannot write the results: {error}");
+        std::process::exit(1);
+    }
+    eprintln!(
+        "wrote {}/latest.json ({:.0} s in all)",
+        args.out_dir.display(),
+        clock.elapsed().as_secs_f64()
+    );
+}

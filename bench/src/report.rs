@@ -1,0 +1,316 @@
+//! The report: a table on stdout, ratios, the targets of issue 8 judged met or not, and the JSON
+//! files (latest.json, a dated copy) plus latest.md for bench/RESULTS.md.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{Map, Value, json};
+
+use crate::bench::{Bench, Row, round};
+
+/// Reference figures (better-auth magic links on this machine class, from issue 8).
+const REFERENCE_VERIFY: f64 = 175.0;
+const REFERENCE_ISSUE: f64 = 425.0;
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|out| {
+            let text = if out.stdout.is_empty() { out.stderr } else { out.stdout };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+pub fn machine(repo: &Path) -> Value {
+    let repo_arg = repo.display().to_string();
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("model name")
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:").map(|rest| rest.trim().to_string()))
+        .unwrap_or_default();
+    let dirty = !command_output(
+        "git",
+        &["-C", &repo_arg, "status", "--porcelain", "--untracked-files=no"],
+    )
+    .is_empty();
+    json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": cpu_model,
+        "memory": memory,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "rustc": command_output("rustc", &["--version"]),
+        "h2load": command_output("h2load", &["--version"]),
+        "commit": command_output("git", &["-C", &repo_arg, "rev-parse", "HEAD"]),
+        "dirty": dirty,
+        "load_average_at_end": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+    })
+}
+
+fn rate(bench: &Bench, name: &str) -> Option<f64> {
+    bench.row(name).map(|row| row.calls_per_s)
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(round(a / b, 4)),
+        _ => None,
+    }
+}
+
+pub fn ratios(bench: &Bench) -> Value {
+    let (health, issue, verify) = (rate(bench, "health"), rate(bench, "issue"), rate(bench, "verify"));
+    json!({
+        "verify_to_health": ratio(verify, health),
+        "issue_to_health": ratio(issue, health),
+        "verify_to_reference": ratio(verify, Some(REFERENCE_VERIFY)),
+        "issue_to_reference": ratio(issue, Some(REFERENCE_ISSUE)),
+    })
+}
+
+struct Target {
+    what: String,
+    value: String,
+    met: Option<bool>,
+}
+
+fn extra_f64(row: Option<&Row>, key: &str) -> Option<f64> {
+    row.and_then(|row| row.extra.get(key)).and_then(Value::as_f64)
+}
+
+fn targets(bench: &Bench) -> Vec<Target> {
+    let ratios = ratios(bench);
+    let r = |key: &str| ratios[key].as_f64();
+    let mut out = Vec::new();
+    let mut add = |what: &str, value: Option<f64>, unit: &str, met: &dyn Fn(f64) -> bool| {
+        out.push(Target {
+            what: what.to_string(),
+            value: value
+                .map(|v| format!("{v}{unit}"))
+                .unwrap_or_else(|| "not measured".into()),
+            met: value.map(met),
+        });
+    };
+    add("verify >= 10,000/s", rate(bench, "verify"), "/s", &|v| v >= 10_000.0);
+    add("verify/health >= 0.07", r("verify_to_health"), "", &|v| v >= 0.07);
+    add("verify >= 57x reference (175/s)", r("verify_to_reference"), "x", &|v| {
+        v >= 57.0
+    });
+    add("issue >= 15,000/s", rate(bench, "issue"), "/s", &|v| v >= 15_000.0);
+    add("issue/health >= 0.10", r("issue_to_health"), "", &|v| v >= 0.10);
+    add("issue >= 35x reference (425/s)", r("issue_to_reference"), "x", &|v| {
+        v >= 35.0
+    });
+    for name in ["issue_half_peak", "verify_half_peak"] {
+        let p99 = bench.row(name).map(|row| row.p99_ms);
+        add(&format!("{name}: p99 <= 10 ms"), p99, " ms", &|v| v <= 10.0);
+    }
+    let saturated: Vec<&Row> = [
+        "issue",
+        "verify",
+        "authenticate_token",
+        "authenticate_jwt",
+        "login_or_create",
+    ]
+    .iter()
+    .filter_map(|name| bench.row(name))
+    .collect();
+    let errors: Option<f64> =
+        (!saturated.is_empty()).then(|| saturated.iter().map(|row| row.error_total() as f64).sum());
+    add("zero errors at saturation", errors, " errors", &|v| v == 0.0);
+    let outbox = bench.row("login_or_create");
+    add(
+        "outbox drain >= 2,000 emails/s",
+        extra_f64(outbox, "drain_per_s"),
+        "/s",
+        &|v| v >= 2000.0,
+    );
+    let poll = bench.row("long_poll");
+    add(
+        "10,000 long polls idle < 1% CPU",
+        extra_f64(poll, "idle_cpu_percent"),
+        "%",
+        &|v| v < 1.0,
+    );
+    add(
+        "10,000 long polls < 100 MiB extra RSS",
+        extra_f64(poll, "rss_delta_mib"),
+        " MiB",
+        &|v| v < 100.0,
+    );
+    let scale = bench.row("scale_verify");
+    let users = extra_f64(scale, "users").unwrap_or(0.0);
+    let at = if users > 0.0 {
+        format!(" (measured at {users} users)")
+    } else {
+        String::new()
+    };
+    add(
+        &format!("scale: RSS <= 300 MiB{at}"),
+        extra_f64(scale, "rss_after_load_mib"),
+        " MiB",
+        &|v| v <= 300.0,
+    );
+    add(
+        &format!("scale: cold start <= 2 s{at}"),
+        extra_f64(scale, "cold_start_ms"),
+        " ms",
+        &|v| v <= 2000.0,
+    );
+    add(
+        &format!("scale: verify within 20% of empty{at}"),
+        extra_f64(scale, "verify_to_empty"),
+        "x",
+        &|v| v >= 0.8,
+    );
+    add(
+        &format!("scale: disk <= 2 GiB{at}"),
+        extra_f64(scale, "disk_mib"),
+        " MiB",
+        &|v| v <= 2048.0,
+    );
+    out
+}
+
+fn table(bench: &Bench) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| scenario | calls/s | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU us/call | RSS MiB | note |\n",
+    );
+    out.push_str("|---|---:|---:|---:|---:|---:|---|---:|---:|---|\n");
+    for row in &bench.rows {
+        let errors = if row.errors.is_empty() {
+            "0".to_string()
+        } else {
+            row.errors
+                .iter()
+                .map(|(code, n)| format!("{code}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {:.1} | {:.0} | {} |\n",
+            row.name,
+            row.calls_per_s,
+            row.p50_ms,
+            row.p90_ms,
+            row.p99_ms,
+            row.max_ms,
+            errors,
+            row.cpu_us_per_call,
+            row.rss_mib,
+            row.note
+        ));
+    }
+    if let Some(checks) = bench.extra.get("h2load").and_then(Value::as_object) {
+        out.push_str("\nCross-check, same connections x streams, same server:\n\n");
+        out.push_str("| call | rust generator calls/s | rust p50 ms | h2load calls/s | h2load mean ms | h2load max ms | h2load failed | h2load server CPU us/call |\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        for (name, check) in checks {
+            out.push_str(&format!(
+                "| {name} | {:.0} | {:.2} | {:.0} | {:.2} | {:.1} | {} | {:.1} |\n",
+                check["rust_calls_per_s"].as_f64().unwrap_or(0.0),
+                check["rust_p50_ms"].as_f64().unwrap_or(0.0),
+                check["calls_per_s"].as_f64().unwrap_or(0.0),
+                check["mean_ms"].as_f64().unwrap_or(0.0),
+                check["max_ms"].as_f64().unwrap_or(0.0),
+                check["failed"].as_u64().unwrap_or(0) + check["errored"].as_u64().unwrap_or(0),
+                check["cpu_us_per_call"].as_f64().unwrap_or(0.0),
+            ));
+        }
+    }
+    let ratios = ratios(bench);
+    out.push_str("\nRatios (same run): ");
+    let parts: Vec<String> = [
+        "verify_to_health",
+        "issue_to_health",
+        "verify_to_reference",
+        "issue_to_reference",
+    ]
+    .iter()
+    .map(|key| {
+        format!(
+            "{key} = {}",
+            ratios[*key].as_f64().map(|v| format!("{v}")).unwrap_or("-".into())
+        )
+    })
+    .collect();
+    out.push_str(&parts.join(", "));
+    out.push_str("\n\nTargets (issue 8):\n\n| target | measured | met |\n|---|---:|---|\n");
+    for target in targets(bench) {
+        let met = match target.met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "-",
+        };
+        out.push_str(&format!("| {} | {} | {} |\n", target.what, target.value, met));
+    }
+    out
+}
+
+/// Prints the table and writes latest.json, a dated copy and latest.md into `dir`.
+pub fn write(bench: &Bench, repo: &Path, dir: &Path, started: &str, elapsed_s: f64) -> std::io::Result<()> {
+    let text = table(bench);
+    println!("\n{text}");
+    if !bench.problems.is_empty() {
+        println!("Problems seen:");
+        for problem in &bench.problems {
+            println!("- {problem}");
+        }
+    }
+    let mut scenarios = Map::new();
+    for row in &bench.rows {
+        scenarios.insert(row.name.clone(), row.to_json());
+    }
+    let s = &bench.settings;
+    let targets: Vec<Value> = targets(bench)
+        .into_iter()
+        .map(|t| json!({"target": t.what, "measured": t.value, "met": t.met}))
+        .collect();
+    let report = json!({
+        "mode": if s.quick { "quick" } else { "full" },
+        "started_utc": started,
+        "elapsed_s": round(elapsed_s, 1),
+        "machine": machine(repo),
+        "settings": {
+            "connections": s.connections,
+            "in_flight_per_connection": s.per_connection,
+            "warmup_s": s.warmup.as_secs_f64(),
+            "duration_s": s.duration.as_secs_f64(),
+            "long_poll_waiters": s.long_poll_waiters,
+            "scale_users": s.scale_users,
+            "durability": "fsync",
+            "mail_sink": "file transport",
+            "profiled": s.perf_dir.is_some(),
+        },
+        "scenarios": scenarios,
+        "cross_check": bench.extra.get("h2load").cloned().unwrap_or(Value::Null),
+        "server": bench.extra.get("server").cloned().unwrap_or(Value::Null),
+        "ratios": ratios(bench),
+        "reference": {"verify_per_s": REFERENCE_VERIFY, "issue_per_s": REFERENCE_ISSUE},
+        "targets": targets,
+        "problems": bench.problems,
+    });
+    std::fs::create_dir_all(dir)?;
+    let pretty = serde_json::to_string_pretty(&report).unwrap_or_default();
+    std::fs::write(dir.join("latest.json"), &pretty)?;
+    let mode = if s.quick { "quick" } else { "full" };
+    std::fs::write(dir.join(format!("{started}-{mode}.json")), &pretty)?;
+    std::fs::write(dir.join("latest.md"), format!("Run {started} ({mode}).\n\n{text}"))?;
+    Ok(())
+}

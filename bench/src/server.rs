@@ -1,0 +1,318 @@
+//! The server under test: starts the release binary as a child on free loopback ports, waits for
+//! SERVING, stops it with SIGTERM, and reads its CPU time and memory from /proc.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+/// How to start the server: the binary, its config file, where its logs go.
+#[derive(Clone, Debug)]
+pub struct ServerSpec {
+    pub binary: PathBuf,
+    pub config: PathBuf,
+    pub log_dir: PathBuf,
+}
+
+pub struct Server {
+    child: Child,
+    pub pid: u32,
+    pub url: String,
+    /// The HTTP port (`metrics_listen`): `/metrics` when the server has it.
+    pub http_address: String,
+    pub log: PathBuf,
+}
+
+/// What a stop took and how the process ended.
+pub struct Stopped {
+    pub took: Duration,
+    pub exit_code: Option<i32>,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Server {
+    /// Starts the server on `data_dir` and returns once health says SERVING, with the time from
+    /// spawn to SERVING.
+    pub async fn start(spec: &ServerSpec, data_dir: &Path, label: &str) -> Result<(Self, Duration), String> {
+        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let http_port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let log = spec.log_dir.join(format!("server-{label}.log"));
+        let log_file = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let started = Instant::now();
+        let child = Command::new(&spec.binary)
+            .arg("serve")
+            .arg("--config")
+            .arg(&spec.config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{http_port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", spec.binary.display()))?;
+        let mut server = Server {
+            pid: child.id(),
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            http_address: format!("127.0.0.1:{http_port}"),
+            log,
+        };
+        let deadline = started + Duration::from_secs(120);
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Err(format!(
+                    "the server exited ({status}) before SERVING; log:\n{}",
+                    server.log_tail(20)
+                ));
+            }
+            if server.serving().await {
+                return Ok((server, started.elapsed()));
+            }
+            if Instant::now() > deadline {
+                let _ = server.child.kill();
+                return Err(format!("not SERVING after 120 s; log:\n{}", server.log_tail(20)));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn serving(&self) -> bool {
+        let Ok(endpoint) = Endpoint::from_shared(self.url.clone()) else {
+            return false;
+        };
+        let Ok(channel) = endpoint.connect_timeout(Duration::from_millis(200)).connect().await else {
+            return false;
+        };
+        health_check(channel).await == Some(ServingStatus::Serving)
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after 60 s).
+    pub async fn stop(mut self) -> Stopped {
+        let started = Instant::now();
+        let _ = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Stopped {
+                    took: started.elapsed(),
+                    exit_code: status.code(),
+                };
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                let status = self.child.wait().ok();
+                return Stopped {
+                    took: started.elapsed(),
+                    exit_code: status.and_then(|s| s.code()),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub fn probe(&self) -> Probe {
+        Probe { pid: self.pid }
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Log lines at WARN or ERROR (text or JSON format), for the report.
+    pub fn log_problems(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter(|line| {
+                line.contains(" WARN ")
+                    || line.contains(" ERROR ")
+                    || line.contains("\"level\":\"WARN\"")
+                    || line.contains("\"level\":\"ERROR\"")
+            })
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Server {
+    /// Prometheus figures from `/metrics`, summed over labels, by metric name (`_total` dropped).
+    /// None when the server has no such endpoint.
+    pub fn metrics(&self) -> Option<HashMap<String, f64>> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.http_address).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n", self.http_address).ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            return None;
+        }
+        let mut figures = HashMap::new();
+        for line in body.lines().filter(|line| !line.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let name = name.split('{').next().unwrap_or(name).trim();
+            let name = name.strip_suffix("_total").unwrap_or(name);
+            if let Ok(value) = value.trim().parse::<f64>() {
+                *figures.entry(name.to_string()).or_default() += value;
+            }
+        }
+        Some(figures)
+    }
+}
+
+pub async fn health_check(channel: Channel) -> Option<ServingStatus> {
+    let mut client = HealthClient::new(channel);
+    let request = tonic::Request::new(HealthCheckRequest { service: String::new() });
+    let response = client.check(request).await.ok()?;
+    ServingStatus::try_from(response.into_inner().status).ok()
+}
+
+/// Reads one process's CPU time and memory from /proc. `pid` 0 means this process.
+#[derive(Clone, Copy, Debug)]
+pub struct Probe {
+    pub pid: u32,
+}
+
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+impl Probe {
+    pub fn this_process() -> Self {
+        Probe { pid: 0 }
+    }
+
+    fn proc_path(&self, file: &str) -> String {
+        if self.pid == 0 {
+            format!("/proc/self/{file}")
+        } else {
+            format!("/proc/{}/{file}", self.pid)
+        }
+    }
+
+    /// utime + stime of every thread, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let Ok(stat) = std::fs::read_to_string(self.proc_path("stat")) else {
+            return 0.0;
+        };
+        // The command name may hold spaces; the fields after its closing parenthesis are fixed.
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        // fields[0] is the state (field 3 of stat); utime is field 14, stime field 15.
+        (ticks(11) + ticks(12)) as f64 / clock_ticks_per_second()
+    }
+
+    fn status_kib(&self, key: &str) -> u64 {
+        let Ok(status) = std::fs::read_to_string(self.proc_path("status")) else {
+            return 0;
+        };
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The peak resident set over the process's life.
+    pub fn hwm_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+}
+
+/// Samples the server's VmRSS every 20 ms and keeps the largest value since the last reset.
+pub struct RssWatch {
+    peak: Arc<AtomicU64>,
+    pid: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RssWatch {
+    pub fn start(probe: Probe) -> Self {
+        let watch = RssWatch {
+            peak: Arc::new(AtomicU64::new(probe.rss_kib())),
+            pid: Arc::new(AtomicU32::new(probe.pid)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (peak, pid, stop) = (watch.peak.clone(), watch.pid.clone(), watch.stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let probe = Probe {
+                    pid: pid.load(Ordering::Relaxed),
+                };
+                peak.fetch_max(probe.rss_kib(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        watch
+    }
+
+    /// Starts a new peak for `probe`'s process (which may be a new server).
+    pub fn reset(&self, probe: Probe) {
+        self.pid.store(probe.pid, Ordering::Relaxed);
+        self.peak.store(probe.rss_kib(), Ordering::Relaxed);
+    }
+
+    pub fn peak_kib(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RssWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// (apparent bytes, allocated bytes) of every file under `dir`.
+pub fn disk_usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut apparent = 0;
+    let mut allocated = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                apparent += meta.len();
+                allocated += meta.blocks() * 512;
+            }
+        }
+    }
+    (apparent, allocated)
+}
