@@ -5,6 +5,7 @@ pub mod codec;
 pub mod commit;
 pub mod sled_store;
 pub mod sweeper;
+pub mod writer;
 
 pub use commit::Durability;
 pub use sled_store::{OpenError, SledOptions, SledStore};

@@ -1,4 +1,5 @@
-//! The embedded store: sled trees, one transaction per operation, acknowledged after group commit.
+//! The embedded store: sled trees, written by one writer at a time (see `writer`: atomic without
+//! sled transactions), each change acknowledged after the group commit.
 //!
 //! Trees (keys → values):
 //! - `users`: user id → User; `user_emails`: lower-case email → user id
@@ -19,11 +20,10 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::codec::{self, Expiring, child_key, child_prefix, decode, encode, expiry_key, outbox_key};
 use super::commit::{Durability, GroupCommit};
+use super::writer::{TxTree, Writer, storage};
 use crate::crypto::Digest32;
 use crate::domain::error::{Error, Reason, Result};
 use crate::domain::model::{
@@ -81,45 +81,9 @@ struct Trees {
 pub struct SledStore {
     db: sled::Db,
     trees: Trees,
+    writer: Writer,
     commit: GroupCommit,
     retention: Millis,
-}
-
-type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
-
-fn abort<T>(error: Error) -> TxResult<T> {
-    Err(ConflictableTransactionError::Abort(error))
-}
-
-fn storage(error: sled::Error) -> Error {
-    Error::internal(format!("sled: {error}"))
-}
-
-/// Runs a sled operation that may block. Once transactions are in use, sled guards every
-/// operation with a reader-writer lock: a flush holds it (shared) across its disk I/O, and a
-/// transaction needs it exclusively, so a transaction, and any read queued behind one, may block
-/// for a whole flush. Under a multi-threaded runtime the operation runs with `block_in_place`,
-/// which hands this worker's other tasks to another thread: the calls waiting behind a flush then
-/// pile up into the next group commit instead of stalling the runtime (with one worker per core,
-/// at most two calls would otherwise wait per flush).
-fn blocking<T>(operation: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(operation),
-        _ => operation(),
-    }
-}
-
-/// Runs a sled transaction (see `blocking`) and maps its outcome.
-fn finish<T>(transaction: impl FnOnce() -> std::result::Result<T, TransactionError<Error>>) -> Result<T> {
-    let result = blocking(transaction);
-    result.map_err(|error| match error {
-        TransactionError::Abort(error) => error,
-        TransactionError::Storage(error) => storage(error),
-    })
-}
-
-fn decode_in_tx<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> TxResult<T> {
-    decode(bytes).map_err(ConflictableTransactionError::Abort)
 }
 
 impl SledStore {
@@ -129,6 +93,8 @@ impl SledStore {
             .cache_capacity(options.cache_capacity_bytes)
             .open()
             .map_err(|source| open_error(&options.path, source))?;
+        // Before any tree is read: completes the operation a crash may have cut short.
+        let writer = Writer::open(&db).map_err(|source| open_error(&options.path, source))?;
         let tree = |name: &str| db.open_tree(name).map_err(|source| open_error(&options.path, source));
         let trees = Trees {
             users: tree("users")?,
@@ -162,6 +128,7 @@ impl SledStore {
         Ok(Self {
             db,
             trees,
+            writer,
             commit,
             retention: options.retention,
         })
@@ -175,7 +142,7 @@ impl SledStore {
     }
 
     fn get<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: impl AsRef<[u8]>) -> Result<Option<T>> {
-        match blocking(|| tree.get(key)).map_err(storage)? {
+        match tree.get(key).map_err(storage)? {
             Some(bytes) => decode(&bytes).map(Some),
             None => Ok(None),
         }
@@ -190,48 +157,58 @@ impl SledStore {
 
     fn purge_link(&self, digest: &[u8], expiry_entry: &[u8]) -> Result<()> {
         let t = &self.trees;
-        finish(|| {
-            (&t.links, &t.link_reuse, &t.user_links, &t.expiry).transaction(|(links, reuse, user_links, expiry)| {
-                if let Some(bytes) = links.remove(digest)? {
-                    let link: Link = decode_in_tx(&bytes)?;
-                    forget_reuse(reuse, &link, digest)?;
-                    user_links.remove(child_key(&link.user_id, digest))?;
-                }
-                expiry.remove(expiry_entry)?;
-                Ok(())
-            })
+        self.writer.write(|tx| {
+            let (links, reuse, user_links, expiry) = (
+                tx.on(&t.links),
+                tx.on(&t.link_reuse),
+                tx.on(&t.user_links),
+                tx.on(&t.expiry),
+            );
+            if let Some(bytes) = links.remove(digest)? {
+                let link: Link = decode(&bytes)?;
+                forget_reuse(&reuse, &link, digest)?;
+                user_links.remove(child_key(&link.user_id, digest))?;
+            }
+            expiry.remove(expiry_entry)?;
+            Ok(())
         })
     }
 
     fn purge_email(&self, email_id: &[u8], expiry_entry: &[u8]) -> Result<()> {
         let t = &self.trees;
-        finish(|| {
-            (&t.emails, &t.outbox, &t.emails_sending, &t.expiry).transaction(|(emails, outbox, sending, expiry)| {
-                if let Some(bytes) = emails.remove(email_id)? {
-                    let email: Email = decode_in_tx(&bytes)?;
-                    outbox.remove(outbox_key(email.next_attempt_at, &email.id))?;
-                    sending.remove(email_id)?;
-                }
-                expiry.remove(expiry_entry)?;
-                Ok(())
-            })
+        self.writer.write(|tx| {
+            let (emails, outbox, sending, expiry) = (
+                tx.on(&t.emails),
+                tx.on(&t.outbox),
+                tx.on(&t.emails_sending),
+                tx.on(&t.expiry),
+            );
+            if let Some(bytes) = emails.remove(email_id)? {
+                let email: Email = decode(&bytes)?;
+                outbox.remove(outbox_key(email.next_attempt_at, &email.id))?;
+                sending.remove(email_id)?;
+            }
+            expiry.remove(expiry_entry)?;
+            Ok(())
         })
     }
 
     fn purge_session(&self, session_id: &[u8], expiry_entry: &[u8]) -> Result<()> {
         let t = &self.trees;
-        finish(|| {
-            (&t.sessions, &t.session_tokens, &t.user_sessions, &t.expiry).transaction(
-                |(sessions, tokens, user_sessions, expiry)| {
-                    if let Some(bytes) = sessions.remove(session_id)? {
-                        let session: Session = decode_in_tx(&bytes)?;
-                        tokens.remove(session.token_digest.as_bytes())?;
-                        user_sessions.remove(child_key(&session.user_id, session_id))?;
-                    }
-                    expiry.remove(expiry_entry)?;
-                    Ok(())
-                },
-            )
+        self.writer.write(|tx| {
+            let (sessions, tokens, user_sessions, expiry) = (
+                tx.on(&t.sessions),
+                tx.on(&t.session_tokens),
+                tx.on(&t.user_sessions),
+                tx.on(&t.expiry),
+            );
+            if let Some(bytes) = sessions.remove(session_id)? {
+                let session: Session = decode(&bytes)?;
+                tokens.remove(session.token_digest.as_bytes())?;
+                user_sessions.remove(child_key(&session.user_id, session_id))?;
+            }
+            expiry.remove(expiry_entry)?;
+            Ok(())
         })
     }
 }
@@ -260,7 +237,7 @@ fn open_error(path: &Path, source: sled::Error) -> OpenError {
 }
 
 /// Drops the link's reuse entry if it still points at this link (a newer link may own it).
-fn forget_reuse(reuse: &TransactionalTree, link: &Link, digest: &[u8]) -> TxResult<()> {
+fn forget_reuse(reuse: &TxTree<'_>, link: &Link, digest: &[u8]) -> Result<()> {
     if let Some(reuse_key) = link.reuse_key
         && reuse.get(reuse_key.as_bytes())?.as_deref() == Some(digest)
     {
@@ -270,19 +247,18 @@ fn forget_reuse(reuse: &TransactionalTree, link: &Link, digest: &[u8]) -> TxResu
 }
 
 fn insert_session(
-    sessions: &TransactionalTree,
-    tokens: &TransactionalTree,
-    user_sessions: &TransactionalTree,
-    expiry: &TransactionalTree,
+    sessions: &TxTree<'_>,
+    tokens: &TxTree<'_>,
+    user_sessions: &TxTree<'_>,
+    expiry: &TxTree<'_>,
     session: &Session,
     retention: Millis,
-) -> TxResult<()> {
+) {
     let id = session.id.as_bytes();
-    sessions.insert(id, encode(session))?;
-    tokens.insert(session.token_digest.as_bytes(), id)?;
-    user_sessions.insert(child_key(&session.user_id, id), &[])?;
-    expiry.insert(expiry_key(session.expires_at + retention, Expiring::Session, id), &[])?;
-    Ok(())
+    sessions.insert(id, encode(session));
+    tokens.insert(session.token_digest.as_bytes(), id);
+    user_sessions.insert(child_key(&session.user_id, id), &[]);
+    expiry.insert(expiry_key(session.expires_at + retention, Expiring::Session, id), &[]);
 }
 
 #[async_trait]
@@ -293,7 +269,7 @@ impl Store for SledStore {
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
         let index = &self.trees.user_emails;
-        match blocking(|| index.get(crate::domain::model::email_key(email))).map_err(storage)? {
+        match index.get(crate::domain::model::email_key(email)).map_err(storage)? {
             Some(user_id) => Self::get(&self.trees.users, user_id),
             None => Ok(None),
         }
@@ -319,16 +295,15 @@ impl Store for SledStore {
     }
 
     async fn update_user(&self, user_id: &str, update: UpdateUserFn<'_>) -> Result<User> {
-        let updated = finish(|| {
-            self.trees.users.transaction(|users| {
-                let Some(bytes) = users.get(user_id)? else {
-                    return abort(Error::new(Reason::USER_NOT_FOUND, "no user with this id"));
-                };
-                let current: User = decode_in_tx(&bytes)?;
-                let updated = update(&current).map_err(ConflictableTransactionError::Abort)?;
-                users.insert(user_id, encode(&updated))?;
-                Ok(updated)
-            })
+        let updated = self.writer.write(|tx| {
+            let users = tx.on(&self.trees.users);
+            let Some(bytes) = users.get(user_id)? else {
+                return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this id"));
+            };
+            let current: User = decode(&bytes)?;
+            let updated = update(&current)?;
+            users.insert(user_id, encode(&updated));
+            Ok(updated)
         })?;
         self.durable().await?;
         Ok(updated)
@@ -339,48 +314,46 @@ impl Store for SledStore {
         let link_keys = Self::child_keys(&t.user_links, user_id)?;
         let session_keys = Self::child_keys(&t.user_sessions, user_id)?;
         let prefix_len = child_prefix(user_id).len();
-        let deletion = finish(|| {
-            (
-                &t.users,
-                &t.user_emails,
-                &t.links,
-                &t.link_reuse,
-                &t.user_links,
-                &t.sessions,
-            )
-                .transaction(|(users, emails, links, reuse, user_links, sessions)| {
-                    let Some(bytes) = users.remove(user_id.as_bytes())? else {
-                        return Ok(None);
-                    };
-                    let user: User = decode_in_tx(&bytes)?;
-                    if emails.get(user.email_key())?.as_deref() == Some(user_id.as_bytes()) {
-                        emails.remove(user.email_key().as_bytes())?;
+        let deletion = self.writer.write(|tx| {
+            let (users, emails, links, reuse, user_links, sessions) = (
+                tx.on(&t.users),
+                tx.on(&t.user_emails),
+                tx.on(&t.links),
+                tx.on(&t.link_reuse),
+                tx.on(&t.user_links),
+                tx.on(&t.sessions),
+            );
+            let Some(bytes) = users.remove(user_id.as_bytes())? else {
+                return Ok(None);
+            };
+            let user: User = decode(&bytes)?;
+            if emails.get(user.email_key())?.as_deref() == Some(user_id.as_bytes()) {
+                emails.remove(user.email_key().as_bytes())?;
+            }
+            let mut deletion = UserDeletion::default();
+            for key in &link_keys {
+                let digest = &key[prefix_len..];
+                if let Some(bytes) = links.remove(digest)? {
+                    let link: Link = decode(&bytes)?;
+                    if link.used_at.is_none() && link.expires_at > now {
+                        deletion.voided_links += 1;
                     }
-                    let mut deletion = UserDeletion::default();
-                    for key in &link_keys {
-                        let digest = &key[prefix_len..];
-                        if let Some(bytes) = links.remove(digest)? {
-                            let link: Link = decode_in_tx(&bytes)?;
-                            if link.used_at.is_none() && link.expires_at > now {
-                                deletion.voided_links += 1;
-                            }
-                            forget_reuse(reuse, &link, digest)?;
-                        }
-                        user_links.remove(key)?;
+                    forget_reuse(&reuse, &link, digest)?;
+                }
+                user_links.remove(key)?;
+            }
+            for key in &session_keys {
+                let session_id = &key[prefix_len..];
+                if let Some(bytes) = sessions.get(session_id)? {
+                    let mut session: Session = decode(&bytes)?;
+                    if session.revoked_at.is_none() && session.expires_at > now {
+                        session.revoked_at = Some(now);
+                        sessions.insert(session_id, encode(&session));
+                        deletion.revoked_sessions += 1;
                     }
-                    for key in &session_keys {
-                        let session_id = &key[prefix_len..];
-                        if let Some(bytes) = sessions.get(session_id)? {
-                            let mut session: Session = decode_in_tx(&bytes)?;
-                            if session.revoked_at.is_none() && session.expires_at > now {
-                                session.revoked_at = Some(now);
-                                sessions.insert(session_id, encode(&session))?;
-                                deletion.revoked_sessions += 1;
-                            }
-                        }
-                    }
-                    Ok(Some(deletion))
-                })
+                }
+            }
+            Ok(Some(deletion))
         })?;
         self.durable().await?;
         Ok(deletion)
@@ -390,44 +363,42 @@ impl Store for SledStore {
         let t = &self.trees;
         let digest = link.token_digest.as_bytes();
         let retention = self.retention;
-        let outcome = finish(|| {
-            (
-                &t.users,
-                &t.user_emails,
-                &t.links,
-                &t.link_reuse,
-                &t.user_links,
-                &t.expiry,
-            )
-                .transaction(|(users, emails, links, reuse, user_links, expiry)| {
-                    if let Some(reuse_key) = &link.reuse_key {
-                        if let Some(existing) = reuse.get(reuse_key.as_bytes())?
-                            && let Some(bytes) = links.get(&existing)?
-                        {
-                            let existing: Link = decode_in_tx(&bytes)?;
-                            if existing.used_at.is_none() && existing.expires_at > now {
-                                return Ok(LinkInsert::Existing(Box::new(existing)));
-                            }
-                        }
-                        reuse.insert(reuse_key.as_bytes(), digest)?;
+        let outcome = self.writer.write(|tx| {
+            let (users, emails, links, reuse, user_links, expiry) = (
+                tx.on(&t.users),
+                tx.on(&t.user_emails),
+                tx.on(&t.links),
+                tx.on(&t.link_reuse),
+                tx.on(&t.user_links),
+                tx.on(&t.expiry),
+            );
+            if let Some(reuse_key) = &link.reuse_key {
+                if let Some(existing) = reuse.get(reuse_key.as_bytes())?
+                    && let Some(bytes) = links.get(&existing)?
+                {
+                    let existing: Link = decode(&bytes)?;
+                    if existing.used_at.is_none() && existing.expires_at > now {
+                        return Ok(LinkInsert::Existing(Box::new(existing)));
                     }
-                    if new_user.is_none() && users.get(link.user_id.as_bytes())?.is_none() {
-                        // Deleted while this call ran.
-                        return abort(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"));
-                    }
-                    if let Some(user) = new_user {
-                        let email_key = user.email_key();
-                        if emails.get(email_key.as_bytes())?.is_some() {
-                            return abort(Error::new(Reason::USER_EXISTS, "a user with this email exists"));
-                        }
-                        emails.insert(email_key.as_bytes(), user.id.as_bytes())?;
-                        users.insert(user.id.as_bytes(), encode(user))?;
-                    }
-                    links.insert(digest, encode(link))?;
-                    user_links.insert(child_key(&link.user_id, digest), &[])?;
-                    expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[])?;
-                    Ok(LinkInsert::Inserted)
-                })
+                }
+                reuse.insert(reuse_key.as_bytes(), digest);
+            }
+            if new_user.is_none() && users.get(link.user_id.as_bytes())?.is_none() {
+                // Deleted while this call ran.
+                return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"));
+            }
+            if let Some(user) = new_user {
+                let email_key = user.email_key();
+                if emails.get(email_key.as_bytes())?.is_some() {
+                    return Err(Error::new(Reason::USER_EXISTS, "a user with this email exists"));
+                }
+                emails.insert(email_key.as_bytes(), user.id.as_bytes());
+                users.insert(user.id.as_bytes(), encode(user));
+            }
+            links.insert(digest, encode(link));
+            user_links.insert(child_key(&link.user_id, digest), &[]);
+            expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[]);
+            Ok(LinkInsert::Inserted)
         })?;
         // Also when an existing link comes back: its own writer may not have been flushed yet.
         self.durable().await?;
@@ -441,53 +412,48 @@ impl Store for SledStore {
     async fn redeem_link(&self, token_digest: &Digest32, decide: RedeemFn<'_>) -> Result<Redemption> {
         let t = &self.trees;
         let retention = self.retention;
-        let trees = (
-            &t.links,
-            &t.users,
-            &t.sessions,
-            &t.session_tokens,
-            &t.user_sessions,
-            &t.expiry,
-            &t.attempts,
-            &t.codes,
-        );
-        let redemption = finish(|| {
-            trees.transaction(
-                |(links, users, sessions, tokens, user_sessions, expiry, attempts, codes)| {
-                    let not_found = || Error::new(Reason::TOKEN_NOT_FOUND, "no such token");
-                    let Some(bytes) = links.get(token_digest.as_bytes())? else {
-                        return abort(not_found());
-                    };
-                    let link: Link = decode_in_tx(&bytes)?;
-                    let Some(bytes) = users.get(link.user_id.as_bytes())? else {
-                        return abort(not_found());
-                    };
-                    let user: User = decode_in_tx(&bytes)?;
-                    let attempt: Option<Attempt> = match &link.attempt {
-                        Some(ref_digest) => match attempts.get(ref_digest.as_bytes())? {
-                            Some(bytes) => Some(decode_in_tx(&bytes)?),
-                            None => return abort(not_found()),
-                        },
-                        None => None,
-                    };
-                    let redemption =
-                        decide(&link, &user, attempt.as_ref()).map_err(ConflictableTransactionError::Abort)?;
-                    if let Some(attempt) = &redemption.attempt {
-                        attempts.insert(attempt.ref_digest.as_bytes(), encode(attempt))?;
-                    }
-                    if let Some(code) = &redemption.code {
-                        let key = code.code_digest.as_bytes();
-                        codes.insert(key, encode(code))?;
-                        expiry.insert(expiry_key(code.expires_at + retention, Expiring::Code, key), &[])?;
-                    }
-                    links.insert(token_digest.as_bytes(), encode(&redemption.link))?;
-                    users.insert(user.id.as_bytes(), encode(&redemption.user))?;
-                    if let Some(session) = &redemption.session {
-                        insert_session(sessions, tokens, user_sessions, expiry, session, retention)?;
-                    }
-                    Ok(redemption)
+        let redemption = self.writer.write(|tx| {
+            let (links, users, sessions, tokens, user_sessions, expiry, attempts, codes) = (
+                tx.on(&t.links),
+                tx.on(&t.users),
+                tx.on(&t.sessions),
+                tx.on(&t.session_tokens),
+                tx.on(&t.user_sessions),
+                tx.on(&t.expiry),
+                tx.on(&t.attempts),
+                tx.on(&t.codes),
+            );
+            let not_found = || Error::new(Reason::TOKEN_NOT_FOUND, "no such token");
+            let Some(bytes) = links.get(token_digest.as_bytes())? else {
+                return Err(not_found());
+            };
+            let link: Link = decode(&bytes)?;
+            let Some(bytes) = users.get(link.user_id.as_bytes())? else {
+                return Err(not_found());
+            };
+            let user: User = decode(&bytes)?;
+            let attempt: Option<Attempt> = match &link.attempt {
+                Some(ref_digest) => match attempts.get(ref_digest.as_bytes())? {
+                    Some(bytes) => Some(decode(&bytes)?),
+                    None => return Err(not_found()),
                 },
-            )
+                None => None,
+            };
+            let redemption = decide(&link, &user, attempt.as_ref())?;
+            if let Some(attempt) = &redemption.attempt {
+                attempts.insert(attempt.ref_digest.as_bytes(), encode(attempt));
+            }
+            if let Some(code) = &redemption.code {
+                let key = code.code_digest.as_bytes();
+                codes.insert(key, encode(code));
+                expiry.insert(expiry_key(code.expires_at + retention, Expiring::Code, key), &[]);
+            }
+            links.insert(token_digest.as_bytes(), encode(&redemption.link));
+            users.insert(user.id.as_bytes(), encode(&redemption.user));
+            if let Some(session) = &redemption.session {
+                insert_session(&sessions, &tokens, &user_sessions, &expiry, session, retention);
+            }
+            Ok(redemption)
         })?;
         self.durable().await?;
         Ok(redemption)
@@ -499,25 +465,24 @@ impl Store for SledStore {
 
     async fn session_by_token(&self, token_digest: &Digest32) -> Result<Option<Session>> {
         let index = &self.trees.session_tokens;
-        match blocking(|| index.get(token_digest.as_bytes())).map_err(storage)? {
+        match index.get(token_digest.as_bytes()).map_err(storage)? {
             Some(session_id) => Self::get(&self.trees.sessions, session_id),
             None => Ok(None),
         }
     }
 
     async fn revoke_session(&self, session_id: &str, now: Millis) -> Result<Option<Session>> {
-        let session = finish(|| {
-            self.trees.sessions.transaction(|sessions| {
-                let Some(bytes) = sessions.get(session_id)? else {
-                    return Ok(None);
-                };
-                let mut session: Session = decode_in_tx(&bytes)?;
-                if session.revoked_at.is_none() {
-                    session.revoked_at = Some(now);
-                    sessions.insert(session_id, encode(&session))?;
-                }
-                Ok(Some(session))
-            })
+        let session = self.writer.write(|tx| {
+            let sessions = tx.on(&self.trees.sessions);
+            let Some(bytes) = sessions.get(session_id)? else {
+                return Ok(None);
+            };
+            let mut session: Session = decode(&bytes)?;
+            if session.revoked_at.is_none() {
+                session.revoked_at = Some(now);
+                sessions.insert(session_id, encode(&session));
+            }
+            Ok(Some(session))
         })?;
         self.durable().await?;
         Ok(session)
@@ -527,27 +492,26 @@ impl Store for SledStore {
         let keys = Self::child_keys(&self.trees.user_sessions, user_id)?;
         let prefix_len = child_prefix(user_id).len();
         let t = &self.trees;
-        let revoked = finish(|| {
-            (&t.users, &t.sessions).transaction(|(users, sessions)| {
-                if let Some(bytes) = users.get(user_id.as_bytes())? {
-                    let mut user: User = decode_in_tx(&bytes)?;
-                    user.sessions_revoked_at = Some(now);
-                    users.insert(user_id.as_bytes(), encode(&user))?;
-                }
-                let mut revoked = 0;
-                for key in &keys {
-                    let session_id = &key[prefix_len..];
-                    if let Some(bytes) = sessions.get(session_id)? {
-                        let mut session: Session = decode_in_tx(&bytes)?;
-                        if session.revoked_at.is_none() && session.expires_at > now {
-                            session.revoked_at = Some(now);
-                            sessions.insert(session_id, encode(&session))?;
-                            revoked += 1;
-                        }
+        let revoked = self.writer.write(|tx| {
+            let (users, sessions) = (tx.on(&t.users), tx.on(&t.sessions));
+            if let Some(bytes) = users.get(user_id.as_bytes())? {
+                let mut user: User = decode(&bytes)?;
+                user.sessions_revoked_at = Some(now);
+                users.insert(user_id.as_bytes(), encode(&user));
+            }
+            let mut revoked = 0;
+            for key in &keys {
+                let session_id = &key[prefix_len..];
+                if let Some(bytes) = sessions.get(session_id)? {
+                    let mut session: Session = decode(&bytes)?;
+                    if session.revoked_at.is_none() && session.expires_at > now {
+                        session.revoked_at = Some(now);
+                        sessions.insert(session_id, encode(&session));
+                        revoked += 1;
                     }
                 }
-                Ok(revoked)
-            })
+            }
+            Ok(revoked)
         })?;
         self.durable().await?;
         Ok(revoked)
@@ -564,64 +528,60 @@ impl Store for SledStore {
     ) -> Result<()> {
         let t = &self.trees;
         let retention = self.retention;
-        let trees = (
-            &t.users,
-            &t.user_emails,
-            &t.links,
-            &t.user_links,
-            &t.expiry,
-            &t.emails,
-            &t.outbox,
-            &t.rate_limits,
-            &t.attempts,
-        );
-        finish(|| {
-            trees.transaction(
-                |(users, emails_index, links_tree, user_links, expiry, emails, outbox, rate_limits, attempts)| {
-                    if let Some((key, limit)) = rate {
-                        let bucket: Option<RateBucket> = match rate_limits.get(key.as_bytes())? {
-                            Some(bytes) => Some(decode_in_tx(&bytes)?),
-                            None => None,
-                        };
-                        match limit.take(bucket.as_ref(), now) {
-                            Ok(bucket) => rate_limits.insert(key.as_bytes(), encode(&bucket))?,
-                            Err(retry_after) => return abort(Error::RateLimited { retry_after }),
-                        };
+        self.writer.write(|tx| {
+            let (users, emails_index, links_tree, user_links, expiry, emails, outbox, rate_limits, attempts) = (
+                tx.on(&t.users),
+                tx.on(&t.user_emails),
+                tx.on(&t.links),
+                tx.on(&t.user_links),
+                tx.on(&t.expiry),
+                tx.on(&t.emails),
+                tx.on(&t.outbox),
+                tx.on(&t.rate_limits),
+                tx.on(&t.attempts),
+            );
+            if let Some((key, limit)) = rate {
+                let bucket: Option<RateBucket> = match rate_limits.get(key.as_bytes())? {
+                    Some(bytes) => Some(decode(&bytes)?),
+                    None => None,
+                };
+                match limit.take(bucket.as_ref(), now) {
+                    Ok(bucket) => rate_limits.insert(key.as_bytes(), encode(&bucket)),
+                    Err(retry_after) => return Err(Error::RateLimited { retry_after }),
+                };
+            }
+            match new_user {
+                Some(user) => {
+                    let email_key = user.email_key();
+                    if emails_index.get(email_key.as_bytes())?.is_some() {
+                        return Err(Error::new(Reason::USER_EXISTS, "a user with this email exists"));
                     }
-                    match new_user {
-                        Some(user) => {
-                            let email_key = user.email_key();
-                            if emails_index.get(email_key.as_bytes())?.is_some() {
-                                return abort(Error::new(Reason::USER_EXISTS, "a user with this email exists"));
-                            }
-                            emails_index.insert(email_key.as_bytes(), user.id.as_bytes())?;
-                            users.insert(user.id.as_bytes(), encode(user))?;
-                        }
-                        None if users.get(email.user_id.as_bytes())?.is_none() => {
-                            return abort(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"));
-                        }
-                        None => {}
-                    }
-                    for link in links {
-                        let digest = link.token_digest.as_bytes();
-                        links_tree.insert(digest, encode(link))?;
-                        user_links.insert(child_key(&link.user_id, digest), &[])?;
-                        expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[])?;
-                    }
-                    if let Some(attempt) = attempt {
-                        let key = attempt.ref_digest.as_bytes();
-                        attempts.insert(key, encode(attempt))?;
-                        expiry.insert(expiry_key(attempt.expires_at + retention, Expiring::Attempt, key), &[])?;
-                    }
-                    emails.insert(email.id.as_bytes(), encode(email))?;
-                    outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[])?;
-                    expiry.insert(
-                        expiry_key(email.link_expires_at + retention, Expiring::Email, email.id.as_bytes()),
-                        &[],
-                    )?;
-                    Ok(())
-                },
-            )
+                    emails_index.insert(email_key.as_bytes(), user.id.as_bytes());
+                    users.insert(user.id.as_bytes(), encode(user));
+                }
+                None if users.get(email.user_id.as_bytes())?.is_none() => {
+                    return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"));
+                }
+                None => {}
+            }
+            for link in links {
+                let digest = link.token_digest.as_bytes();
+                links_tree.insert(digest, encode(link));
+                user_links.insert(child_key(&link.user_id, digest), &[]);
+                expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[]);
+            }
+            if let Some(attempt) = attempt {
+                let key = attempt.ref_digest.as_bytes();
+                attempts.insert(key, encode(attempt));
+                expiry.insert(expiry_key(attempt.expires_at + retention, Expiring::Attempt, key), &[]);
+            }
+            emails.insert(email.id.as_bytes(), encode(email));
+            outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[]);
+            expiry.insert(
+                expiry_key(email.link_expires_at + retention, Expiring::Email, email.id.as_bytes()),
+                &[],
+            );
+            Ok(())
         })?;
         self.durable().await
     }
@@ -653,40 +613,38 @@ impl Store for SledStore {
     async fn claim_email(&self, email_id: &str, _now: Millis) -> Result<Option<Email>> {
         let t = &self.trees;
         // Not waited on: a claim lost in a crash leaves the email QUEUED, which is as good.
-        finish(|| {
-            (&t.emails, &t.outbox, &t.emails_sending).transaction(|(emails, outbox, sending)| {
-                let Some(bytes) = emails.get(email_id.as_bytes())? else {
-                    return Ok(None);
-                };
-                let mut email: Email = decode_in_tx(&bytes)?;
-                outbox.remove(outbox_key(email.next_attempt_at, &email.id))?;
-                if email.status != EmailStatus::Queued {
-                    return Ok(None);
-                }
-                email.status = EmailStatus::Sending;
-                emails.insert(email_id.as_bytes(), encode(&email))?;
-                sending.insert(email_id.as_bytes(), &[])?;
-                Ok(Some(email))
-            })
+        self.writer.write(|tx| {
+            let (emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
+            let Some(bytes) = emails.get(email_id.as_bytes())? else {
+                return Ok(None);
+            };
+            let mut email: Email = decode(&bytes)?;
+            outbox.remove(outbox_key(email.next_attempt_at, &email.id))?;
+            if email.status != EmailStatus::Queued {
+                return Ok(None);
+            }
+            email.status = EmailStatus::Sending;
+            emails.insert(email_id.as_bytes(), encode(&email));
+            sending.insert(email_id.as_bytes(), &[]);
+            Ok(Some(email))
         })
     }
 
     async fn finish_email(&self, email: &Email) -> Result<()> {
         let t = &self.trees;
-        finish(|| {
-            (&t.emails, &t.outbox, &t.emails_sending).transaction(|(emails, outbox, sending)| {
-                if emails.get(email.id.as_bytes())?.is_none() {
-                    // Purged while it was being sent: nothing left to record.
-                    sending.remove(email.id.as_bytes())?;
-                    return Ok(());
-                }
-                emails.insert(email.id.as_bytes(), encode(email))?;
+        self.writer.write(|tx| {
+            let (emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
+            if emails.get(email.id.as_bytes())?.is_none() {
+                // Purged while it was being sent: nothing left to record.
                 sending.remove(email.id.as_bytes())?;
-                if email.status == EmailStatus::Queued {
-                    outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[])?;
-                }
-                Ok(())
-            })
+                return Ok(());
+            }
+            emails.insert(email.id.as_bytes(), encode(email));
+            sending.remove(email.id.as_bytes())?;
+            if email.status == EmailStatus::Queued {
+                outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[]);
+            }
+            Ok(())
         })?;
         self.durable().await
     }
@@ -700,21 +658,20 @@ impl Store for SledStore {
             .collect::<std::result::Result<_, _>>()
             .map_err(storage)?;
         for email_id in &interrupted {
-            finish(|| {
-                (&t.emails, &t.outbox, &t.emails_sending).transaction(|(emails, outbox, sending)| {
-                    sending.remove(email_id)?;
-                    let Some(bytes) = emails.get(email_id)? else {
-                        return Ok(());
-                    };
-                    let mut email: Email = decode_in_tx(&bytes)?;
-                    if email.status == EmailStatus::Sending {
-                        email.status = EmailStatus::Queued;
-                        email.next_attempt_at = now;
-                        emails.insert(email_id, encode(&email))?;
-                        outbox.insert(outbox_key(now, &email.id), &[])?;
-                    }
-                    Ok(())
-                })
+            self.writer.write(|tx| {
+                let (emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
+                sending.remove(email_id)?;
+                let Some(bytes) = emails.get(email_id)? else {
+                    return Ok(());
+                };
+                let mut email: Email = decode(&bytes)?;
+                if email.status == EmailStatus::Sending {
+                    email.status = EmailStatus::Queued;
+                    email.next_attempt_at = now;
+                    emails.insert(email_id, encode(&email));
+                    outbox.insert(outbox_key(now, &email.id), &[]);
+                }
+                Ok(())
             })?;
         }
         if !interrupted.is_empty() {
@@ -726,42 +683,40 @@ impl Store for SledStore {
     async fn redeem_code(&self, code_digest: &Digest32, decide: RedeemCodeFn<'_>) -> Result<CodeRedemption> {
         let t = &self.trees;
         let retention = self.retention;
-        let trees = (
-            &t.codes,
-            &t.users,
-            &t.sessions,
-            &t.session_tokens,
-            &t.user_sessions,
-            &t.expiry,
-        );
-        let redemption = finish(|| {
-            trees.transaction(|(codes, users, sessions, tokens, user_sessions, expiry)| {
-                let not_found = || Error::new(Reason::CODE_NOT_FOUND, "no such authorization code");
-                let Some(bytes) = codes.get(code_digest.as_bytes())? else {
-                    return abort(not_found());
-                };
-                let code: AuthCode = decode_in_tx(&bytes)?;
-                // A deleted user's codes are void, as their links are.
-                let Some(bytes) = users.get(code.user_id.as_bytes())? else {
-                    return abort(not_found());
-                };
-                let user: User = decode_in_tx(&bytes)?;
-                let redemption = decide(&code, &user).map_err(ConflictableTransactionError::Abort)?;
-                codes.insert(code_digest.as_bytes(), encode(&redemption.code))?;
-                if let Some(session) = &redemption.session {
-                    insert_session(sessions, tokens, user_sessions, expiry, session, retention)?;
+        let redemption = self.writer.write(|tx| {
+            let (codes, users, sessions, tokens, user_sessions, expiry) = (
+                tx.on(&t.codes),
+                tx.on(&t.users),
+                tx.on(&t.sessions),
+                tx.on(&t.session_tokens),
+                tx.on(&t.user_sessions),
+                tx.on(&t.expiry),
+            );
+            let not_found = || Error::new(Reason::CODE_NOT_FOUND, "no such authorization code");
+            let Some(bytes) = codes.get(code_digest.as_bytes())? else {
+                return Err(not_found());
+            };
+            let code: AuthCode = decode(&bytes)?;
+            // A deleted user's codes are void, as their links are.
+            let Some(bytes) = users.get(code.user_id.as_bytes())? else {
+                return Err(not_found());
+            };
+            let user: User = decode(&bytes)?;
+            let redemption = decide(&code, &user)?;
+            codes.insert(code_digest.as_bytes(), encode(&redemption.code));
+            if let Some(session) = &redemption.session {
+                insert_session(&sessions, &tokens, &user_sessions, &expiry, session, retention);
+            }
+            if let Some((session_id, at)) = &redemption.revoke_session
+                && let Some(bytes) = sessions.get(session_id.as_bytes())?
+            {
+                let mut session: Session = decode(&bytes)?;
+                if session.revoked_at.is_none() {
+                    session.revoked_at = Some(*at);
+                    sessions.insert(session_id.as_bytes(), encode(&session));
                 }
-                if let Some((session_id, at)) = &redemption.revoke_session
-                    && let Some(bytes) = sessions.get(session_id.as_bytes())?
-                {
-                    let mut session: Session = decode_in_tx(&bytes)?;
-                    if session.revoked_at.is_none() {
-                        session.revoked_at = Some(*at);
-                        sessions.insert(session_id.as_bytes(), encode(&session))?;
-                    }
-                }
-                Ok(redemption)
-            })
+            }
+            Ok(redemption)
         })?;
         self.durable().await?;
         Ok(redemption)
@@ -774,22 +729,26 @@ impl Store for SledStore {
     async fn collect_attempt(&self, ref_digest: &Digest32, session: &Session) -> Result<Option<Collection>> {
         let t = &self.trees;
         let retention = self.retention;
-        let trees = (&t.attempts, &t.sessions, &t.session_tokens, &t.user_sessions, &t.expiry);
-        let collection = finish(|| {
-            trees.transaction(|(attempts, sessions, tokens, user_sessions, expiry)| {
-                let Some(bytes) = attempts.get(ref_digest.as_bytes())? else {
-                    return Ok(None);
-                };
-                let mut attempt: Attempt = decode_in_tx(&bytes)?;
-                if attempt.status != AttemptStatus::Verified {
-                    return Ok(Some(Collection::Unchanged(attempt)));
-                }
-                attempt.status = AttemptStatus::Collected;
-                attempt.session_id = Some(session.id.clone());
-                attempts.insert(ref_digest.as_bytes(), encode(&attempt))?;
-                insert_session(sessions, tokens, user_sessions, expiry, session, retention)?;
-                Ok(Some(Collection::Collected(attempt)))
-            })
+        let collection = self.writer.write(|tx| {
+            let (attempts, sessions, tokens, user_sessions, expiry) = (
+                tx.on(&t.attempts),
+                tx.on(&t.sessions),
+                tx.on(&t.session_tokens),
+                tx.on(&t.user_sessions),
+                tx.on(&t.expiry),
+            );
+            let Some(bytes) = attempts.get(ref_digest.as_bytes())? else {
+                return Ok(None);
+            };
+            let mut attempt: Attempt = decode(&bytes)?;
+            if attempt.status != AttemptStatus::Verified {
+                return Ok(Some(Collection::Unchanged(attempt)));
+            }
+            attempt.status = AttemptStatus::Collected;
+            attempt.session_id = Some(session.id.clone());
+            attempts.insert(ref_digest.as_bytes(), encode(&attempt));
+            insert_session(&sessions, &tokens, &user_sessions, &expiry, session, retention);
+            Ok(Some(Collection::Collected(attempt)))
         })?;
         if matches!(collection, Some(Collection::Collected(_))) {
             self.durable().await?;
@@ -837,22 +796,20 @@ impl Store for SledStore {
                 Some((Expiring::Email, email_id)) => self.purge_email(email_id, entry)?,
                 Some((Expiring::Code, code_digest)) => {
                     let t = &self.trees;
-                    finish(|| {
-                        (&t.codes, &t.expiry).transaction(|(codes, expiry)| {
-                            codes.remove(code_digest)?;
-                            expiry.remove(entry.as_ref())?;
-                            Ok(())
-                        })
+                    self.writer.write(|tx| {
+                        let (codes, expiry) = (tx.on(&t.codes), tx.on(&t.expiry));
+                        codes.remove(code_digest)?;
+                        expiry.remove(entry.as_ref())?;
+                        Ok(())
                     })?;
                 }
                 Some((Expiring::Attempt, ref_digest)) => {
                     let t = &self.trees;
-                    finish(|| {
-                        (&t.attempts, &t.expiry).transaction(|(attempts, expiry)| {
-                            attempts.remove(ref_digest)?;
-                            expiry.remove(entry.as_ref())?;
-                            Ok(())
-                        })
+                    self.writer.write(|tx| {
+                        let (attempts, expiry) = (tx.on(&t.attempts), tx.on(&t.expiry));
+                        attempts.remove(ref_digest)?;
+                        expiry.remove(entry.as_ref())?;
+                        Ok(())
                     })?;
                 }
                 None => {
