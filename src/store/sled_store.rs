@@ -155,61 +155,67 @@ impl SledStore {
             .map_err(storage)
     }
 
-    fn purge_link(&self, digest: &[u8], expiry_entry: &[u8]) -> Result<()> {
+    async fn purge_link(&self, digest: &[u8], expiry_entry: &[u8]) -> Result<()> {
         let t = &self.trees;
-        self.writer.write(|tx| {
-            let (links, reuse, user_links, expiry) = (
-                tx.on(&t.links),
-                tx.on(&t.link_reuse),
-                tx.on(&t.user_links),
-                tx.on(&t.expiry),
-            );
-            if let Some(bytes) = links.remove(digest)? {
-                let link: Link = decode(&bytes)?;
-                forget_reuse(&reuse, &link, digest)?;
-                user_links.remove(child_key(&link.user_id, digest))?;
-            }
-            expiry.remove(expiry_entry)?;
-            Ok(())
-        })
+        self.writer
+            .write(|tx| {
+                let (links, reuse, user_links, expiry) = (
+                    tx.on(&t.links),
+                    tx.on(&t.link_reuse),
+                    tx.on(&t.user_links),
+                    tx.on(&t.expiry),
+                );
+                if let Some(bytes) = links.remove(digest)? {
+                    let link: Link = decode(&bytes)?;
+                    forget_reuse(&reuse, &link, digest)?;
+                    user_links.remove(child_key(&link.user_id, digest))?;
+                }
+                expiry.remove(expiry_entry)?;
+                Ok(())
+            })
+            .await
     }
 
-    fn purge_email(&self, email_id: &[u8], expiry_entry: &[u8]) -> Result<()> {
+    async fn purge_email(&self, email_id: &[u8], expiry_entry: &[u8]) -> Result<()> {
         let t = &self.trees;
-        self.writer.write(|tx| {
-            let (emails, outbox, sending, expiry) = (
-                tx.on(&t.emails),
-                tx.on(&t.outbox),
-                tx.on(&t.emails_sending),
-                tx.on(&t.expiry),
-            );
-            if let Some(bytes) = emails.remove(email_id)? {
-                let email: Email = decode(&bytes)?;
-                outbox.remove(outbox_key(email.next_attempt_at, &email.id))?;
-                sending.remove(email_id)?;
-            }
-            expiry.remove(expiry_entry)?;
-            Ok(())
-        })
+        self.writer
+            .write(|tx| {
+                let (emails, outbox, sending, expiry) = (
+                    tx.on(&t.emails),
+                    tx.on(&t.outbox),
+                    tx.on(&t.emails_sending),
+                    tx.on(&t.expiry),
+                );
+                if let Some(bytes) = emails.remove(email_id)? {
+                    let email: Email = decode(&bytes)?;
+                    outbox.remove(outbox_key(email.next_attempt_at, &email.id))?;
+                    sending.remove(email_id)?;
+                }
+                expiry.remove(expiry_entry)?;
+                Ok(())
+            })
+            .await
     }
 
-    fn purge_session(&self, session_id: &[u8], expiry_entry: &[u8]) -> Result<()> {
+    async fn purge_session(&self, session_id: &[u8], expiry_entry: &[u8]) -> Result<()> {
         let t = &self.trees;
-        self.writer.write(|tx| {
-            let (sessions, tokens, user_sessions, expiry) = (
-                tx.on(&t.sessions),
-                tx.on(&t.session_tokens),
-                tx.on(&t.user_sessions),
-                tx.on(&t.expiry),
-            );
-            if let Some(bytes) = sessions.remove(session_id)? {
-                let session: Session = decode(&bytes)?;
-                tokens.remove(session.token_digest.as_bytes())?;
-                user_sessions.remove(child_key(&session.user_id, session_id))?;
-            }
-            expiry.remove(expiry_entry)?;
-            Ok(())
-        })
+        self.writer
+            .write(|tx| {
+                let (sessions, tokens, user_sessions, expiry) = (
+                    tx.on(&t.sessions),
+                    tx.on(&t.session_tokens),
+                    tx.on(&t.user_sessions),
+                    tx.on(&t.expiry),
+                );
+                if let Some(bytes) = sessions.remove(session_id)? {
+                    let session: Session = decode(&bytes)?;
+                    tokens.remove(session.token_digest.as_bytes())?;
+                    user_sessions.remove(child_key(&session.user_id, session_id))?;
+                }
+                expiry.remove(expiry_entry)?;
+                Ok(())
+            })
+            .await
     }
 }
 
@@ -295,16 +301,19 @@ impl Store for SledStore {
     }
 
     async fn update_user(&self, user_id: &str, update: UpdateUserFn<'_>) -> Result<User> {
-        let updated = self.writer.write(|tx| {
-            let users = tx.on(&self.trees.users);
-            let Some(bytes) = users.get(user_id)? else {
-                return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this id"));
-            };
-            let current: User = decode(&bytes)?;
-            let updated = update(&current)?;
-            users.insert(user_id, encode(&updated));
-            Ok(updated)
-        })?;
+        let updated = self
+            .writer
+            .write(|tx| {
+                let users = tx.on(&self.trees.users);
+                let Some(bytes) = users.get(user_id)? else {
+                    return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this id"));
+                };
+                let current: User = decode(&bytes)?;
+                let updated = update(&current)?;
+                users.insert(user_id, encode(&updated));
+                Ok(updated)
+            })
+            .await?;
         self.durable().await?;
         Ok(updated)
     }
@@ -314,47 +323,50 @@ impl Store for SledStore {
         let link_keys = Self::child_keys(&t.user_links, user_id)?;
         let session_keys = Self::child_keys(&t.user_sessions, user_id)?;
         let prefix_len = child_prefix(user_id).len();
-        let deletion = self.writer.write(|tx| {
-            let (users, emails, links, reuse, user_links, sessions) = (
-                tx.on(&t.users),
-                tx.on(&t.user_emails),
-                tx.on(&t.links),
-                tx.on(&t.link_reuse),
-                tx.on(&t.user_links),
-                tx.on(&t.sessions),
-            );
-            let Some(bytes) = users.remove(user_id.as_bytes())? else {
-                return Ok(None);
-            };
-            let user: User = decode(&bytes)?;
-            if emails.get(user.email_key())?.as_deref() == Some(user_id.as_bytes()) {
-                emails.remove(user.email_key().as_bytes())?;
-            }
-            let mut deletion = UserDeletion::default();
-            for key in &link_keys {
-                let digest = &key[prefix_len..];
-                if let Some(bytes) = links.remove(digest)? {
-                    let link: Link = decode(&bytes)?;
-                    if link.used_at.is_none() && link.expires_at > now {
-                        deletion.voided_links += 1;
-                    }
-                    forget_reuse(&reuse, &link, digest)?;
+        let deletion = self
+            .writer
+            .write(|tx| {
+                let (users, emails, links, reuse, user_links, sessions) = (
+                    tx.on(&t.users),
+                    tx.on(&t.user_emails),
+                    tx.on(&t.links),
+                    tx.on(&t.link_reuse),
+                    tx.on(&t.user_links),
+                    tx.on(&t.sessions),
+                );
+                let Some(bytes) = users.remove(user_id.as_bytes())? else {
+                    return Ok(None);
+                };
+                let user: User = decode(&bytes)?;
+                if emails.get(user.email_key())?.as_deref() == Some(user_id.as_bytes()) {
+                    emails.remove(user.email_key().as_bytes())?;
                 }
-                user_links.remove(key)?;
-            }
-            for key in &session_keys {
-                let session_id = &key[prefix_len..];
-                if let Some(bytes) = sessions.get(session_id)? {
-                    let mut session: Session = decode(&bytes)?;
-                    if session.revoked_at.is_none() && session.expires_at > now {
-                        session.revoked_at = Some(now);
-                        sessions.insert(session_id, encode(&session));
-                        deletion.revoked_sessions += 1;
+                let mut deletion = UserDeletion::default();
+                for key in &link_keys {
+                    let digest = &key[prefix_len..];
+                    if let Some(bytes) = links.remove(digest)? {
+                        let link: Link = decode(&bytes)?;
+                        if link.used_at.is_none() && link.expires_at > now {
+                            deletion.voided_links += 1;
+                        }
+                        forget_reuse(&reuse, &link, digest)?;
+                    }
+                    user_links.remove(key)?;
+                }
+                for key in &session_keys {
+                    let session_id = &key[prefix_len..];
+                    if let Some(bytes) = sessions.get(session_id)? {
+                        let mut session: Session = decode(&bytes)?;
+                        if session.revoked_at.is_none() && session.expires_at > now {
+                            session.revoked_at = Some(now);
+                            sessions.insert(session_id, encode(&session));
+                            deletion.revoked_sessions += 1;
+                        }
                     }
                 }
-            }
-            Ok(Some(deletion))
-        })?;
+                Ok(Some(deletion))
+            })
+            .await?;
         self.durable().await?;
         Ok(deletion)
     }
@@ -363,43 +375,46 @@ impl Store for SledStore {
         let t = &self.trees;
         let digest = link.token_digest.as_bytes();
         let retention = self.retention;
-        let outcome = self.writer.write(|tx| {
-            let (users, emails, links, reuse, user_links, expiry) = (
-                tx.on(&t.users),
-                tx.on(&t.user_emails),
-                tx.on(&t.links),
-                tx.on(&t.link_reuse),
-                tx.on(&t.user_links),
-                tx.on(&t.expiry),
-            );
-            if let Some(reuse_key) = &link.reuse_key {
-                if let Some(existing) = reuse.get(reuse_key.as_bytes())?
-                    && let Some(bytes) = links.get(&existing)?
-                {
-                    let existing: Link = decode(&bytes)?;
-                    if existing.used_at.is_none() && existing.expires_at > now {
-                        return Ok(LinkInsert::Existing(Box::new(existing)));
+        let outcome = self
+            .writer
+            .write(|tx| {
+                let (users, emails, links, reuse, user_links, expiry) = (
+                    tx.on(&t.users),
+                    tx.on(&t.user_emails),
+                    tx.on(&t.links),
+                    tx.on(&t.link_reuse),
+                    tx.on(&t.user_links),
+                    tx.on(&t.expiry),
+                );
+                if let Some(reuse_key) = &link.reuse_key {
+                    if let Some(existing) = reuse.get(reuse_key.as_bytes())?
+                        && let Some(bytes) = links.get(&existing)?
+                    {
+                        let existing: Link = decode(&bytes)?;
+                        if existing.used_at.is_none() && existing.expires_at > now {
+                            return Ok(LinkInsert::Existing(Box::new(existing)));
+                        }
                     }
+                    reuse.insert(reuse_key.as_bytes(), digest);
                 }
-                reuse.insert(reuse_key.as_bytes(), digest);
-            }
-            if new_user.is_none() && users.get(link.user_id.as_bytes())?.is_none() {
-                // Deleted while this call ran.
-                return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"));
-            }
-            if let Some(user) = new_user {
-                let email_key = user.email_key();
-                if emails.get(email_key.as_bytes())?.is_some() {
-                    return Err(Error::new(Reason::USER_EXISTS, "a user with this email exists"));
+                if new_user.is_none() && users.get(link.user_id.as_bytes())?.is_none() {
+                    // Deleted while this call ran.
+                    return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"));
                 }
-                emails.insert(email_key.as_bytes(), user.id.as_bytes());
-                users.insert(user.id.as_bytes(), encode(user));
-            }
-            links.insert(digest, encode(link));
-            user_links.insert(child_key(&link.user_id, digest), &[]);
-            expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[]);
-            Ok(LinkInsert::Inserted)
-        })?;
+                if let Some(user) = new_user {
+                    let email_key = user.email_key();
+                    if emails.get(email_key.as_bytes())?.is_some() {
+                        return Err(Error::new(Reason::USER_EXISTS, "a user with this email exists"));
+                    }
+                    emails.insert(email_key.as_bytes(), user.id.as_bytes());
+                    users.insert(user.id.as_bytes(), encode(user));
+                }
+                links.insert(digest, encode(link));
+                user_links.insert(child_key(&link.user_id, digest), &[]);
+                expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[]);
+                Ok(LinkInsert::Inserted)
+            })
+            .await?;
         // Also when an existing link comes back: its own writer may not have been flushed yet.
         self.durable().await?;
         Ok(outcome)
@@ -412,49 +427,52 @@ impl Store for SledStore {
     async fn redeem_link(&self, token_digest: &Digest32, decide: RedeemFn<'_>) -> Result<Redemption> {
         let t = &self.trees;
         let retention = self.retention;
-        let redemption = self.writer.write(|tx| {
-            let (links, users, sessions, tokens, user_sessions, expiry, attempts, codes) = (
-                tx.on(&t.links),
-                tx.on(&t.users),
-                tx.on(&t.sessions),
-                tx.on(&t.session_tokens),
-                tx.on(&t.user_sessions),
-                tx.on(&t.expiry),
-                tx.on(&t.attempts),
-                tx.on(&t.codes),
-            );
-            let not_found = || Error::new(Reason::TOKEN_NOT_FOUND, "no such token");
-            let Some(bytes) = links.get(token_digest.as_bytes())? else {
-                return Err(not_found());
-            };
-            let link: Link = decode(&bytes)?;
-            let Some(bytes) = users.get(link.user_id.as_bytes())? else {
-                return Err(not_found());
-            };
-            let user: User = decode(&bytes)?;
-            let attempt: Option<Attempt> = match &link.attempt {
-                Some(ref_digest) => match attempts.get(ref_digest.as_bytes())? {
-                    Some(bytes) => Some(decode(&bytes)?),
-                    None => return Err(not_found()),
-                },
-                None => None,
-            };
-            let redemption = decide(&link, &user, attempt.as_ref())?;
-            if let Some(attempt) = &redemption.attempt {
-                attempts.insert(attempt.ref_digest.as_bytes(), encode(attempt));
-            }
-            if let Some(code) = &redemption.code {
-                let key = code.code_digest.as_bytes();
-                codes.insert(key, encode(code));
-                expiry.insert(expiry_key(code.expires_at + retention, Expiring::Code, key), &[]);
-            }
-            links.insert(token_digest.as_bytes(), encode(&redemption.link));
-            users.insert(user.id.as_bytes(), encode(&redemption.user));
-            if let Some(session) = &redemption.session {
-                insert_session(&sessions, &tokens, &user_sessions, &expiry, session, retention);
-            }
-            Ok(redemption)
-        })?;
+        let redemption = self
+            .writer
+            .write(|tx| {
+                let (links, users, sessions, tokens, user_sessions, expiry, attempts, codes) = (
+                    tx.on(&t.links),
+                    tx.on(&t.users),
+                    tx.on(&t.sessions),
+                    tx.on(&t.session_tokens),
+                    tx.on(&t.user_sessions),
+                    tx.on(&t.expiry),
+                    tx.on(&t.attempts),
+                    tx.on(&t.codes),
+                );
+                let not_found = || Error::new(Reason::TOKEN_NOT_FOUND, "no such token");
+                let Some(bytes) = links.get(token_digest.as_bytes())? else {
+                    return Err(not_found());
+                };
+                let link: Link = decode(&bytes)?;
+                let Some(bytes) = users.get(link.user_id.as_bytes())? else {
+                    return Err(not_found());
+                };
+                let user: User = decode(&bytes)?;
+                let attempt: Option<Attempt> = match &link.attempt {
+                    Some(ref_digest) => match attempts.get(ref_digest.as_bytes())? {
+                        Some(bytes) => Some(decode(&bytes)?),
+                        None => return Err(not_found()),
+                    },
+                    None => None,
+                };
+                let redemption = decide(&link, &user, attempt.as_ref())?;
+                if let Some(attempt) = &redemption.attempt {
+                    attempts.insert(attempt.ref_digest.as_bytes(), encode(attempt));
+                }
+                if let Some(code) = &redemption.code {
+                    let key = code.code_digest.as_bytes();
+                    codes.insert(key, encode(code));
+                    expiry.insert(expiry_key(code.expires_at + retention, Expiring::Code, key), &[]);
+                }
+                links.insert(token_digest.as_bytes(), encode(&redemption.link));
+                users.insert(user.id.as_bytes(), encode(&redemption.user));
+                if let Some(session) = &redemption.session {
+                    insert_session(&sessions, &tokens, &user_sessions, &expiry, session, retention);
+                }
+                Ok(redemption)
+            })
+            .await?;
         self.durable().await?;
         Ok(redemption)
     }
@@ -472,18 +490,21 @@ impl Store for SledStore {
     }
 
     async fn revoke_session(&self, session_id: &str, now: Millis) -> Result<Option<Session>> {
-        let session = self.writer.write(|tx| {
-            let sessions = tx.on(&self.trees.sessions);
-            let Some(bytes) = sessions.get(session_id)? else {
-                return Ok(None);
-            };
-            let mut session: Session = decode(&bytes)?;
-            if session.revoked_at.is_none() {
-                session.revoked_at = Some(now);
-                sessions.insert(session_id, encode(&session));
-            }
-            Ok(Some(session))
-        })?;
+        let session = self
+            .writer
+            .write(|tx| {
+                let sessions = tx.on(&self.trees.sessions);
+                let Some(bytes) = sessions.get(session_id)? else {
+                    return Ok(None);
+                };
+                let mut session: Session = decode(&bytes)?;
+                if session.revoked_at.is_none() {
+                    session.revoked_at = Some(now);
+                    sessions.insert(session_id, encode(&session));
+                }
+                Ok(Some(session))
+            })
+            .await?;
         self.durable().await?;
         Ok(session)
     }
@@ -492,27 +513,30 @@ impl Store for SledStore {
         let keys = Self::child_keys(&self.trees.user_sessions, user_id)?;
         let prefix_len = child_prefix(user_id).len();
         let t = &self.trees;
-        let revoked = self.writer.write(|tx| {
-            let (users, sessions) = (tx.on(&t.users), tx.on(&t.sessions));
-            if let Some(bytes) = users.get(user_id.as_bytes())? {
-                let mut user: User = decode(&bytes)?;
-                user.sessions_revoked_at = Some(now);
-                users.insert(user_id.as_bytes(), encode(&user));
-            }
-            let mut revoked = 0;
-            for key in &keys {
-                let session_id = &key[prefix_len..];
-                if let Some(bytes) = sessions.get(session_id)? {
-                    let mut session: Session = decode(&bytes)?;
-                    if session.revoked_at.is_none() && session.expires_at > now {
-                        session.revoked_at = Some(now);
-                        sessions.insert(session_id, encode(&session));
-                        revoked += 1;
+        let revoked = self
+            .writer
+            .write(|tx| {
+                let (users, sessions) = (tx.on(&t.users), tx.on(&t.sessions));
+                if let Some(bytes) = users.get(user_id.as_bytes())? {
+                    let mut user: User = decode(&bytes)?;
+                    user.sessions_revoked_at = Some(now);
+                    users.insert(user_id.as_bytes(), encode(&user));
+                }
+                let mut revoked = 0;
+                for key in &keys {
+                    let session_id = &key[prefix_len..];
+                    if let Some(bytes) = sessions.get(session_id)? {
+                        let mut session: Session = decode(&bytes)?;
+                        if session.revoked_at.is_none() && session.expires_at > now {
+                            session.revoked_at = Some(now);
+                            sessions.insert(session_id, encode(&session));
+                            revoked += 1;
+                        }
                     }
                 }
-            }
-            Ok(revoked)
-        })?;
+                Ok(revoked)
+            })
+            .await?;
         self.durable().await?;
         Ok(revoked)
     }
@@ -528,61 +552,63 @@ impl Store for SledStore {
     ) -> Result<()> {
         let t = &self.trees;
         let retention = self.retention;
-        self.writer.write(|tx| {
-            let (users, emails_index, links_tree, user_links, expiry, emails, outbox, rate_limits, attempts) = (
-                tx.on(&t.users),
-                tx.on(&t.user_emails),
-                tx.on(&t.links),
-                tx.on(&t.user_links),
-                tx.on(&t.expiry),
-                tx.on(&t.emails),
-                tx.on(&t.outbox),
-                tx.on(&t.rate_limits),
-                tx.on(&t.attempts),
-            );
-            if let Some((key, limit)) = rate {
-                let bucket: Option<RateBucket> = match rate_limits.get(key.as_bytes())? {
-                    Some(bytes) => Some(decode(&bytes)?),
-                    None => None,
-                };
-                match limit.take(bucket.as_ref(), now) {
-                    Ok(bucket) => rate_limits.insert(key.as_bytes(), encode(&bucket)),
-                    Err(retry_after) => return Err(Error::RateLimited { retry_after }),
-                };
-            }
-            match new_user {
-                Some(user) => {
-                    let email_key = user.email_key();
-                    if emails_index.get(email_key.as_bytes())?.is_some() {
-                        return Err(Error::new(Reason::USER_EXISTS, "a user with this email exists"));
+        self.writer
+            .write(|tx| {
+                let (users, emails_index, links_tree, user_links, expiry, emails, outbox, rate_limits, attempts) = (
+                    tx.on(&t.users),
+                    tx.on(&t.user_emails),
+                    tx.on(&t.links),
+                    tx.on(&t.user_links),
+                    tx.on(&t.expiry),
+                    tx.on(&t.emails),
+                    tx.on(&t.outbox),
+                    tx.on(&t.rate_limits),
+                    tx.on(&t.attempts),
+                );
+                if let Some((key, limit)) = rate {
+                    let bucket: Option<RateBucket> = match rate_limits.get(key.as_bytes())? {
+                        Some(bytes) => Some(decode(&bytes)?),
+                        None => None,
+                    };
+                    match limit.take(bucket.as_ref(), now) {
+                        Ok(bucket) => rate_limits.insert(key.as_bytes(), encode(&bucket)),
+                        Err(retry_after) => return Err(Error::RateLimited { retry_after }),
+                    };
+                }
+                match new_user {
+                    Some(user) => {
+                        let email_key = user.email_key();
+                        if emails_index.get(email_key.as_bytes())?.is_some() {
+                            return Err(Error::new(Reason::USER_EXISTS, "a user with this email exists"));
+                        }
+                        emails_index.insert(email_key.as_bytes(), user.id.as_bytes());
+                        users.insert(user.id.as_bytes(), encode(user));
                     }
-                    emails_index.insert(email_key.as_bytes(), user.id.as_bytes());
-                    users.insert(user.id.as_bytes(), encode(user));
+                    None if users.get(email.user_id.as_bytes())?.is_none() => {
+                        return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"));
+                    }
+                    None => {}
                 }
-                None if users.get(email.user_id.as_bytes())?.is_none() => {
-                    return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"));
+                for link in links {
+                    let digest = link.token_digest.as_bytes();
+                    links_tree.insert(digest, encode(link));
+                    user_links.insert(child_key(&link.user_id, digest), &[]);
+                    expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[]);
                 }
-                None => {}
-            }
-            for link in links {
-                let digest = link.token_digest.as_bytes();
-                links_tree.insert(digest, encode(link));
-                user_links.insert(child_key(&link.user_id, digest), &[]);
-                expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[]);
-            }
-            if let Some(attempt) = attempt {
-                let key = attempt.ref_digest.as_bytes();
-                attempts.insert(key, encode(attempt));
-                expiry.insert(expiry_key(attempt.expires_at + retention, Expiring::Attempt, key), &[]);
-            }
-            emails.insert(email.id.as_bytes(), encode(email));
-            outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[]);
-            expiry.insert(
-                expiry_key(email.link_expires_at + retention, Expiring::Email, email.id.as_bytes()),
-                &[],
-            );
-            Ok(())
-        })?;
+                if let Some(attempt) = attempt {
+                    let key = attempt.ref_digest.as_bytes();
+                    attempts.insert(key, encode(attempt));
+                    expiry.insert(expiry_key(attempt.expires_at + retention, Expiring::Attempt, key), &[]);
+                }
+                emails.insert(email.id.as_bytes(), encode(email));
+                outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[]);
+                expiry.insert(
+                    expiry_key(email.link_expires_at + retention, Expiring::Email, email.id.as_bytes()),
+                    &[],
+                );
+                Ok(())
+            })
+            .await?;
         self.durable().await
     }
 
@@ -613,39 +639,43 @@ impl Store for SledStore {
     async fn claim_email(&self, email_id: &str, _now: Millis) -> Result<Option<Email>> {
         let t = &self.trees;
         // Not waited on: a claim lost in a crash leaves the email QUEUED, which is as good.
-        self.writer.write(|tx| {
-            let (emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
-            let Some(bytes) = emails.get(email_id.as_bytes())? else {
-                return Ok(None);
-            };
-            let mut email: Email = decode(&bytes)?;
-            outbox.remove(outbox_key(email.next_attempt_at, &email.id))?;
-            if email.status != EmailStatus::Queued {
-                return Ok(None);
-            }
-            email.status = EmailStatus::Sending;
-            emails.insert(email_id.as_bytes(), encode(&email));
-            sending.insert(email_id.as_bytes(), &[]);
-            Ok(Some(email))
-        })
+        self.writer
+            .write(|tx| {
+                let (emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
+                let Some(bytes) = emails.get(email_id.as_bytes())? else {
+                    return Ok(None);
+                };
+                let mut email: Email = decode(&bytes)?;
+                outbox.remove(outbox_key(email.next_attempt_at, &email.id))?;
+                if email.status != EmailStatus::Queued {
+                    return Ok(None);
+                }
+                email.status = EmailStatus::Sending;
+                emails.insert(email_id.as_bytes(), encode(&email));
+                sending.insert(email_id.as_bytes(), &[]);
+                Ok(Some(email))
+            })
+            .await
     }
 
     async fn finish_email(&self, email: &Email) -> Result<()> {
         let t = &self.trees;
-        self.writer.write(|tx| {
-            let (emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
-            if emails.get(email.id.as_bytes())?.is_none() {
-                // Purged while it was being sent: nothing left to record.
+        self.writer
+            .write(|tx| {
+                let (emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
+                if emails.get(email.id.as_bytes())?.is_none() {
+                    // Purged while it was being sent: nothing left to record.
+                    sending.remove(email.id.as_bytes())?;
+                    return Ok(());
+                }
+                emails.insert(email.id.as_bytes(), encode(email));
                 sending.remove(email.id.as_bytes())?;
-                return Ok(());
-            }
-            emails.insert(email.id.as_bytes(), encode(email));
-            sending.remove(email.id.as_bytes())?;
-            if email.status == EmailStatus::Queued {
-                outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[]);
-            }
-            Ok(())
-        })?;
+                if email.status == EmailStatus::Queued {
+                    outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[]);
+                }
+                Ok(())
+            })
+            .await?;
         self.durable().await
     }
 
@@ -658,21 +688,23 @@ impl Store for SledStore {
             .collect::<std::result::Result<_, _>>()
             .map_err(storage)?;
         for email_id in &interrupted {
-            self.writer.write(|tx| {
-                let (emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
-                sending.remove(email_id)?;
-                let Some(bytes) = emails.get(email_id)? else {
-                    return Ok(());
-                };
-                let mut email: Email = decode(&bytes)?;
-                if email.status == EmailStatus::Sending {
-                    email.status = EmailStatus::Queued;
-                    email.next_attempt_at = now;
-                    emails.insert(email_id, encode(&email));
-                    outbox.insert(outbox_key(now, &email.id), &[]);
-                }
-                Ok(())
-            })?;
+            self.writer
+                .write(|tx| {
+                    let (emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
+                    sending.remove(email_id)?;
+                    let Some(bytes) = emails.get(email_id)? else {
+                        return Ok(());
+                    };
+                    let mut email: Email = decode(&bytes)?;
+                    if email.status == EmailStatus::Sending {
+                        email.status = EmailStatus::Queued;
+                        email.next_attempt_at = now;
+                        emails.insert(email_id, encode(&email));
+                        outbox.insert(outbox_key(now, &email.id), &[]);
+                    }
+                    Ok(())
+                })
+                .await?;
         }
         if !interrupted.is_empty() {
             self.durable().await?;
@@ -683,41 +715,44 @@ impl Store for SledStore {
     async fn redeem_code(&self, code_digest: &Digest32, decide: RedeemCodeFn<'_>) -> Result<CodeRedemption> {
         let t = &self.trees;
         let retention = self.retention;
-        let redemption = self.writer.write(|tx| {
-            let (codes, users, sessions, tokens, user_sessions, expiry) = (
-                tx.on(&t.codes),
-                tx.on(&t.users),
-                tx.on(&t.sessions),
-                tx.on(&t.session_tokens),
-                tx.on(&t.user_sessions),
-                tx.on(&t.expiry),
-            );
-            let not_found = || Error::new(Reason::CODE_NOT_FOUND, "no such authorization code");
-            let Some(bytes) = codes.get(code_digest.as_bytes())? else {
-                return Err(not_found());
-            };
-            let code: AuthCode = decode(&bytes)?;
-            // A deleted user's codes are void, as their links are.
-            let Some(bytes) = users.get(code.user_id.as_bytes())? else {
-                return Err(not_found());
-            };
-            let user: User = decode(&bytes)?;
-            let redemption = decide(&code, &user)?;
-            codes.insert(code_digest.as_bytes(), encode(&redemption.code));
-            if let Some(session) = &redemption.session {
-                insert_session(&sessions, &tokens, &user_sessions, &expiry, session, retention);
-            }
-            if let Some((session_id, at)) = &redemption.revoke_session
-                && let Some(bytes) = sessions.get(session_id.as_bytes())?
-            {
-                let mut session: Session = decode(&bytes)?;
-                if session.revoked_at.is_none() {
-                    session.revoked_at = Some(*at);
-                    sessions.insert(session_id.as_bytes(), encode(&session));
+        let redemption = self
+            .writer
+            .write(|tx| {
+                let (codes, users, sessions, tokens, user_sessions, expiry) = (
+                    tx.on(&t.codes),
+                    tx.on(&t.users),
+                    tx.on(&t.sessions),
+                    tx.on(&t.session_tokens),
+                    tx.on(&t.user_sessions),
+                    tx.on(&t.expiry),
+                );
+                let not_found = || Error::new(Reason::CODE_NOT_FOUND, "no such authorization code");
+                let Some(bytes) = codes.get(code_digest.as_bytes())? else {
+                    return Err(not_found());
+                };
+                let code: AuthCode = decode(&bytes)?;
+                // A deleted user's codes are void, as their links are.
+                let Some(bytes) = users.get(code.user_id.as_bytes())? else {
+                    return Err(not_found());
+                };
+                let user: User = decode(&bytes)?;
+                let redemption = decide(&code, &user)?;
+                codes.insert(code_digest.as_bytes(), encode(&redemption.code));
+                if let Some(session) = &redemption.session {
+                    insert_session(&sessions, &tokens, &user_sessions, &expiry, session, retention);
                 }
-            }
-            Ok(redemption)
-        })?;
+                if let Some((session_id, at)) = &redemption.revoke_session
+                    && let Some(bytes) = sessions.get(session_id.as_bytes())?
+                {
+                    let mut session: Session = decode(&bytes)?;
+                    if session.revoked_at.is_none() {
+                        session.revoked_at = Some(*at);
+                        sessions.insert(session_id.as_bytes(), encode(&session));
+                    }
+                }
+                Ok(redemption)
+            })
+            .await?;
         self.durable().await?;
         Ok(redemption)
     }
@@ -729,27 +764,30 @@ impl Store for SledStore {
     async fn collect_attempt(&self, ref_digest: &Digest32, session: &Session) -> Result<Option<Collection>> {
         let t = &self.trees;
         let retention = self.retention;
-        let collection = self.writer.write(|tx| {
-            let (attempts, sessions, tokens, user_sessions, expiry) = (
-                tx.on(&t.attempts),
-                tx.on(&t.sessions),
-                tx.on(&t.session_tokens),
-                tx.on(&t.user_sessions),
-                tx.on(&t.expiry),
-            );
-            let Some(bytes) = attempts.get(ref_digest.as_bytes())? else {
-                return Ok(None);
-            };
-            let mut attempt: Attempt = decode(&bytes)?;
-            if attempt.status != AttemptStatus::Verified {
-                return Ok(Some(Collection::Unchanged(attempt)));
-            }
-            attempt.status = AttemptStatus::Collected;
-            attempt.session_id = Some(session.id.clone());
-            attempts.insert(ref_digest.as_bytes(), encode(&attempt));
-            insert_session(&sessions, &tokens, &user_sessions, &expiry, session, retention);
-            Ok(Some(Collection::Collected(attempt)))
-        })?;
+        let collection = self
+            .writer
+            .write(|tx| {
+                let (attempts, sessions, tokens, user_sessions, expiry) = (
+                    tx.on(&t.attempts),
+                    tx.on(&t.sessions),
+                    tx.on(&t.session_tokens),
+                    tx.on(&t.user_sessions),
+                    tx.on(&t.expiry),
+                );
+                let Some(bytes) = attempts.get(ref_digest.as_bytes())? else {
+                    return Ok(None);
+                };
+                let mut attempt: Attempt = decode(&bytes)?;
+                if attempt.status != AttemptStatus::Verified {
+                    return Ok(Some(Collection::Unchanged(attempt)));
+                }
+                attempt.status = AttemptStatus::Collected;
+                attempt.session_id = Some(session.id.clone());
+                attempts.insert(ref_digest.as_bytes(), encode(&attempt));
+                insert_session(&sessions, &tokens, &user_sessions, &expiry, session, retention);
+                Ok(Some(Collection::Collected(attempt)))
+            })
+            .await?;
         if matches!(collection, Some(Collection::Collected(_))) {
             self.durable().await?;
         }
@@ -791,26 +829,30 @@ impl Store for SledStore {
             .map_err(storage)?;
         for entry in &due {
             match codec::parse_expiry_key(entry) {
-                Some((Expiring::Link, digest)) => self.purge_link(digest, entry)?,
-                Some((Expiring::Session, session_id)) => self.purge_session(session_id, entry)?,
-                Some((Expiring::Email, email_id)) => self.purge_email(email_id, entry)?,
+                Some((Expiring::Link, digest)) => self.purge_link(digest, entry).await?,
+                Some((Expiring::Session, session_id)) => self.purge_session(session_id, entry).await?,
+                Some((Expiring::Email, email_id)) => self.purge_email(email_id, entry).await?,
                 Some((Expiring::Code, code_digest)) => {
                     let t = &self.trees;
-                    self.writer.write(|tx| {
-                        let (codes, expiry) = (tx.on(&t.codes), tx.on(&t.expiry));
-                        codes.remove(code_digest)?;
-                        expiry.remove(entry.as_ref())?;
-                        Ok(())
-                    })?;
+                    self.writer
+                        .write(|tx| {
+                            let (codes, expiry) = (tx.on(&t.codes), tx.on(&t.expiry));
+                            codes.remove(code_digest)?;
+                            expiry.remove(entry.as_ref())?;
+                            Ok(())
+                        })
+                        .await?;
                 }
                 Some((Expiring::Attempt, ref_digest)) => {
                     let t = &self.trees;
-                    self.writer.write(|tx| {
-                        let (attempts, expiry) = (tx.on(&t.attempts), tx.on(&t.expiry));
-                        attempts.remove(ref_digest)?;
-                        expiry.remove(entry.as_ref())?;
-                        Ok(())
-                    })?;
+                    self.writer
+                        .write(|tx| {
+                            let (attempts, expiry) = (tx.on(&t.attempts), tx.on(&t.expiry));
+                            attempts.remove(ref_digest)?;
+                            expiry.remove(entry.as_ref())?;
+                            Ok(())
+                        })
+                        .await?;
                 }
                 None => {
                     self.trees.expiry.remove(entry).map_err(storage)?;

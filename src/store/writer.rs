@@ -19,7 +19,6 @@
 //! - **Durability** is unchanged: the caller waits for the group commit after its write returns.
 
 use std::cell::RefCell;
-use std::sync::Mutex;
 
 use sled::IVec;
 
@@ -99,7 +98,7 @@ pub struct Writer {
     db: sled::Db,
     journal: sled::Tree,
     /// The next journal sequence number; holding it is holding the right to write.
-    next_seq: Mutex<u64>,
+    next_seq: tokio::sync::Mutex<u64>,
 }
 
 const JOURNAL_TREE: &str = "journal";
@@ -129,14 +128,15 @@ impl Writer {
         Ok(Self {
             db: db.clone(),
             journal,
-            next_seq: Mutex::new(0),
+            next_seq: tokio::sync::Mutex::new(0),
         })
     }
 
     /// Runs `operation` alone, then applies what it staged (nothing if it failed). The writes are
     /// visible to readers on return, durable only after the group commit.
-    pub fn write<T>(&self, operation: impl FnOnce(&Tx) -> Result<T>) -> Result<T> {
-        let mut seq = self.next_seq.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    pub async fn write<T>(&self, operation: impl FnOnce(&Tx) -> Result<T>) -> Result<T> {
+        // An async lock: a runtime worker waiting for its turn serves other calls meanwhile.
+        let mut seq = self.next_seq.lock().await;
         let tx = Tx::default();
         let value = operation(&tx)?;
         let writes = tx.writes.into_inner();
@@ -226,8 +226,8 @@ mod tests {
         (dir, db)
     }
 
-    #[test]
-    fn an_operation_reads_its_own_writes_and_a_failed_one_writes_nothing() {
+    #[tokio::test]
+    async fn an_operation_reads_its_own_writes_and_a_failed_one_writes_nothing() {
         let (_dir, db) = temp_db();
         let writer = Writer::open(&db).unwrap();
         let (a, b) = (db.open_tree("a").unwrap(), db.open_tree("b").unwrap());
@@ -241,21 +241,24 @@ mod tests {
                 tx.on(&b).insert("k", "2");
                 Ok(())
             })
+            .await
             .unwrap();
         assert_eq!(a.get("k").unwrap(), None);
         assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"2"[..]));
-        let failed: Result<()> = writer.write(|tx| {
-            tx.on(&a).insert("x", "1");
-            tx.on(&b).insert("x", "1");
-            Err(Error::internal("decided against it"))
-        });
+        let failed: Result<()> = writer
+            .write(|tx| {
+                tx.on(&a).insert("x", "1");
+                tx.on(&b).insert("x", "1");
+                Err(Error::internal("decided against it"))
+            })
+            .await;
         assert!(failed.is_err());
         assert_eq!((a.get("x").unwrap(), b.get("x").unwrap()), (None, None));
         assert!(writer.journal.is_empty(), "applied records leave the journal");
     }
 
-    #[test]
-    fn a_journal_record_left_by_a_crash_is_completed_at_open() {
+    #[tokio::test]
+    async fn a_journal_record_left_by_a_crash_is_completed_at_open() {
         let (_dir, db) = temp_db();
         let (a, b) = (db.open_tree("a").unwrap(), db.open_tree("b").unwrap());
         a.insert("gone", "x").unwrap();
