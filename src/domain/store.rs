@@ -5,8 +5,8 @@
 //! - a method that changes state returns only once its writes are durable (SPEC §10: flushed and
 //!   fdatasynced, group-committed);
 //! - each method is atomic: it writes all of its records or none;
-//! - decision closures (`RedeemFn`, `UpdateUserFn`) are pure: they may run more than once (a
-//!   transaction retried on conflict) and must not have side effects;
+//! - decision closures (`RedeemFn`, `UpdateUserFn`) are pure: an implementation may run them more
+//!   than once (a transaction retried on conflict), so they must not have side effects;
 //! - expired links and sessions stay readable for the retention period (to answer
 //!   `TOKEN_EXPIRED`), then `purge_expired` removes them and every index entry pointing at them.
 //!
@@ -48,7 +48,7 @@ pub type RedeemFn<'a> = &'a (dyn Fn(&Link, &User, Option<&Attempt>) -> Result<Re
 #[derive(Debug)]
 pub struct CodeRedemption {
     pub code: AuthCode,
-    /// The code's user as the transaction read it.
+    /// The code's user as the atomic step read it.
     pub user: User,
     pub session: Option<Session>,
     /// (session id, when): the session a replayed code's first use issued.
