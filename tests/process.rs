@@ -80,6 +80,124 @@ async fn acknowledged_writes_survive_kill_9() {
     }
 }
 
+/// What one worker of the crash test saw acknowledged, and what was in flight when the server died.
+#[derive(Default)]
+struct Acknowledged {
+    /// (token, the session its verification returned)
+    verified: Vec<(String, pb::Session)>,
+    issued_only: Vec<String>,
+    in_flight: Option<String>,
+}
+
+/// kill -9 while many calls write at once: every acknowledged write is there after the restart,
+/// whole (a link marked used has its session, and the session its token index), and the calls cut
+/// off in flight either happened whole or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_concurrent_writes_keeps_every_acknowledged_write_whole() {
+    const WORKERS: usize = 16;
+    const VERIFIED_BEFORE_KILL: usize = 300;
+    let dir = dir();
+    let mut server = BinaryServer::start(dir.path(), &[], &[]);
+    let channel = connect(server.addr).await;
+    let verified_total = Arc::new(AtomicUsize::new(0));
+    let (enough, enough_rx) = tokio::sync::watch::channel(false);
+    let enough = Arc::new(enough);
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|worker| {
+            let mut client = pb::passwordless_client::PasswordlessClient::new(channel.clone());
+            let (verified_total, enough) = (verified_total.clone(), enough.clone());
+            tokio::spawn(async move {
+                let mut seen = Acknowledged::default();
+                for n in 0.. {
+                    let email = format!("w{worker}-{n}@example.com");
+                    let Ok(issued) = client.issue_login_link(issue_request(&email)).await else {
+                        break;
+                    };
+                    let token = token_of(&issued.into_inner().link);
+                    seen.in_flight = Some(token.clone());
+                    let request = pb::VerifyTokenRequest {
+                        token: token.clone(),
+                        ..Default::default()
+                    };
+                    let Ok(verified) = client.verify_token(request).await else {
+                        break;
+                    };
+                    seen.in_flight = None;
+                    seen.verified.push((token, session_of(verified.into_inner())));
+                    if verified_total.fetch_add(1, Ordering::SeqCst) + 1 == VERIFIED_BEFORE_KILL {
+                        let _ = enough.send(true);
+                    }
+                    // Every fourth link is left unverified.
+                    if n % 4 == 0 {
+                        let email = format!("w{worker}-{n}-spare@example.com");
+                        let Ok(issued) = client.issue_login_link(issue_request(&email)).await else {
+                            break;
+                        };
+                        seen.issued_only.push(token_of(&issued.into_inner().link));
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut enough_rx = enough_rx;
+    enough_rx.wait_for(|enough| *enough).await.unwrap();
+    server.kill9();
+    let mut seen = Vec::new();
+    for worker in workers {
+        seen.push(worker.await.unwrap());
+    }
+
+    let server = BinaryServer::start(dir.path(), &[], &[]);
+    let channel = connect(server.addr).await;
+    let mut passwordless = pb::passwordless_client::PasswordlessClient::new(channel.clone());
+    let mut sessions = pb::sessions_client::SessionsClient::new(channel);
+    let mut checked = 0;
+    for worker in &seen {
+        for (token, session) in &worker.verified {
+            let again = passwordless
+                .verify_token(pb::VerifyTokenRequest {
+                    token: token.clone(),
+                    ..Default::default()
+                })
+                .await;
+            assert_error(again, Code::FailedPrecondition, "TOKEN_ALREADY_USED");
+            let request = pb::AuthenticateSessionRequest {
+                credential: Some(pb::authenticate_session_request::Credential::SessionToken(
+                    session.session_token.clone(),
+                )),
+            };
+            let authenticated = sessions
+                .authenticate_session(request)
+                .await
+                .expect("the session survived");
+            assert_eq!(
+                authenticated.into_inner().session.unwrap().session_id,
+                session.session_id
+            );
+            checked += 1;
+        }
+        for token in &worker.issued_only {
+            passwordless
+                .inspect_token(pb::InspectTokenRequest { token: token.clone() })
+                .await
+                .expect("an acknowledged link survived");
+        }
+        // Cut off in flight: either the verification happened (and then wholly) or it did not.
+        if let Some(token) = &worker.in_flight {
+            let request = pb::VerifyTokenRequest {
+                token: token.clone(),
+                ..Default::default()
+            };
+            match passwordless.verify_token(request).await {
+                Ok(verified) => assert!(!session_of(verified.into_inner()).session_token.is_empty()),
+                Err(status) => assert_eq!(reason(&status), "TOKEN_ALREADY_USED", "{status:?}"),
+            }
+        }
+    }
+    assert!(checked >= VERIFIED_BEFORE_KILL, "checked {checked}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_calls_in_flight_and_exits_zero() {
     const CALLS: usize = 1000;
