@@ -203,6 +203,7 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         path: config.data_dir.clone(),
         cache_capacity_bytes: config.store.cache_capacity_mib * 1024 * 1024,
         durability: config.store.durability,
+        commit_linger: Duration::from_micros(config.store.commit_linger_micros.into()),
         retention: Millis::from(config.store.retention_hours) * HOUR,
     };
     let store = tokio::task::spawn_blocking(move || SledStore::open(&options))

@@ -249,6 +249,8 @@ pub struct SessionsConfig {
 pub struct StoreConfig {
     pub cache_capacity_mib: u64,
     pub durability: Durability,
+    /// Under load, how long the group commit waits for more writes before it flushes (0: never).
+    pub commit_linger_micros: u32,
     /// How long expired links and sessions are kept (to answer TOKEN_EXPIRED) before purging.
     pub retention_hours: u32,
     pub sweep_interval_seconds: u64,
@@ -338,6 +340,7 @@ impl Config {
             store: StoreConfig {
                 cache_capacity_mib: 64,
                 durability: Durability::Fsync,
+                commit_linger_micros: 1000,
                 retention_hours: 24,
                 sweep_interval_seconds: 60,
             },
@@ -575,6 +578,9 @@ impl Config {
         }
         if self.store.cache_capacity_mib == 0 {
             return Err(invalid("store.cache_capacity_mib", "must be at least 1"));
+        }
+        if self.store.commit_linger_micros > 10_000 {
+            return Err(invalid("store.commit_linger_micros", "must be at most 10000 (10 ms)"));
         }
         if self.store.retention_hours < 24 {
             return Err(invalid(
@@ -903,6 +909,10 @@ mod tests {
         std::fs::write(&file, "[store]\ncache_capacity = 5\n").unwrap();
         let error = load(Some(&file), &Overrides::default()).unwrap_err().to_string();
         assert!(error.contains("cache_capacity"), "{error}");
+        std::fs::write(&file, "profile = \"development\"\n[store]\ncommit_linger_micros = 10001\n").unwrap();
+        let config = load(Some(&file), &Overrides::default()).unwrap();
+        let error = config.validate(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("store.commit_linger_micros"), "{error}");
         std::fs::write(&file, "[links]\nredirect_allow_list = [\"http://example.com/\"]\n").unwrap();
         let config = load(Some(&file), &Overrides::default()).unwrap();
         let error = config.validate(dir.path()).unwrap_err().to_string();

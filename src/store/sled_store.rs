@@ -43,6 +43,8 @@ pub struct SledOptions {
     pub path: PathBuf,
     pub cache_capacity_bytes: u64,
     pub durability: Durability,
+    /// See `GroupCommit::start`.
+    pub commit_linger: std::time::Duration,
     /// How long expired records stay readable (to answer TOKEN_EXPIRED) before they are purged.
     pub retention: Millis,
 }
@@ -121,10 +123,11 @@ impl SledStore {
             }
             Durability::Flush => None,
         };
-        let commit = GroupCommit::start(db.clone(), data_file).map_err(|source| OpenError::DataFile {
-            path: options.path.clone(),
-            source,
-        })?;
+        let commit =
+            GroupCommit::start(db.clone(), data_file, options.commit_linger).map_err(|source| OpenError::DataFile {
+                path: options.path.clone(),
+                source,
+            })?;
         Ok(Self {
             db,
             trees,

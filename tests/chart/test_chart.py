@@ -60,7 +60,7 @@ CONFIG_KEYS: dict[str, set[str]] = {
         "enchanted_expiration_minutes",
     },
     "sessions": {"default_duration_minutes", "jwt_minutes", "audience", "signing_key_rotation_days"},
-    "store": {"cache_capacity_mib", "durability", "retention_hours", "sweep_interval_seconds"},
+    "store": {"cache_capacity_mib", "durability", "commit_linger_micros", "retention_hours", "sweep_interval_seconds"},
     "mail": {
         "transport",
         "from",
@@ -486,6 +486,7 @@ def test_default_config_has_the_expected_values():
     assert config["store"] == {
         "cache_capacity_mib": 64,
         "durability": "fsync",
+        "commit_linger_micros": 1000,
         "retention_hours": 24,
         "sweep_interval_seconds": 60,
     }
