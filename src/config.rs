@@ -909,7 +909,11 @@ mod tests {
         std::fs::write(&file, "[store]\ncache_capacity = 5\n").unwrap();
         let error = load(Some(&file), &Overrides::default()).unwrap_err().to_string();
         assert!(error.contains("cache_capacity"), "{error}");
-        std::fs::write(&file, "profile = \"development\"\n[store]\ncommit_linger_micros = 10001\n").unwrap();
+        std::fs::write(
+            &file,
+            "profile = \"development\"\n[store]\ncommit_linger_micros = 10001\n",
+        )
+        .unwrap();
         let config = load(Some(&file), &Overrides::default()).unwrap();
         let error = config.validate(dir.path()).unwrap_err().to_string();
         assert!(error.contains("store.commit_linger_micros"), "{error}");

@@ -41,13 +41,59 @@ pub fn base64url(bytes: &[u8]) -> String {
 }
 
 /// A new random 256-bit secret, base64url without padding (43 characters).
+/// Serde for 32-byte values in stored records: base64url text, a third the size of JSON's array of
+/// numbers and quicker to read and write. The array form of earlier versions is still read.
+pub mod bytes32 {
+    use std::fmt;
+
+    use base64::Engine;
+    use serde::de::{self, SeqAccess, Visitor};
+
+    pub fn serialize<S: serde::Serializer>(bytes: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::base64url(bytes))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
+        deserializer.deserialize_any(Bytes32)
+    }
+
+    struct Bytes32;
+
+    impl<'de> Visitor<'de> for Bytes32 {
+        type Value = [u8; 32];
+
+        fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+            formatter.write_str("32 bytes as base64url text")
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<[u8; 32], E> {
+            let bytes = super::URL_SAFE_NO_PAD.decode(text).map_err(E::custom)?;
+            let length = bytes.len();
+            bytes.try_into().map_err(|_| E::invalid_length(length, &self))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 32], A::Error> {
+            let mut bytes = [0u8; 32];
+            for (index, byte) in bytes.iter_mut().enumerate() {
+                *byte = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(index, &self))?;
+            }
+            if seq.next_element::<u8>()?.is_some() {
+                return Err(de::Error::invalid_length(33, &self));
+            }
+            Ok(bytes)
+        }
+    }
+}
+
 pub fn new_secret() -> String {
     base64url(&random_bytes::<SECRET_BYTES>())
 }
 
 /// The SHA-256 of a secret: the only form in which a secret reaches the store.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Digest32(pub [u8; 32]);
+pub struct Digest32(#[serde(with = "bytes32")] pub [u8; 32]);
 
 impl Digest32 {
     pub fn of(secret: &str) -> Self {
@@ -167,6 +213,18 @@ pub mod pkce {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digests_are_stored_as_base64url_and_the_array_form_still_reads() {
+        let digest = Digest32::of("a secret");
+        let json = serde_json::to_string(&digest).unwrap();
+        assert_eq!(json, format!("\"{}\"", base64url(digest.as_bytes())));
+        assert_eq!(serde_json::from_str::<Digest32>(&json).unwrap(), digest);
+        let array = serde_json::to_string(digest.as_bytes()).unwrap();
+        assert_eq!(serde_json::from_str::<Digest32>(&array).unwrap(), digest);
+        assert!(serde_json::from_str::<Digest32>("\"AAAA\"").is_err(), "too short");
+        assert!(serde_json::from_str::<Digest32>(&format!("[{}]", ["1"; 33].join(","))).is_err());
+    }
 
     #[test]
     fn rfc7636_appendix_b_vector() {

@@ -66,6 +66,7 @@ pub struct Link {
     /// SHA-256 of the token: the record's key.
     pub token_digest: Digest32,
     /// Random; the token is HMAC(server key, seed), so only the server key holder can show it again.
+    #[serde(with = "crate::crypto::bytes32")]
     pub seed: [u8; 32],
     pub kind: LinkKind,
     pub user_id: String,
@@ -161,6 +162,7 @@ pub struct Attempt {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SigningKeyRecord {
     pub kid: String,
+    #[serde(with = "crate::crypto::bytes32")]
     pub salt: [u8; 32],
     /// Published from then on.
     pub created_at: Millis,
