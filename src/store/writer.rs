@@ -17,6 +17,8 @@
 //!   is left (every operation was applied whole, or not at all), or the last operation's record is,
 //!   with none of its successors' writes: replaying it at open completes that operation.
 //! - **Durability** is unchanged: the caller waits for the group commit after its write returns.
+//!
+//! `clippy.toml` refuses sled's transactions and batches anywhere in the crate.
 
 use std::cell::RefCell;
 
