@@ -24,7 +24,7 @@ use std::cell::RefCell;
 
 use sled::IVec;
 
-use crate::domain::error::{Error, Result};
+use crate::domain::error::{Error, Reason, Result};
 
 pub fn storage(error: sled::Error) -> Error {
     Error::internal(format!("sled: {error}"))
@@ -99,8 +99,10 @@ impl TxTree<'_> {
 pub struct Writer {
     db: sled::Db,
     journal: sled::Tree,
-    /// The next journal sequence number; holding it is holding the right to write.
-    next_seq: tokio::sync::Mutex<u64>,
+    /// The next journal sequence number; holding it is holding the right to write. `None` once a
+    /// write failed half-applied: its journal record must stay the last one (it is completed at the
+    /// next start), so nothing more is written in this process.
+    next_seq: tokio::sync::Mutex<Option<u64>>,
 }
 
 const JOURNAL_TREE: &str = "journal";
@@ -130,7 +132,7 @@ impl Writer {
         Ok(Self {
             db: db.clone(),
             journal,
-            next_seq: tokio::sync::Mutex::new(0),
+            next_seq: tokio::sync::Mutex::new(Some(0)),
         })
     }
 
@@ -138,11 +140,21 @@ impl Writer {
     /// visible to readers on return, durable only after the group commit.
     pub async fn write<T>(&self, operation: impl FnOnce(&Tx) -> Result<T>) -> Result<T> {
         // An async lock: a runtime worker waiting for its turn serves other calls meanwhile.
-        let mut seq = self.next_seq.lock().await;
+        let mut next_seq = self.next_seq.lock().await;
+        let Some(seq) = next_seq.as_mut() else {
+            return Err(Error::new(
+                Reason::STORE_UNAVAILABLE,
+                "the store stopped writing after a storage error; restart latchkey",
+            ));
+        };
         let tx = Tx::default();
         let value = operation(&tx)?;
         let writes = tx.writes.into_inner();
-        self.apply(&mut seq, &writes).map_err(storage)?;
+        if let Err(error) = self.apply(seq, &writes) {
+            tracing::error!(%error, "a write failed part-way; no more writes until a restart completes it");
+            *next_seq = None;
+            return Err(storage(error));
+        }
         Ok(value)
     }
 
@@ -257,6 +269,18 @@ mod tests {
         assert!(failed.is_err());
         assert_eq!((a.get("x").unwrap(), b.get("x").unwrap()), (None, None));
         assert!(writer.journal.is_empty(), "applied records leave the journal");
+
+        // After a write that failed part-way, nothing more is written.
+        *writer.next_seq.lock().await = None;
+        let refused = writer
+            .write(|tx| {
+                tx.on(&a).insert("y", "1");
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.reason(), Reason::STORE_UNAVAILABLE);
+        assert_eq!(a.get("y").unwrap(), None);
     }
 
     #[tokio::test]
