@@ -14,6 +14,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::process::{BinaryServer, command};
+use common::{PASSWORDLESS_METHODS, SERVICES};
 use serde_json::Value;
 
 const SETUP_HINT: &str = "run `scripts/setup-clients` from the repository root first: it installs .venv (grpcio, \
@@ -22,21 +23,6 @@ const SETUP_HINT: &str = "run `scripts/setup-clients` from the repository root f
 /// A bound on each client run (the clients set their own 10-second deadlines per call).
 const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
 
-const SERVICES: [&str; 4] = [
-    "latchkey.v1.Passwordless",
-    "latchkey.v1.Sessions",
-    "latchkey.v1.Users",
-    "latchkey.v1.Emails",
-];
-const PASSWORDLESS_METHODS: [&str; 7] = [
-    "IssueLoginLink",
-    "LoginOrCreate",
-    "SendEnchantedLink",
-    "InspectToken",
-    "VerifyToken",
-    "PollSession",
-    "ExchangeCode",
-];
 const DEV_LINK_BASE: &str = "http://localhost:3000/auth/callback";
 
 fn repo() -> PathBuf {

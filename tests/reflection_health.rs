@@ -53,15 +53,7 @@ async fn reflection_v1_lists_and_describes_every_service() {
     };
     let joined: Vec<u8> = files.file_descriptor_proto.concat();
     let text = String::from_utf8_lossy(&joined);
-    for method in [
-        "IssueLoginLink",
-        "LoginOrCreate",
-        "SendEnchantedLink",
-        "InspectToken",
-        "VerifyToken",
-        "PollSession",
-        "ExchangeCode",
-    ] {
+    for method in PASSWORDLESS_METHODS {
         assert!(text.contains(method), "{method} is described");
     }
 }
@@ -90,13 +82,7 @@ async fn reflection_v1alpha_lists_services_too() {
 async fn health_reports_every_service_serving_then_not_serving_on_shutdown() {
     let app = TestApp::spawn().await;
     let mut health = HealthClient::new(app.channel.clone());
-    for service in [
-        "",
-        "latchkey.v1.Passwordless",
-        "latchkey.v1.Sessions",
-        "latchkey.v1.Users",
-        "latchkey.v1.Emails",
-    ] {
+    for service in std::iter::once("").chain(SERVICES) {
         let status = health
             .check(HealthCheckRequest {
                 service: service.into(),

@@ -334,7 +334,8 @@ impl Domain {
             SESSION_MAX_MINUTES,
         )?;
         let now = self.clock.now();
-        // Made before the transaction: a retried decision must hand out the same session.
+        // Made before the atomic step: a store may run the decision more than once, and each run must
+        // hand out the same session.
         let (session, session_token) = self.new_session_record(now, session_minutes);
         let code_secret = new_secret();
         let decide = |link: &Link, user: &User, attempt: Option<&Attempt>| -> Result<Redemption> {

@@ -255,6 +255,46 @@ fn forget_reuse(reuse: &TxTree<'_>, link: &Link, digest: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// One record as the current operation sees it.
+fn read<T: serde::de::DeserializeOwned>(tree: &TxTree<'_>, key: impl AsRef<[u8]>) -> Result<Option<T>> {
+    tree.get(key)?.map(|bytes| decode(&bytes)).transpose()
+}
+
+/// Marks a session revoked at `at` unless it already is; with `only_live`, also leaves a session
+/// that has expired by `at`. Returns the session as it now stands and whether this revoked it.
+fn revoke_session_in(
+    sessions: &TxTree<'_>,
+    session_id: &[u8],
+    at: Millis,
+    only_live: bool,
+) -> Result<Option<(Session, bool)>> {
+    let Some(mut session) = read::<Session>(sessions, session_id)? else {
+        return Ok(None);
+    };
+    let revocable = session.revoked_at.is_none() && (!only_live || session.expires_at > at);
+    if revocable {
+        session.revoked_at = Some(at);
+        sessions.insert(session_id, encode(&session));
+    }
+    Ok(Some((session, revocable)))
+}
+
+/// Revokes the live sessions named by `user_sessions` index keys; returns how many.
+fn revoke_live_sessions(
+    sessions: &TxTree<'_>,
+    index_keys: &[sled::IVec],
+    prefix_len: usize,
+    now: Millis,
+) -> Result<u32> {
+    let mut revoked = 0;
+    for key in index_keys {
+        if let Some((_, true)) = revoke_session_in(sessions, &key[prefix_len..], now, true)? {
+            revoked += 1;
+        }
+    }
+    Ok(revoked)
+}
+
 fn insert_session(
     sessions: &TxTree<'_>,
     tokens: &TxTree<'_>,
@@ -308,10 +348,9 @@ impl Store for SledStore {
             .writer
             .write(|tx| {
                 let users = tx.on(&self.trees.users);
-                let Some(bytes) = users.get(user_id)? else {
+                let Some(current) = read::<User>(&users, user_id)? else {
                     return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this id"));
                 };
-                let current: User = decode(&bytes)?;
                 let updated = update(&current)?;
                 users.insert(user_id, encode(&updated));
                 Ok(updated)
@@ -356,17 +395,7 @@ impl Store for SledStore {
                     }
                     user_links.remove(key)?;
                 }
-                for key in &session_keys {
-                    let session_id = &key[prefix_len..];
-                    if let Some(bytes) = sessions.get(session_id)? {
-                        let mut session: Session = decode(&bytes)?;
-                        if session.revoked_at.is_none() && session.expires_at > now {
-                            session.revoked_at = Some(now);
-                            sessions.insert(session_id, encode(&session));
-                            deletion.revoked_sessions += 1;
-                        }
-                    }
-                }
+                deletion.revoked_sessions = revoke_live_sessions(&sessions, &session_keys, prefix_len, now)?;
                 Ok(Some(deletion))
             })
             .await?;
@@ -390,13 +419,12 @@ impl Store for SledStore {
                     tx.on(&t.expiry),
                 );
                 if let Some(reuse_key) = &link.reuse_key {
-                    if let Some(existing) = reuse.get(reuse_key.as_bytes())?
-                        && let Some(bytes) = links.get(&existing)?
+                    if let Some(digest) = reuse.get(reuse_key.as_bytes())?
+                        && let Some(existing) = read::<Link>(&links, &digest)?
+                        && existing.used_at.is_none()
+                        && existing.expires_at > now
                     {
-                        let existing: Link = decode(&bytes)?;
-                        if existing.used_at.is_none() && existing.expires_at > now {
-                            return Ok(LinkInsert::Existing(Box::new(existing)));
-                        }
+                        return Ok(LinkInsert::Existing(Box::new(existing)));
                     }
                     reuse.insert(reuse_key.as_bytes(), digest);
                 }
@@ -444,19 +472,14 @@ impl Store for SledStore {
                     tx.on(&t.codes),
                 );
                 let not_found = || Error::new(Reason::TOKEN_NOT_FOUND, "no such token");
-                let Some(bytes) = links.get(token_digest.as_bytes())? else {
+                let Some(link) = read::<Link>(&links, token_digest.as_bytes())? else {
                     return Err(not_found());
                 };
-                let link: Link = decode(&bytes)?;
-                let Some(bytes) = users.get(link.user_id.as_bytes())? else {
+                let Some(user) = read::<User>(&users, link.user_id.as_bytes())? else {
                     return Err(not_found());
                 };
-                let user: User = decode(&bytes)?;
-                let attempt: Option<Attempt> = match &link.attempt {
-                    Some(ref_digest) => match attempts.get(ref_digest.as_bytes())? {
-                        Some(bytes) => Some(decode(&bytes)?),
-                        None => return Err(not_found()),
-                    },
+                let attempt = match &link.attempt {
+                    Some(ref_digest) => Some(read::<Attempt>(&attempts, ref_digest.as_bytes())?.ok_or_else(not_found)?),
                     None => None,
                 };
                 let redemption = decide(&link, &user, attempt.as_ref())?;
@@ -497,15 +520,7 @@ impl Store for SledStore {
             .writer
             .write(|tx| {
                 let sessions = tx.on(&self.trees.sessions);
-                let Some(bytes) = sessions.get(session_id)? else {
-                    return Ok(None);
-                };
-                let mut session: Session = decode(&bytes)?;
-                if session.revoked_at.is_none() {
-                    session.revoked_at = Some(now);
-                    sessions.insert(session_id, encode(&session));
-                }
-                Ok(Some(session))
+                Ok(revoke_session_in(&sessions, session_id.as_bytes(), now, false)?.map(|(session, _)| session))
             })
             .await?;
         self.durable().await?;
@@ -520,24 +535,11 @@ impl Store for SledStore {
             .writer
             .write(|tx| {
                 let (users, sessions) = (tx.on(&t.users), tx.on(&t.sessions));
-                if let Some(bytes) = users.get(user_id.as_bytes())? {
-                    let mut user: User = decode(&bytes)?;
+                if let Some(mut user) = read::<User>(&users, user_id)? {
                     user.sessions_revoked_at = Some(now);
                     users.insert(user_id.as_bytes(), encode(&user));
                 }
-                let mut revoked = 0;
-                for key in &keys {
-                    let session_id = &key[prefix_len..];
-                    if let Some(bytes) = sessions.get(session_id)? {
-                        let mut session: Session = decode(&bytes)?;
-                        if session.revoked_at.is_none() && session.expires_at > now {
-                            session.revoked_at = Some(now);
-                            sessions.insert(session_id, encode(&session));
-                            revoked += 1;
-                        }
-                    }
-                }
-                Ok(revoked)
+                revoke_live_sessions(&sessions, &keys, prefix_len, now)
             })
             .await?;
         self.durable().await?;
@@ -569,10 +571,7 @@ impl Store for SledStore {
                     tx.on(&t.attempts),
                 );
                 if let Some((key, limit)) = rate {
-                    let bucket: Option<RateBucket> = match rate_limits.get(key.as_bytes())? {
-                        Some(bytes) => Some(decode(&bytes)?),
-                        None => None,
-                    };
+                    let bucket = read::<RateBucket>(&rate_limits, key.as_bytes())?;
                     match limit.take(bucket.as_ref(), now) {
                         Ok(bucket) => rate_limits.insert(key.as_bytes(), encode(&bucket)),
                         Err(retry_after) => return Err(Error::RateLimited { retry_after }),
@@ -645,10 +644,9 @@ impl Store for SledStore {
         self.writer
             .write(|tx| {
                 let (emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
-                let Some(bytes) = emails.get(email_id.as_bytes())? else {
+                let Some(mut email) = read::<Email>(&emails, email_id.as_bytes())? else {
                     return Ok(None);
                 };
-                let mut email: Email = decode(&bytes)?;
                 outbox.remove(outbox_key(email.next_attempt_at, &email.id))?;
                 if email.status != EmailStatus::Queued {
                     return Ok(None);
@@ -695,10 +693,9 @@ impl Store for SledStore {
                 .write(|tx| {
                     let (emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
                     sending.remove(email_id)?;
-                    let Some(bytes) = emails.get(email_id)? else {
+                    let Some(mut email) = read::<Email>(&emails, email_id)? else {
                         return Ok(());
                     };
-                    let mut email: Email = decode(&bytes)?;
                     if email.status == EmailStatus::Sending {
                         email.status = EmailStatus::Queued;
                         email.next_attempt_at = now;
@@ -730,28 +727,20 @@ impl Store for SledStore {
                     tx.on(&t.expiry),
                 );
                 let not_found = || Error::new(Reason::CODE_NOT_FOUND, "no such authorization code");
-                let Some(bytes) = codes.get(code_digest.as_bytes())? else {
+                let Some(code) = read::<AuthCode>(&codes, code_digest.as_bytes())? else {
                     return Err(not_found());
                 };
-                let code: AuthCode = decode(&bytes)?;
                 // A deleted user's codes are void, as their links are.
-                let Some(bytes) = users.get(code.user_id.as_bytes())? else {
+                let Some(user) = read::<User>(&users, code.user_id.as_bytes())? else {
                     return Err(not_found());
                 };
-                let user: User = decode(&bytes)?;
                 let redemption = decide(&code, &user)?;
                 codes.insert(code_digest.as_bytes(), encode(&redemption.code));
                 if let Some(session) = &redemption.session {
                     insert_session(&sessions, &tokens, &user_sessions, &expiry, session, retention);
                 }
-                if let Some((session_id, at)) = &redemption.revoke_session
-                    && let Some(bytes) = sessions.get(session_id.as_bytes())?
-                {
-                    let mut session: Session = decode(&bytes)?;
-                    if session.revoked_at.is_none() {
-                        session.revoked_at = Some(*at);
-                        sessions.insert(session_id.as_bytes(), encode(&session));
-                    }
+                if let Some((session_id, at)) = &redemption.revoke_session {
+                    revoke_session_in(&sessions, session_id.as_bytes(), *at, false)?;
                 }
                 Ok(redemption)
             })
@@ -777,10 +766,9 @@ impl Store for SledStore {
                     tx.on(&t.user_sessions),
                     tx.on(&t.expiry),
                 );
-                let Some(bytes) = attempts.get(ref_digest.as_bytes())? else {
+                let Some(mut attempt) = read::<Attempt>(&attempts, ref_digest.as_bytes())? else {
                     return Ok(None);
                 };
-                let mut attempt: Attempt = decode(&bytes)?;
                 if attempt.status != AttemptStatus::Verified {
                     return Ok(Some(Collection::Unchanged(attempt)));
                 }

@@ -28,6 +28,25 @@ use pb::users_client::UsersClient;
 pub const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 pub const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
+/// latchkey's own gRPC services.
+pub const SERVICES: [&str; 4] = [
+    "latchkey.v1.Passwordless",
+    "latchkey.v1.Sessions",
+    "latchkey.v1.Users",
+    "latchkey.v1.Emails",
+];
+
+/// Every method of latchkey.v1.Passwordless, as reflection must describe it.
+pub const PASSWORDLESS_METHODS: [&str; 7] = [
+    "IssueLoginLink",
+    "LoginOrCreate",
+    "SendEnchantedLink",
+    "InspectToken",
+    "VerifyToken",
+    "PollSession",
+    "ExchangeCode",
+];
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub clock: ManualClock,
