@@ -49,8 +49,13 @@ pub mod bytes32 {
     use base64::Engine;
     use serde::de::{self, SeqAccess, Visitor};
 
+    /// Text in JSON; raw bytes in the store's binary records.
     pub fn serialize<S: serde::Serializer>(bytes: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&super::base64url(bytes))
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&super::base64url(bytes))
+        } else {
+            serializer.serialize_bytes(bytes)
+        }
     }
 
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
@@ -63,13 +68,17 @@ pub mod bytes32 {
         type Value = [u8; 32];
 
         fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-            formatter.write_str("32 bytes as base64url text")
+            formatter.write_str("32 bytes, raw or as base64url text")
         }
 
         fn visit_str<E: de::Error>(self, text: &str) -> Result<[u8; 32], E> {
             let bytes = super::URL_SAFE_NO_PAD.decode(text).map_err(E::custom)?;
             let length = bytes.len();
             bytes.try_into().map_err(|_| E::invalid_length(length, &self))
+        }
+
+        fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<[u8; 32], E> {
+            bytes.try_into().map_err(|_| E::invalid_length(bytes.len(), &self))
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 32], A::Error> {
