@@ -98,9 +98,10 @@ mod tests {
 
     use super::*;
     use crate::crypto::Digest32;
+    use crate::domain::model::fixtures::{link, user};
     use crate::domain::model::{
-        Attempt, AttemptStatus, Email, EmailKind, EmailLink, EmailStatus, Link, LinkKind, OAuthRequest, Role, Session,
-        SigningKeyRecord, User, UserStatus,
+        Attempt, AttemptStatus, Email, EmailKind, EmailLink, EmailStatus, LinkKind, Role, Session, SigningKeyRecord,
+        User, UserStatus,
     };
 
     fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(record: T) -> Vec<u8> {
@@ -119,47 +120,6 @@ mod tests {
             json.len()
         );
         bytes
-    }
-
-    fn user() -> User {
-        User {
-            id: "user-01a20ed6-5bc8-762d-96c5-f3500e22c870".into(),
-            email: "Ada@Example.com".into(),
-            first_name: "Ada".into(),
-            last_name: "Lovelace".into(),
-            status: UserStatus::Active,
-            role: Role::Staff,
-            mfa_enabled: false,
-            email_verified: true,
-            created_at: 1_795_545_258_952,
-            updated_at: 1_795_545_279_176,
-            last_login_at: Some(1_795_545_279_176),
-            sessions_revoked_at: None,
-        }
-    }
-
-    fn link() -> Link {
-        Link {
-            token_digest: Digest32::of("token"),
-            seed: [7; 32],
-            kind: LinkKind::Login,
-            user_id: user().id,
-            redirect_url: "https://app.example.com/auth/callback?x=1".into(),
-            created_at: 1_795_545_262_253,
-            expires_at: 1_795_552_462_253,
-            used_at: None,
-            code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into()),
-            reuse_key: Some(Digest32::of("reuse")),
-            attempt: None,
-            oauth: Some(OAuthRequest {
-                client_id: "zapier".into(),
-                redirect_uri: "https://zapier.com/cb".into(),
-                scope: "openid email".into(),
-                state: "s".into(),
-                nonce: "n".into(),
-                code_challenge: "c".into(),
-            }),
-        }
     }
 
     #[test]

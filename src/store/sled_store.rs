@@ -3,8 +3,9 @@
 //!
 //! Trees (keys → values):
 //! - `users`: user id → User; `user_emails`: lower-case email → user id
-//! - `links`: token digest → Link; `link_reuse`: reuse key → token digest;
-//!   `user_links`: user id \0 token digest → ()
+//! - `links`: token digest → Link; `user_links`: user id \0 token digest → the link's reuse key
+//!   (empty without one): reuse looks among the user's own links, so an issue for a new user
+//!   writes no reuse index at all (each sled tree written costs log space; see bench/RESULTS.md)
 //! - `sessions`: session id → Session; `session_tokens`: token digest → session id;
 //!   `user_sessions`: user id \0 session id → ()
 //! - `expiry`: purge time | kind | record key → () (see `codec::expiry_key`)
@@ -65,7 +66,6 @@ struct Trees {
     users: sled::Tree,
     user_emails: sled::Tree,
     links: sled::Tree,
-    link_reuse: sled::Tree,
     user_links: sled::Tree,
     sessions: sled::Tree,
     session_tokens: sled::Tree,
@@ -103,7 +103,6 @@ impl SledStore {
             users: tree("users")?,
             user_emails: tree("user_emails")?,
             links: tree("links")?,
-            link_reuse: tree("link_reuse")?,
             user_links: tree("user_links")?,
             sessions: tree("sessions")?,
             session_tokens: tree("session_tokens")?,
@@ -117,6 +116,7 @@ impl SledStore {
             codes: tree("codes")?,
             meta: tree("meta")?,
         };
+        migrate_reuse_index(&db, &trees).map_err(|source| open_error(&options.path, source))?;
         let data_file = match options.durability {
             Durability::Fsync => {
                 let path = options.path.join("db");
@@ -163,15 +163,9 @@ impl SledStore {
         let t = &self.trees;
         self.writer
             .write(|tx| {
-                let (links, reuse, user_links, expiry) = (
-                    tx.on(&t.links),
-                    tx.on(&t.link_reuse),
-                    tx.on(&t.user_links),
-                    tx.on(&t.expiry),
-                );
+                let (links, user_links, expiry) = (tx.on(&t.links), tx.on(&t.user_links), tx.on(&t.expiry));
                 if let Some(bytes) = links.remove(digest)? {
                     let link: Link = decode(&bytes)?;
-                    forget_reuse(&reuse, &link, digest)?;
                     user_links.remove(child_key(&link.user_id, digest))?;
                 }
                 expiry.remove(expiry_entry)?;
@@ -263,13 +257,60 @@ fn open_error(path: &Path, source: sled::Error) -> OpenError {
     }
 }
 
-/// Drops the link's reuse entry if it still points at this link (a newer link may own it).
-fn forget_reuse(reuse: &TxTree<'_>, link: &Link, digest: &[u8]) -> Result<()> {
-    if let Some(reuse_key) = link.reuse_key
-        && reuse.get(reuse_key.as_bytes())?.as_deref() == Some(digest)
-    {
-        reuse.remove(reuse_key.as_bytes())?;
+/// Files a new link under its user, with its reuse key (if any) as the entry's value.
+fn index_link(user_links: &TxTree<'_>, link: &Link) {
+    let reuse_key = link.reuse_key.as_ref().map_or(&[][..], |key| &key.as_bytes()[..]);
+    user_links.insert(child_key(&link.user_id, link.token_digest.as_bytes()), reuse_key);
+}
+
+/// The user's live link issued with `reuse_key`, if any. Reads committed state: the caller holds
+/// the writer and has staged nothing in `user_links` yet.
+fn live_link_with_reuse_key(
+    user_links: &sled::Tree,
+    links: &TxTree<'_>,
+    user_id: &str,
+    reuse_key: &Digest32,
+    now: Millis,
+) -> Result<Option<Link>> {
+    let prefix = child_prefix(user_id);
+    for entry in user_links.scan_prefix(&prefix) {
+        let (key, value) = entry.map_err(storage)?;
+        if value != reuse_key.as_bytes()[..] {
+            continue;
+        }
+        if let Some(link) = read::<Link>(links, &key[prefix.len()..])?
+            && link.used_at.is_none()
+            && link.expires_at > now
+        {
+            return Ok(Some(link));
+        }
     }
+    Ok(None)
+}
+
+/// Stores written before `user_links` held reuse keys kept them in a `link_reuse` tree (reuse key →
+/// token digest): move each key onto its link's `user_links` entry, then drop the tree. Each step
+/// can be repeated, so a crash part-way is finished at the next open.
+fn migrate_reuse_index(db: &sled::Db, trees: &Trees) -> sled::Result<()> {
+    const OLD_TREE: &[u8] = b"link_reuse";
+    if !db.tree_names().iter().any(|name| name == OLD_TREE) {
+        return Ok(());
+    }
+    let old = db.open_tree(OLD_TREE)?;
+    for entry in old.iter() {
+        let (reuse_key, digest) = entry?;
+        let link = trees.links.get(&digest)?.and_then(|bytes| decode::<Link>(&bytes).ok());
+        if let Some(link) = link {
+            let key = child_key(&link.user_id, &digest);
+            if trees.user_links.get(&key)?.is_some() {
+                trees.user_links.insert(key, reuse_key.clone())?;
+            }
+        }
+        old.remove(reuse_key)?;
+    }
+    db.flush()?;
+    db.drop_tree(OLD_TREE)?;
+    db.flush()?;
     Ok(())
 }
 
@@ -386,11 +427,10 @@ impl Store for SledStore {
         let deletion = self
             .writer
             .write(|tx| {
-                let (users, emails, links, reuse, user_links, sessions) = (
+                let (users, emails, links, user_links, sessions) = (
                     tx.on(&t.users),
                     tx.on(&t.user_emails),
                     tx.on(&t.links),
-                    tx.on(&t.link_reuse),
                     tx.on(&t.user_links),
                     tx.on(&t.sessions),
                 );
@@ -409,7 +449,6 @@ impl Store for SledStore {
                         if link.used_at.is_none() && link.expires_at > now {
                             deletion.voided_links += 1;
                         }
-                        forget_reuse(&reuse, &link, digest)?;
                     }
                     user_links.remove(key)?;
                 }
@@ -428,23 +467,20 @@ impl Store for SledStore {
         let outcome = self
             .writer
             .write(|tx| {
-                let (users, emails, links, reuse, user_links, expiry) = (
+                let (users, emails, links, user_links, expiry) = (
                     tx.on(&t.users),
                     tx.on(&t.user_emails),
                     tx.on(&t.links),
-                    tx.on(&t.link_reuse),
                     tx.on(&t.user_links),
                     tx.on(&t.expiry),
                 );
-                if let Some(reuse_key) = &link.reuse_key {
-                    if let Some(digest) = reuse.get(reuse_key.as_bytes())?
-                        && let Some(existing) = read::<Link>(&links, &digest)?
-                        && existing.used_at.is_none()
-                        && existing.expires_at > now
-                    {
-                        return Ok(LinkInsert::Existing(Box::new(existing)));
-                    }
-                    reuse.insert(reuse_key.as_bytes(), digest);
+                // A new user has no links yet.
+                if let Some(reuse_key) = &link.reuse_key
+                    && new_user.is_none()
+                    && let Some(existing) =
+                        live_link_with_reuse_key(&t.user_links, &links, &link.user_id, reuse_key, now)?
+                {
+                    return Ok(LinkInsert::Existing(Box::new(existing)));
                 }
                 if new_user.is_none() && users.get(link.user_id.as_bytes())?.is_none() {
                     // Deleted while this call ran.
@@ -459,7 +495,7 @@ impl Store for SledStore {
                     users.insert(user.id.as_bytes(), encode(user));
                 }
                 links.insert(digest, encode(link));
-                user_links.insert(child_key(&link.user_id, digest), &[]);
+                index_link(&user_links, link);
                 expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[]);
                 Ok(LinkInsert::Inserted)
             })
@@ -612,7 +648,7 @@ impl Store for SledStore {
                 for link in links {
                     let digest = link.token_digest.as_bytes();
                     links_tree.insert(digest, encode(link));
-                    user_links.insert(child_key(&link.user_id, digest), &[]);
+                    index_link(&user_links, link);
                     expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[]);
                 }
                 if let Some(attempt) = attempt {
@@ -894,6 +930,73 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::model::fixtures;
+
+    fn options(path: &Path) -> SledOptions {
+        SledOptions {
+            path: path.to_path_buf(),
+            cache_capacity_bytes: 1 << 20,
+            durability: Durability::Flush,
+            commit_linger: std::time::Duration::ZERO,
+            retention: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn reuse_keys_kept_in_the_old_link_reuse_tree_move_onto_user_links_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (user, link) = (fixtures::user(), fixtures::link());
+        let reuse_key = link.reuse_key.unwrap();
+        let now = link.created_at;
+        {
+            // The layout an earlier version wrote.
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let digest = link.token_digest.as_bytes();
+            db.open_tree("users")
+                .unwrap()
+                .insert(user.id.as_bytes(), encode(&user))
+                .unwrap();
+            db.open_tree("links").unwrap().insert(digest, encode(&link)).unwrap();
+            db.open_tree("user_links")
+                .unwrap()
+                .insert(child_key(&user.id, digest), &[])
+                .unwrap();
+            db.open_tree("link_reuse")
+                .unwrap()
+                .insert(reuse_key.as_bytes(), digest)
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(&options(dir.path())).unwrap();
+        assert!(!store.db.tree_names().iter().any(|name| name == b"link_reuse"));
+
+        let mut again = fixtures::link();
+        again.token_digest = Digest32::of("another token");
+        match store.insert_link(&again, None, now).await.unwrap() {
+            LinkInsert::Existing(existing) => assert_eq!(*existing, link),
+            LinkInsert::Inserted => panic!("the migrated reuse key was not found"),
+        }
+        // Once the link is used, the same parameters make a new link.
+        store
+            .trees
+            .links
+            .insert(
+                link.token_digest.as_bytes(),
+                encode(&Link {
+                    used_at: Some(now),
+                    ..link.clone()
+                }),
+            )
+            .unwrap();
+        assert!(matches!(
+            store.insert_link(&again, None, now).await.unwrap(),
+            LinkInsert::Inserted
+        ));
+        assert!(matches!(
+            store.insert_link(&again, None, now).await.unwrap(),
+            LinkInsert::Existing(_)
+        ));
+    }
 
     #[test]
     fn a_new_store_gets_large_segments_and_an_existing_store_keeps_its_own() {
@@ -908,14 +1011,7 @@ mod tests {
         db.flush().unwrap();
         drop(db);
         assert_eq!(segment_size(&old), 512 << 10);
-        let options = SledOptions {
-            path: old,
-            cache_capacity_bytes: 1 << 20,
-            durability: Durability::Flush,
-            commit_linger: std::time::Duration::ZERO,
-            retention: 1,
-        };
-        let store = SledStore::open(&options).expect("an existing store opens with its own segment size");
+        let store = SledStore::open(&options(&old)).expect("an existing store opens with its own segment size");
         assert_eq!(store.db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 }
