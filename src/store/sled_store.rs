@@ -257,6 +257,17 @@ fn open_error(path: &Path, source: sled::Error) -> OpenError {
     }
 }
 
+/// `USER_EXISTS` unless `user`'s email is free. An index entry whose user record does not exist
+/// counts as free: an unjournaled insert (see `insert_link`) cut short by a crash can leave one.
+fn ensure_email_free(emails: &TxTree<'_>, users: &TxTree<'_>, user: &User) -> Result<()> {
+    if let Some(user_id) = emails.get(user.email_key().as_bytes())?
+        && users.get(&user_id)?.is_some()
+    {
+        return Err(Error::new(Reason::USER_EXISTS, "a user with this email exists"));
+    }
+    Ok(())
+}
+
 /// Files a new link under its user, with its reuse key (if any) as the entry's value.
 fn index_link(user_links: &TxTree<'_>, link: &Link) {
     let reuse_key = link.reuse_key.as_ref().map_or(&[][..], |key| &key.as_bytes()[..]);
@@ -487,16 +498,20 @@ impl Store for SledStore {
                     return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"));
                 }
                 if let Some(user) = new_user {
-                    let email_key = user.email_key();
-                    if emails.get(email_key.as_bytes())?.is_some() {
-                        return Err(Error::new(Reason::USER_EXISTS, "a user with this email exists"));
-                    }
-                    emails.insert(email_key.as_bytes(), user.id.as_bytes());
-                    users.insert(user.id.as_bytes(), encode(user));
+                    ensure_email_free(&emails, &users, user)?;
                 }
+                // No journal record: in this order, a crash after any prefix leaves only what no
+                // one can reach (an expiry entry for a missing link; a link, or an email index
+                // entry, whose user does not exist; see `ensure_email_free`), and the user record
+                // that makes them reachable comes last. None of it was acknowledged.
+                tx.in_safe_order();
+                expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[]);
                 links.insert(digest, encode(link));
                 index_link(&user_links, link);
-                expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[]);
+                if let Some(user) = new_user {
+                    emails.insert(user.email_key().as_bytes(), user.id.as_bytes());
+                    users.insert(user.id.as_bytes(), encode(user));
+                }
                 Ok(LinkInsert::Inserted)
             })
             .await?;
@@ -633,11 +648,8 @@ impl Store for SledStore {
                 }
                 match new_user {
                     Some(user) => {
-                        let email_key = user.email_key();
-                        if emails_index.get(email_key.as_bytes())?.is_some() {
-                            return Err(Error::new(Reason::USER_EXISTS, "a user with this email exists"));
-                        }
-                        emails_index.insert(email_key.as_bytes(), user.id.as_bytes());
+                        ensure_email_free(&emails_index, &users, user)?;
+                        emails_index.insert(user.email_key().as_bytes(), user.id.as_bytes());
                         users.insert(user.id.as_bytes(), encode(user));
                     }
                     None if users.get(email.user_id.as_bytes())?.is_none() => {
@@ -942,6 +954,16 @@ mod tests {
         }
     }
 
+    /// Opens the store once sled's I/O threads have let go of an earlier handle's lock (they drop
+    /// it just after their last flush; see `app::release_store`).
+    fn open_when_free(path: &Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !lock_is_free(path) && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        SledStore::open(&options(path)).unwrap()
+    }
+
     #[tokio::test]
     async fn reuse_keys_kept_in_the_old_link_reuse_tree_move_onto_user_links_at_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -967,7 +989,7 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let store = SledStore::open(&options(dir.path())).unwrap();
+        let store = open_when_free(dir.path());
         assert!(!store.db.tree_names().iter().any(|name| name == b"link_reuse"));
 
         let mut again = fixtures::link();
@@ -998,6 +1020,72 @@ mod tests {
         ));
     }
 
+    /// A crash after any prefix of a new user's first link leaves either all of it or a store in
+    /// which that user does not exist and the email can be signed up again.
+    #[tokio::test]
+    async fn a_crash_part_way_through_an_unjournaled_link_insert_leaves_nothing_reachable() {
+        let (user, link) = (fixtures::user(), fixtures::link());
+        let now = link.created_at;
+        let redeem = |link: &Link, user: &User, _: Option<&Attempt>| -> Result<crate::domain::store::Redemption> {
+            Ok(crate::domain::store::Redemption {
+                link: link.clone(),
+                user: user.clone(),
+                attempt: None,
+                code: None,
+                refusal: None,
+                session: None,
+                user_activated: false,
+            })
+        };
+        for crash_after in 0..=5 {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = SledStore::open(&options(dir.path())).unwrap();
+                store
+                    .writer
+                    .crash_after
+                    .store(crash_after, std::sync::atomic::Ordering::Relaxed);
+                let outcome = store.insert_link(&link, Some(&user), now).await;
+                assert_eq!(outcome.is_ok(), crash_after == 5, "after {crash_after} writes");
+                store.db.flush().unwrap();
+                store.close().await.unwrap();
+            }
+            let store = open_when_free(dir.path());
+            let whole = crash_after == 5;
+            assert_eq!(
+                store.user_by_email(&user.email).await.unwrap().is_some(),
+                whole,
+                "after {crash_after}"
+            );
+            let redeemed = store.redeem_link(&link.token_digest, &redeem).await;
+            match redeemed {
+                Ok(_) => assert!(whole, "after {crash_after} writes the link verified without its user"),
+                Err(error) => {
+                    assert!(!whole);
+                    assert_eq!(error.reason(), Reason::TOKEN_NOT_FOUND, "after {crash_after}");
+                }
+            }
+            if !whole {
+                let mut again = fixtures::user();
+                again.id = "user-01a20ed6-5bc8-762d-96c5-000000000002".into();
+                let mut link = fixtures::link();
+                link.user_id = again.id.clone();
+                link.token_digest = Digest32::of("a second token");
+                assert!(
+                    matches!(
+                        store.insert_link(&link, Some(&again), now).await,
+                        Ok(LinkInsert::Inserted)
+                    ),
+                    "after {crash_after}"
+                );
+                assert_eq!(
+                    store.user_by_email(&user.email).await.unwrap().map(|found| found.id),
+                    Some(again.id)
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_new_store_gets_large_segments_and_an_existing_store_keeps_its_own() {
         let dir = tempfile::tempdir().unwrap();
@@ -1011,7 +1099,7 @@ mod tests {
         db.flush().unwrap();
         drop(db);
         assert_eq!(segment_size(&old), 512 << 10);
-        let store = SledStore::open(&options(&old)).expect("an existing store opens with its own segment size");
+        let store = open_when_free(&old);
         assert_eq!(store.db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 }
