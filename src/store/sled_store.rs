@@ -93,7 +93,6 @@ impl SledStore {
         let db = sled::Config::new()
             .path(&options.path)
             .cache_capacity(options.cache_capacity_bytes)
-            .segment_size(segment_size(&options.path))
             .open()
             .map_err(|source| open_error(&options.path, source))?;
         // Before any tree is read: completes the operation a crash may have cut short.
@@ -215,23 +214,6 @@ impl SledStore {
             })
             .await
     }
-}
-
-/// sled's log segment size (also its I/O buffer size). A new store gets 16 MiB (sled's largest)
-/// rather than sled's 512 KiB: with small segments a segment is rolled, and its tail left empty,
-/// whenever a node does not fit, and garbage is spread over more segments, so a million users took
-/// about a quarter more disk (bench/RESULTS.md). sled refuses to open a store with a size other
-/// than the one it was created with, so an existing store keeps the size its `conf` file records.
-fn segment_size(data_dir: &Path) -> usize {
-    const NEW_STORE: usize = 16 << 20;
-    std::fs::read(data_dir.join("conf"))
-        .ok()
-        .and_then(|conf| {
-            String::from_utf8_lossy(&conf)
-                .lines()
-                .find_map(|line| line.strip_prefix("segment_size: ")?.trim().parse().ok())
-        })
-        .unwrap_or(NEW_STORE)
 }
 
 /// Whether no handle (in this process or another) holds sled's lock on the data directory: sled
@@ -1084,22 +1066,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn a_new_store_gets_large_segments_and_an_existing_store_keeps_its_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let fresh = dir.path().join("fresh");
-        assert_eq!(segment_size(&fresh), 16 << 20);
-
-        // A store created by an earlier version, with sled's default segment size.
-        let old = dir.path().join("old");
-        let db = sled::Config::new().path(&old).open().unwrap();
-        db.insert(b"k", b"v").unwrap();
-        db.flush().unwrap();
-        drop(db);
-        assert_eq!(segment_size(&old), 512 << 10);
-        let store = open_when_free(&old);
-        assert_eq!(store.db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 }
