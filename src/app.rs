@@ -132,8 +132,9 @@ impl Running {
     }
 }
 
-/// Waits (up to a few seconds) until the store's directory lock is free, so that when shutdown
-/// returns the same process can open the data directory again. Two things hold it a moment
+/// Waits (up to a few seconds) until the store's directory lock is free, checkpoints the store
+/// (see `sled_store::checkpoint`), and waits again, so that when shutdown returns the same process
+/// can open the data directory again. Two things hold it a moment
 /// longer: hyper drops a connection's per-stream tasks (holding the services) just after it
 /// reports the connection closed, and sled's I/O threads drop their handles just after the last
 /// flush they served.
@@ -147,7 +148,21 @@ async fn release_store(domain: Arc<Domain>, data_dir: &std::path::Path) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     if !crate::store::sled_store::lock_is_free(data_dir) {
-        tracing::warn!("the data directory is still locked after shutdown");
+        tracing::warn!("the data directory is still locked after shutdown; no checkpoint");
+        return;
+    }
+    let dir = data_dir.to_path_buf();
+    let started = std::time::Instant::now();
+    match tokio::task::spawn_blocking(move || crate::store::sled_store::checkpoint(&dir)).await {
+        Ok(Ok(())) => tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "store checkpointed; the next start reads a snapshot instead of the whole log"
+        ),
+        Ok(Err(error)) => tracing::warn!(%error, "store checkpoint failed; the next start recovers from the log"),
+        Err(error) => tracing::warn!(%error, "store checkpoint task failed"),
+    }
+    while !crate::store::sled_store::lock_is_free(data_dir) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

@@ -276,7 +276,53 @@ async fn sigterm_drains_calls_in_flight_and_exits_zero() {
     }
 }
 
-/// Every file under `dir`, as bytes.
+/// sled writes its recovery snapshot only while it opens, so a start reads the whole log written
+/// since the previous start unless shutdown checkpointed. Names of the snapshot files in `data`.
+fn snapshots(data: &Path) -> Vec<String> {
+    std::fs::read_dir(data)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("snap.") && !name.ends_with(".generating"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_checkpoints_the_store_so_the_next_start_reads_a_snapshot() {
+    let dir = dir();
+    let data = dir.path().join("data");
+    let mut server = BinaryServer::start(dir.path(), &[], &[]);
+    let mut passwordless = pb::passwordless_client::PasswordlessClient::new(connect(server.addr).await);
+    let mut tokens = Vec::new();
+    for n in 0..20 {
+        let issued = passwordless
+            .issue_login_link(issue_request(&format!("c{n}@example.com")))
+            .await
+            .unwrap()
+            .into_inner();
+        tokens.push(token_of(&issued.link));
+    }
+    assert!(snapshots(&data).is_empty(), "a fresh store has no snapshot yet");
+    server.sigterm();
+    let exit = server.wait();
+    assert!(exit.success(), "exit status {exit:?}; log:\n{}", server.log());
+    assert!(server.log().contains("store checkpointed"), "{}", server.log());
+    let written = snapshots(&data);
+    assert_eq!(written.len(), 1, "one snapshot after a clean stop: {written:?}");
+
+    // The checkpoint changed nothing the next start sees.
+    let server = BinaryServer::start(dir.path(), &[], &[]);
+    let mut passwordless = pb::passwordless_client::PasswordlessClient::new(connect(server.addr).await);
+    for token in tokens {
+        passwordless
+            .verify_token(pb::VerifyTokenRequest {
+                token,
+                ..Default::default()
+            })
+            .await
+            .expect("a link issued before the checkpoint verifies after it");
+    }
+}
+
 #[test]
 fn sigterm_right_after_the_serving_line_still_exits_zero() {
     // The signal handlers are installed before start-up, so there is no moment after "serving"
@@ -290,6 +336,7 @@ fn sigterm_right_after_the_serving_line_still_exits_zero() {
     }
 }
 
+/// Every file under `dir`, as bytes.
 fn all_bytes(dir: &Path) -> Vec<u8> {
     let mut bytes = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {

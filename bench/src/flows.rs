@@ -411,22 +411,36 @@ impl Bench {
         let hwm_loaded = probe.hwm_kib();
         let (disk_apparent, disk_allocated) = disk_usage(&data_dir);
 
-        // Restart: SIGTERM, drop the page cache if allowed, start, time to SERVING.
+        // A crash image: the server frozen (SIGSTOP) while its data directory is copied is what
+        // kill -9 at that moment would leave, and the copy keeps it for the crash start below.
         server = self.server.take().expect("scale server");
+        let crash_dir = self.settings.work_dir.join("scale-crash");
+        let copied = signal(server.pid, "-STOP") && copy_dir(&data_dir, &crash_dir) && signal(server.pid, "-CONT");
+        if !copied {
+            self.problems
+                .push("scale: could not copy a crash image of the data directory".into());
+        }
+
+        // Restart after a clean stop: SIGTERM (the server checkpoints the store while it stops),
+        // drop the page cache if allowed, start, time to SERVING.
         let stopped = server.stop().await;
         let dropped_caches = drop_page_cache();
-        let (server, cold_start) = match Server::start(&self.settings.spec, &data_dir, "scale-restart").await {
-            Ok(started) => started,
-            Err(error) => {
-                self.problems.push(format!("scale restart: {error}"));
-                return;
-            }
+        let Some(cold_start) = self.time_start(&data_dir, "scale-restart").await else {
+            return;
         };
-        // Once more, right away: sled 0.34 writes its snapshot only while it opens, so this start
-        // reads only the log written since the first one. The page cache is kept: the first
-        // start's recovery read the whole log, and dropping it again would measure scale_verify
-        // on a cold disk rather than at this size.
-        let _ = server.stop().await;
+        // Restart after a crash: recovery reads every log segment written since the last start.
+        let crash_start = if copied {
+            drop_page_cache();
+            let timed = self.time_start(&crash_dir, "scale-crash-restart").await;
+            let _ = std::fs::remove_dir_all(&crash_dir);
+            timed
+        } else {
+            None
+        };
+        // The server that runs verify at this size starts on a warm page cache, as one that has
+        // served for a while would: a start after a checkpoint reads almost nothing, and verify
+        // on a cold disk measures the disk rather than the store at this size.
+        warm_page_cache(&data_dir);
         let (server, second_start) = match Server::start(&self.settings.spec, &data_dir, "scale-restart-2").await {
             Ok(started) => started,
             Err(error) => {
@@ -474,6 +488,10 @@ impl Bench {
             ("shutdown_exit_code", json!(stopped.exit_code)),
             ("page_cache_dropped", json!(dropped_caches)),
             ("cold_start_ms", json!(round(cold_start.as_secs_f64() * 1000.0, 1))),
+            (
+                "crash_start_ms",
+                json!(crash_start.map(|took| round(took.as_secs_f64() * 1000.0, 1))),
+            ),
             ("second_start_ms", json!(round(second_start.as_secs_f64() * 1000.0, 1))),
             ("rss_after_restart_mib", json!(round(mib(rss_after_start), 1))),
             (
@@ -485,10 +503,15 @@ impl Bench {
             row.extra.insert(key.into(), value);
         }
         row.note = format!(
-            "{loaded} users: RSS {:.0} MiB after load, disk {:.0} MiB, cold start {:.0} ms, a second start {:.0} ms",
+            "{loaded} users: RSS {:.0} MiB after load, disk {:.0} MiB, cold start {:.0} ms after a clean stop ({:.1} s), {} after a crash, {:.0} ms on a warm page cache",
             mib(rss_loaded),
             disk_allocated as f64 / 1048576.0,
             cold_start.as_secs_f64() * 1000.0,
+            stopped.took.as_secs_f64(),
+            crash_start.map_or("not measured".to_string(), |took| format!(
+                "{:.0} ms",
+                took.as_secs_f64() * 1000.0
+            )),
             second_start.as_secs_f64() * 1000.0
         );
         self.push(row);
@@ -503,6 +526,50 @@ impl Bench {
 }
 
 /// `echo 3 > /proc/sys/vm/drop_caches` (root only), so the restart reads the store from disk.
+impl Bench {
+    /// Starts a server on `data_dir`, stops it, and returns the time to SERVING (None, with the
+    /// problem recorded, if it did not start).
+    async fn time_start(&mut self, data_dir: &std::path::Path, label: &str) -> Option<Duration> {
+        match Server::start(&self.settings.spec, data_dir, label).await {
+            Ok((server, took)) => {
+                let _ = server.stop().await;
+                Some(took)
+            }
+            Err(error) => {
+                self.problems.push(format!("{label}: {error}"));
+                None
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, signal: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> bool {
+    let _ = std::fs::remove_dir_all(to);
+    std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// Reads every file under `dir` once, so it is in the page cache.
+fn warm_page_cache(dir: &std::path::Path) {
+    let _ = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("find \"$1\" -type f -exec cat {} + > /dev/null")
+        .arg("sh")
+        .arg(dir)
+        .status();
+}
+
 fn drop_page_cache() -> bool {
     let _ = std::process::Command::new("sync").status();
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()

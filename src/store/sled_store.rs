@@ -225,6 +225,18 @@ pub fn lock_is_free(data_dir: &Path) -> bool {
     }
 }
 
+/// Opens the closed store once more and closes it again. sled 0.34 writes its recovery snapshot
+/// only while it opens, so without this a start reads every log segment written since the
+/// previous start (seconds at a million users); after it, the next start reads the snapshot. The
+/// same idea as PostgreSQL's shutdown checkpoint. A crash during it costs nothing: the next start
+/// recovers from the log as it would have anyway.
+pub fn checkpoint(data_dir: &Path) -> sled::Result<()> {
+    // Recovery builds the page table, not the cache; a small cache keeps this pass lean.
+    let db = sled::Config::new().path(data_dir).cache_capacity(8 << 20).open()?;
+    db.flush()?;
+    Ok(())
+}
+
 fn open_error(path: &Path, source: sled::Error) -> OpenError {
     // sled reports a held lock as an I/O error ("could not acquire lock").
     let locked = matches!(&source, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
