@@ -15,21 +15,31 @@ fn dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
+/// Login links for `count` new users `{prefix}{n}@example.com`; their tokens.
+async fn issue_tokens(
+    passwordless: &mut pb::passwordless_client::PasswordlessClient<tonic::transport::Channel>,
+    prefix: &str,
+    count: usize,
+) -> Vec<String> {
+    let mut tokens = Vec::new();
+    for n in 0..count {
+        let issued = passwordless
+            .issue_login_link(issue_request(&format!("{prefix}{n}@example.com")))
+            .await
+            .unwrap()
+            .into_inner();
+        tokens.push(token_of(&issued.link));
+    }
+    tokens
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9() {
     let dir = dir();
     let mut server = BinaryServer::start(dir.path(), &[], &[]);
     let channel = connect(server.addr).await;
     let mut passwordless = pb::passwordless_client::PasswordlessClient::new(channel.clone());
-    let mut links = Vec::new();
-    for n in 0..40 {
-        let issued = passwordless
-            .issue_login_link(issue_request(&format!("k{n}@example.com")))
-            .await
-            .unwrap()
-            .into_inner();
-        links.push(token_of(&issued.link));
-    }
+    let links = issue_tokens(&mut passwordless, "k", 40).await;
     let mut sessions = Vec::new();
     for token in &links[..15] {
         let verified = passwordless
@@ -292,15 +302,7 @@ async fn sigterm_checkpoints_the_store_so_the_next_start_reads_a_snapshot() {
     let data = dir.path().join("data");
     let mut server = BinaryServer::start(dir.path(), &[], &[]);
     let mut passwordless = pb::passwordless_client::PasswordlessClient::new(connect(server.addr).await);
-    let mut tokens = Vec::new();
-    for n in 0..20 {
-        let issued = passwordless
-            .issue_login_link(issue_request(&format!("c{n}@example.com")))
-            .await
-            .unwrap()
-            .into_inner();
-        tokens.push(token_of(&issued.link));
-    }
+    let tokens = issue_tokens(&mut passwordless, "c", 20).await;
     assert!(snapshots(&data).is_empty(), "a fresh store has no snapshot yet");
     server.sigterm();
     let exit = server.wait();
