@@ -1,5 +1,6 @@
-//! A data directory written by an earlier version keeps working: JSON records, and reuse keys in a
-//! separate `link_reuse` tree (reuse key → token digest) with empty `user_links` values.
+//! A data directory written by an earlier version keeps working: JSON records, links filed in
+//! `user_links` instead of noted on the user record, and reuse keys in a separate `link_reuse`
+//! tree (reuse key → token digest) with empty `user_links` values.
 
 mod common;
 
@@ -22,24 +23,32 @@ fn rewrite_as_json<T: Serialize + DeserializeOwned>(db: &sled::Db, tree: &str) -
     rewritten
 }
 
-/// Moves the reuse keys from the `user_links` values into a `link_reuse` tree.
-fn move_reuse_keys_to_old_tree(db: &sled::Db) -> usize {
-    let (user_links, links, old) = (
+/// Rewrites users as the earliest versions kept them: JSON without link notes. Each noted link
+/// goes back to a `user_links` entry with an empty value, and its reuse key to a `link_reuse`
+/// tree (reuse key → token digest). Returns how many reuse keys moved.
+fn rewrite_users_into_the_earliest_layout(db: &sled::Db) -> usize {
+    let (users, user_links, old) = (
+        db.open_tree("users").unwrap(),
         db.open_tree("user_links").unwrap(),
-        db.open_tree("links").unwrap(),
         db.open_tree("link_reuse").unwrap(),
     );
     let mut moved = 0;
-    for entry in user_links.iter() {
-        let (key, reuse_key) = entry.unwrap();
-        if reuse_key.is_empty() {
-            continue;
+    for entry in users.iter() {
+        let (key, value) = entry.unwrap();
+        let user: User = decode(&value).unwrap();
+        for note in &user.links {
+            let mut entry_key = user.id.as_bytes().to_vec();
+            entry_key.push(0);
+            entry_key.extend_from_slice(note.token_digest.as_bytes());
+            user_links.insert(entry_key, &[]).unwrap();
+            if let Some(reuse_key) = note.reuse_key {
+                old.insert(reuse_key.as_bytes(), note.token_digest.as_bytes()).unwrap();
+                moved += 1;
+            }
         }
-        let digest = &key[key.iter().position(|&byte| byte == 0).unwrap() + 1..];
-        assert!(links.get(digest).unwrap().is_some());
-        old.insert(reuse_key, digest).unwrap();
-        user_links.insert(&key, &[]).unwrap();
-        moved += 1;
+        let mut json = serde_json::to_value(&user).unwrap();
+        json.as_object_mut().unwrap().remove("links");
+        users.insert(key, serde_json::to_vec(&json).unwrap()).unwrap();
     }
     moved
 }
@@ -53,10 +62,9 @@ async fn a_store_from_an_earlier_version_serves_its_users_links_reuse_and_sessio
 
     {
         let db = sled::open(dir.path().join("data")).unwrap();
-        assert_eq!(rewrite_as_json::<User>(&db, "users"), 2);
+        assert_eq!(rewrite_users_into_the_earliest_layout(&db), 2, "one link per user");
         assert_eq!(rewrite_as_json::<Link>(&db, "links"), 2);
         assert_eq!(rewrite_as_json::<Session>(&db, "sessions"), 1);
-        assert_eq!(move_reuse_keys_to_old_tree(&db), 2);
         db.flush().unwrap();
     }
 
@@ -89,4 +97,23 @@ async fn a_store_from_an_earlier_version_serves_its_users_links_reuse_and_sessio
     let fresh = app.issue(issue_for_user(&pending.user_id)).await.unwrap();
     assert!(!fresh.reused);
     app.verify(&token_of(&fresh.link), "").await.unwrap();
+    // DeleteUser finds links filed the old way (in `user_links`) and the new way (noted on the
+    // user record) alike.
+    let live = app
+        .issue(pb::IssueLoginLinkRequest {
+            expiration_minutes: 30,
+            ..issue_for_user(&pending.user_id)
+        })
+        .await
+        .unwrap();
+    app.users()
+        .delete_user(pb::DeleteUserRequest {
+            user_id: pending.user_id.clone(),
+        })
+        .await
+        .unwrap();
+    for link in [&pending.link, &fresh.link, &live.link] {
+        let status = app.inspect(&token_of(link)).await.unwrap_err();
+        assert_eq!(reason(&status), "TOKEN_NOT_FOUND", "{link}");
+    }
 }

@@ -41,6 +41,30 @@ pub struct User {
     /// while the revocation ran.
     #[serde(default)]
     pub sessions_revoked_at: Option<Millis>,
+    /// The store's notes of the user's live links (not part of the API; the store keeps them, and
+    /// the domain passes them through untouched). Kept on the user record so that a link for a new
+    /// user costs no index entry of its own: reuse and DeleteUser find the user's links here.
+    #[serde(default)]
+    pub links: Vec<LinkNote>,
+}
+
+/// One of a user's live links, as the user record lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkNote {
+    pub token_digest: Digest32,
+    /// The link's reuse key, if it was issued with one.
+    pub reuse_key: Option<Digest32>,
+    pub expires_at: Millis,
+}
+
+impl LinkNote {
+    pub fn of(link: &Link) -> Self {
+        Self {
+            token_digest: link.token_digest,
+            reuse_key: link.reuse_key,
+            expires_at: link.expires_at,
+        }
+    }
 }
 
 impl User {
@@ -244,6 +268,7 @@ pub mod fixtures {
             updated_at: 1_795_545_279_176,
             last_login_at: Some(1_795_545_279_176),
             sessions_revoked_at: None,
+            links: Vec::new(),
         }
     }
 

@@ -3,9 +3,12 @@
 //!
 //! Trees (keys → values):
 //! - `users`: user id → User; `user_emails`: lower-case email → user id
-//! - `links`: token digest → Link; `user_links`: user id \0 token digest → the link's reuse key
-//!   (empty without one): reuse looks among the user's own links, so an issue for a new user
-//!   writes no reuse index at all (each sled tree written costs log space; see bench/RESULTS.md)
+//! - `links`: token digest → Link. The user record notes the user's live links (`User::links`, at
+//!   most `NOTED_LINKS`), so that a link for a new user writes no index entry of its own: each
+//!   sled insert costs log space and start-up time (see bench/RESULTS.md). Reuse and DeleteUser
+//!   look there, then in `user_links`: user id \0 token digest → the link's reuse key (empty
+//!   without one), which holds the links of a user whose record is full, and every link of stores
+//!   written before the notes.
 //! - `sessions`: session id → Session; `session_tokens`: token digest → session id;
 //!   `user_sessions`: user id \0 session id → ()
 //! - `expiry`: purge time | kind | record key → () (see `codec::expiry_key`)
@@ -28,8 +31,8 @@ use super::writer::{TxTree, Writer, storage};
 use crate::crypto::Digest32;
 use crate::domain::error::{Error, Reason, Result};
 use crate::domain::model::{
-    Attempt, AttemptStatus, AuthCode, Email, EmailStatus, Link, Millis, RateBucket, Session, SigningKeyRecord, User,
-    UserStatus,
+    Attempt, AttemptStatus, AuthCode, Email, EmailStatus, Link, LinkNote, Millis, RateBucket, Session,
+    SigningKeyRecord, User, UserStatus,
 };
 use crate::domain::rate_limit::RateLimit;
 use crate::domain::store::{
@@ -38,6 +41,10 @@ use crate::domain::store::{
 };
 
 const SIGNING_KEYS: &[u8] = b"signing_keys";
+
+/// How many live links a user record notes; a user with more has the others in `user_links`.
+/// Enough for every link a user normally has open, small enough to keep the record small.
+const NOTED_LINKS: usize = 8;
 
 #[derive(Clone, Debug)]
 pub struct SledOptions {
@@ -165,6 +172,8 @@ impl SledStore {
                 let (links, user_links, expiry) = (tx.on(&t.links), tx.on(&t.user_links), tx.on(&t.expiry));
                 if let Some(bytes) = links.remove(digest)? {
                     let link: Link = decode(&bytes)?;
+                    // A note on the user record stays until the user's next write drops it: it is
+                    // past its expiry, so reuse skips it, and DeleteUser finds no link under it.
                     user_links.remove(child_key(&link.user_id, digest))?;
                 }
                 expiry.remove(expiry_entry)?;
@@ -262,31 +271,57 @@ fn ensure_email_free(emails: &TxTree<'_>, users: &TxTree<'_>, user: &User) -> Re
     Ok(())
 }
 
-/// Files a new link under its user, with its reuse key (if any) as the entry's value.
-fn index_link(user_links: &TxTree<'_>, link: &Link) {
+/// Files a new link under its user: a note on the user record (the caller writes the record),
+/// dropping notes of links that have expired, or an entry in `user_links` when the record is full.
+fn index_link(user: &mut User, user_links: &TxTree<'_>, link: &Link, now: Millis) {
+    user.links.retain(|note| note.expires_at > now);
+    if user.links.len() < NOTED_LINKS {
+        user.links.push(LinkNote::of(link));
+        return;
+    }
     let reuse_key = link.reuse_key.as_ref().map_or(&[][..], |key| &key.as_bytes()[..]);
     user_links.insert(child_key(&link.user_id, link.token_digest.as_bytes()), reuse_key);
 }
 
-/// The user's live link issued with `reuse_key`, if any. Reads committed state: the caller holds
-/// the writer and has staged nothing in `user_links` yet.
+/// The digests of every link filed under `user` (noted on the record or in `user_links`),
+/// including ones that have expired or been purged since.
+fn filed_links(user: &User, user_links: &sled::Tree) -> Result<Vec<Digest32>> {
+    let mut digests: Vec<Digest32> = user.links.iter().map(|note| note.token_digest).collect();
+    let prefix = child_prefix(&user.id);
+    for key in user_links.scan_prefix(&prefix).keys() {
+        let key = key.map_err(storage)?;
+        if let Ok(digest) = <[u8; 32]>::try_from(&key[prefix.len()..]) {
+            digests.push(Digest32(digest));
+        }
+    }
+    Ok(digests)
+}
+
+/// The user's live link issued with `reuse_key`, if any. Reads committed state of `user_links`:
+/// the caller holds the writer and has staged nothing there yet.
 fn live_link_with_reuse_key(
+    user: &User,
     user_links: &sled::Tree,
     links: &TxTree<'_>,
-    user_id: &str,
     reuse_key: &Digest32,
     now: Millis,
 ) -> Result<Option<Link>> {
-    let prefix = child_prefix(user_id);
+    let live = |link: Option<Link>| link.filter(|link| link.used_at.is_none() && link.expires_at > now);
+    for note in &user.links {
+        if note.reuse_key.as_ref() == Some(reuse_key)
+            && note.expires_at > now
+            && let Some(link) = live(read::<Link>(links, note.token_digest.as_bytes())?)
+        {
+            return Ok(Some(link));
+        }
+    }
+    let prefix = child_prefix(&user.id);
     for entry in user_links.scan_prefix(&prefix) {
         let (key, value) = entry.map_err(storage)?;
         if value != reuse_key.as_bytes()[..] {
             continue;
         }
-        if let Some(link) = read::<Link>(links, &key[prefix.len()..])?
-            && link.used_at.is_none()
-            && link.expires_at > now
-        {
+        if let Some(link) = live(read::<Link>(links, &key[prefix.len()..])?) {
             return Ok(Some(link));
         }
     }
@@ -415,7 +450,9 @@ impl Store for SledStore {
                 let Some(current) = read::<User>(&users, user_id)? else {
                     return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this id"));
                 };
-                let updated = update(&current)?;
+                let mut updated = update(&current)?;
+                // The notes are the store's: whatever the update did, they stay as they were.
+                updated.links = current.links;
                 users.insert(user_id, encode(&updated));
                 Ok(updated)
             })
@@ -426,7 +463,6 @@ impl Store for SledStore {
 
     async fn delete_user(&self, user_id: &str, now: Millis) -> Result<Option<UserDeletion>> {
         let t = &self.trees;
-        let link_keys = Self::child_keys(&t.user_links, user_id)?;
         let session_keys = Self::child_keys(&t.user_sessions, user_id)?;
         let prefix_len = child_prefix(user_id).len();
         let deletion = self
@@ -447,15 +483,14 @@ impl Store for SledStore {
                     emails.remove(user.email_key().as_bytes())?;
                 }
                 let mut deletion = UserDeletion::default();
-                for key in &link_keys {
-                    let digest = &key[prefix_len..];
-                    if let Some(bytes) = links.remove(digest)? {
+                for digest in filed_links(&user, &t.user_links)? {
+                    if let Some(bytes) = links.remove(digest.as_bytes())? {
                         let link: Link = decode(&bytes)?;
                         if link.used_at.is_none() && link.expires_at > now {
                             deletion.voided_links += 1;
                         }
                     }
-                    user_links.remove(key)?;
+                    user_links.remove(child_key(user_id, digest.as_bytes()))?;
                 }
                 deletion.revoked_sessions = revoke_live_sessions(&sessions, &session_keys, prefix_len, now)?;
                 Ok(Some(deletion))
@@ -479,33 +514,35 @@ impl Store for SledStore {
                     tx.on(&t.user_links),
                     tx.on(&t.expiry),
                 );
+                let mut user = match new_user {
+                    Some(user) => {
+                        ensure_email_free(&emails, &users, user)?;
+                        user.clone()
+                    }
+                    // Deleted while this call ran.
+                    None => read::<User>(&users, link.user_id.as_bytes())?
+                        .ok_or_else(|| Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"))?,
+                };
                 // A new user has no links yet.
                 if let Some(reuse_key) = &link.reuse_key
                     && new_user.is_none()
-                    && let Some(existing) =
-                        live_link_with_reuse_key(&t.user_links, &links, &link.user_id, reuse_key, now)?
+                    && let Some(existing) = live_link_with_reuse_key(&user, &t.user_links, &links, reuse_key, now)?
                 {
                     return Ok(LinkInsert::Existing(Box::new(existing)));
                 }
-                if new_user.is_none() && users.get(link.user_id.as_bytes())?.is_none() {
-                    // Deleted while this call ran.
-                    return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"));
-                }
-                if let Some(user) = new_user {
-                    ensure_email_free(&emails, &users, user)?;
-                }
                 // No journal record: in this order, a crash after any prefix leaves only what no
-                // one can reach (an expiry entry for a missing link; a link, or an email index
-                // entry, whose user does not exist; see `ensure_email_free`), and the user record
-                // that makes them reachable comes last. None of it was acknowledged.
+                // one can reach (an expiry entry for a missing link; a link not noted on its
+                // user, or whose user does not exist; an email index entry whose user does not
+                // exist, see `ensure_email_free`), and the user record that makes the link
+                // reachable comes last. None of it was acknowledged.
                 tx.in_safe_order();
                 expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[]);
                 links.insert(digest, encode(link));
-                index_link(&user_links, link);
-                if let Some(user) = new_user {
+                index_link(&mut user, &user_links, link, now);
+                if new_user.is_some() {
                     emails.insert(user.email_key().as_bytes(), user.id.as_bytes());
-                    users.insert(user.id.as_bytes(), encode(user));
                 }
+                users.insert(user.id.as_bytes(), encode(&user));
                 Ok(LinkInsert::Inserted)
             })
             .await?;
@@ -555,7 +592,13 @@ impl Store for SledStore {
                     expiry.insert(expiry_key(code.expires_at + retention, Expiring::Code, key), &[]);
                 }
                 links.insert(token_digest.as_bytes(), encode(&redemption.link));
-                users.insert(user.id.as_bytes(), encode(&redemption.user));
+                // The notes are the store's, and a used link keeps its note until it expires, so
+                // that DeleteUser still removes it.
+                let stored = User {
+                    links: user.links,
+                    ..redemption.user.clone()
+                };
+                users.insert(stored.id.as_bytes(), encode(&stored));
                 if let Some(session) = &redemption.session {
                     insert_session(&sessions, &tokens, &user_sessions, &expiry, session, retention);
                 }
@@ -640,23 +683,22 @@ impl Store for SledStore {
                         Err(retry_after) => return Err(Error::RateLimited { retry_after }),
                     };
                 }
-                match new_user {
+                let mut user = match new_user {
                     Some(user) => {
                         ensure_email_free(&emails_index, &users, user)?;
                         emails_index.insert(user.email_key().as_bytes(), user.id.as_bytes());
-                        users.insert(user.id.as_bytes(), encode(user));
+                        user.clone()
                     }
-                    None if users.get(email.user_id.as_bytes())?.is_none() => {
-                        return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"));
-                    }
-                    None => {}
-                }
+                    None => read::<User>(&users, email.user_id.as_bytes())?
+                        .ok_or_else(|| Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"))?,
+                };
                 for link in links {
                     let digest = link.token_digest.as_bytes();
                     links_tree.insert(digest, encode(link));
-                    index_link(&user_links, link);
+                    index_link(&mut user, &user_links, link, now);
                     expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[]);
                 }
+                users.insert(user.id.as_bytes(), encode(&user));
                 if let Some(attempt) = attempt {
                     let key = attempt.ref_digest.as_bytes();
                     attempts.insert(key, encode(attempt));
@@ -958,6 +1000,81 @@ mod tests {
         SledStore::open(&options(path)).unwrap()
     }
 
+    /// More live links than the user record notes: the rest go to `user_links`, and reuse, a
+    /// verification and DeleteUser find links in both places.
+    #[tokio::test]
+    async fn links_beyond_the_noted_ones_are_filed_in_user_links_and_found_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&options(dir.path())).unwrap();
+        let user = fixtures::user();
+        let now = fixtures::link().created_at;
+        let links: Vec<Link> = (0..NOTED_LINKS + 2)
+            .map(|n| Link {
+                token_digest: Digest32::of(&format!("token {n}")),
+                reuse_key: Some(Digest32::of(&format!("reuse {n}"))),
+                ..fixtures::link()
+            })
+            .collect();
+        store.insert_link(&links[0], Some(&user), now).await.unwrap();
+        for link in &links[1..] {
+            assert!(matches!(
+                store.insert_link(link, None, now).await.unwrap(),
+                LinkInsert::Inserted
+            ));
+        }
+        let stored = store.user(&user.id).await.unwrap().unwrap();
+        assert_eq!(stored.links.len(), NOTED_LINKS);
+        assert_eq!(
+            SledStore::child_keys(&store.trees.user_links, &user.id).unwrap().len(),
+            2
+        );
+
+        // Reuse finds a noted link and one in user_links.
+        for n in [0, NOTED_LINKS + 1] {
+            let again = Link {
+                token_digest: Digest32::of("a new token"),
+                ..links[n].clone()
+            };
+            match store.insert_link(&again, None, now).await.unwrap() {
+                LinkInsert::Existing(existing) => assert_eq!(existing.token_digest, links[n].token_digest),
+                LinkInsert::Inserted => panic!("link {n} was not reused"),
+            }
+        }
+
+        // A verification keeps the notes, whatever the decision returned.
+        let redeem = |link: &Link, user: &User, _: Option<&Attempt>| -> Result<Redemption> {
+            Ok(Redemption {
+                link: Link {
+                    used_at: Some(now),
+                    ..link.clone()
+                },
+                user: User {
+                    links: Vec::new(),
+                    ..user.clone()
+                },
+                attempt: None,
+                code: None,
+                refusal: None,
+                session: None,
+                user_activated: false,
+            })
+        };
+        store.redeem_link(&links[0].token_digest, &redeem).await.unwrap();
+        assert_eq!(store.user(&user.id).await.unwrap().unwrap().links, stored.links);
+
+        // DeleteUser removes every link, noted or not, and voids the live ones.
+        let deletion = store.delete_user(&user.id, now).await.unwrap().unwrap();
+        assert_eq!(deletion.voided_links as usize, NOTED_LINKS + 1, "all but the used one");
+        for link in &links {
+            assert!(store.link(&link.token_digest).await.unwrap().is_none());
+        }
+        assert!(
+            SledStore::child_keys(&store.trees.user_links, &user.id)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
     #[tokio::test]
     async fn reuse_keys_kept_in_the_old_link_reuse_tree_move_onto_user_links_at_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -1031,7 +1148,9 @@ mod tests {
                 user_activated: false,
             })
         };
-        for crash_after in 0..=5 {
+        // The expiry entry, the link, the email index entry, the user record (noting the link).
+        const WRITES: usize = 4;
+        for crash_after in 0..=WRITES {
             let dir = tempfile::tempdir().unwrap();
             {
                 let store = SledStore::open(&options(dir.path())).unwrap();
@@ -1040,12 +1159,12 @@ mod tests {
                     .crash_after
                     .store(crash_after, std::sync::atomic::Ordering::Relaxed);
                 let outcome = store.insert_link(&link, Some(&user), now).await;
-                assert_eq!(outcome.is_ok(), crash_after == 5, "after {crash_after} writes");
+                assert_eq!(outcome.is_ok(), crash_after == WRITES, "after {crash_after} writes");
                 store.db.flush().unwrap();
                 store.close().await.unwrap();
             }
             let store = open_when_free(dir.path());
-            let whole = crash_after == 5;
+            let whole = crash_after == WRITES;
             assert_eq!(
                 store.user_by_email(&user.email).await.unwrap().is_some(),
                 whole,
