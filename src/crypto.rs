@@ -40,9 +40,9 @@ pub fn base64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// A new random 256-bit secret, base64url without padding (43 characters).
-/// Serde for 32-byte values in stored records: base64url text, a third the size of JSON's array of
-/// numbers and quicker to read and write. The array form of earlier versions is still read.
+/// Serde for 32-byte values in stored records: raw bytes in the store's binary records, base64url
+/// text in JSON (a third the size of JSON's array of numbers). Every form earlier versions wrote
+/// still reads: text, and the array of numbers.
 pub mod bytes32 {
     use std::fmt;
 
@@ -96,6 +96,7 @@ pub mod bytes32 {
     }
 }
 
+/// A new random 256-bit secret, base64url without padding (43 characters).
 pub fn new_secret() -> String {
     base64url(&random_bytes::<SECRET_BYTES>())
 }

@@ -109,6 +109,48 @@ async fn update_user_changes_only_the_masked_fields() {
     assert_eq!(fetched, updated, "the update is stored");
 }
 
+/// More live links than a user record lists (8; the rest go to an index of their own): reuse
+/// finds the last of them, and DeleteUser voids them all.
+#[tokio::test]
+async fn a_user_with_many_live_links_gets_reuse_and_deletion_for_each() {
+    const LINKS: u32 = 12;
+    let app = TestApp::spawn().await;
+    let user_id = app.issue_for_email("many@example.com").await.user_id;
+    // Each expiry is a different set of parameters, so a different link.
+    let request = |n: u32| pb::IssueLoginLinkRequest {
+        expiration_minutes: 30 + n,
+        ..issue_for_user(&user_id)
+    };
+    let mut links = Vec::new();
+    for n in 1..LINKS {
+        let issued = app.issue(request(n)).await.unwrap();
+        assert!(!issued.reused);
+        links.push(issued.link);
+    }
+    for n in [1, LINKS - 1] {
+        let again = app.issue(request(n)).await.unwrap();
+        assert!(again.reused, "link {n} was not reused");
+        assert_eq!(again.link, links[n as usize - 1]);
+    }
+    let deleted = app
+        .users()
+        .delete_user(pb::DeleteUserRequest {
+            user_id: user_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        deleted.voided_links,
+        LINKS,
+        "the first link and the {} others",
+        LINKS - 1
+    );
+    for link in &links {
+        assert_error(app.verify(&token_of(link), "").await, Code::NotFound, "TOKEN_NOT_FOUND");
+    }
+}
+
 #[tokio::test]
 async fn delete_user_voids_links_and_revokes_sessions() {
     let app = TestApp::spawn().await;

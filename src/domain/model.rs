@@ -41,14 +41,14 @@ pub struct User {
     /// while the revocation ran.
     #[serde(default)]
     pub sessions_revoked_at: Option<Millis>,
-    /// The store's notes of the user's live links (not part of the API; the store keeps them, and
-    /// the domain passes them through untouched). Kept on the user record so that a link for a new
+    /// The store's notes of the user's links that are not yet due for purging (not part of the
+    /// API; the store keeps them, and the domain passes them through untouched). Kept on the user record so that a link for a new
     /// user costs no index entry of its own: reuse and DeleteUser find the user's links here.
     #[serde(default)]
     pub links: Vec<LinkNote>,
 }
 
-/// One of a user's live links, as the user record lists it.
+/// One of a user's links, as the user record lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkNote {
     pub token_digest: Digest32,

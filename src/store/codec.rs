@@ -100,8 +100,8 @@ mod tests {
     use crate::crypto::Digest32;
     use crate::domain::model::fixtures::{link, user};
     use crate::domain::model::{
-        Attempt, AttemptStatus, Email, EmailKind, EmailLink, EmailStatus, LinkKind, Role, Session, SigningKeyRecord,
-        User, UserStatus,
+        Attempt, AttemptStatus, Email, EmailKind, EmailLink, EmailStatus, Link, LinkKind, LinkNote, Role, Session,
+        SigningKeyRecord, User, UserStatus,
     };
 
     fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(record: T) -> Vec<u8> {
@@ -125,6 +125,16 @@ mod tests {
     #[test]
     fn every_record_round_trips_compactly_and_json_still_reads() {
         round_trip(user());
+        round_trip(User {
+            links: vec![
+                LinkNote::of(&link()),
+                LinkNote::of(&Link {
+                    reuse_key: None,
+                    ..link()
+                }),
+            ],
+            ..user()
+        });
         round_trip(link());
         let claims: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(r#"{"amr":["email"],"n":-3,"f":1.5,"nested":{"ok":true,"none":null}}"#).unwrap();

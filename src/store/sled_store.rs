@@ -172,8 +172,8 @@ impl SledStore {
                 let (links, user_links, expiry) = (tx.on(&t.links), tx.on(&t.user_links), tx.on(&t.expiry));
                 if let Some(bytes) = links.remove(digest)? {
                     let link: Link = decode(&bytes)?;
-                    // A note on the user record stays until the user's next write drops it: it is
-                    // past its expiry, so reuse skips it, and DeleteUser finds no link under it.
+                    // Its note on the user record stays until a link is next filed for that user:
+                    // reuse skips it (expired), and DeleteUser finds no link under it.
                     user_links.remove(child_key(&link.user_id, digest))?;
                 }
                 expiry.remove(expiry_entry)?;
@@ -271,10 +271,12 @@ fn ensure_email_free(emails: &TxTree<'_>, users: &TxTree<'_>, user: &User) -> Re
     Ok(())
 }
 
-/// Files a new link under its user: a note on the user record (the caller writes the record),
-/// dropping notes of links that have expired, or an entry in `user_links` when the record is full.
-fn index_link(user: &mut User, user_links: &TxTree<'_>, link: &Link, now: Millis) {
-    user.links.retain(|note| note.expires_at > now);
+/// Files a new link under its user: a note on the user record (the caller writes the record), or an
+/// entry in `user_links` when the record is full. Notes of links due for purging (expired more
+/// than `retention` ago) go first; an expired link keeps its note until then, so that DeleteUser
+/// still finds and deletes it.
+fn index_link(user: &mut User, user_links: &TxTree<'_>, link: &Link, now: Millis, retention: Millis) {
+    user.links.retain(|note| note.expires_at + retention > now);
     if user.links.len() < NOTED_LINKS {
         user.links.push(LinkNote::of(link));
         return;
@@ -538,7 +540,7 @@ impl Store for SledStore {
                 tx.in_safe_order();
                 expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[]);
                 links.insert(digest, encode(link));
-                index_link(&mut user, &user_links, link, now);
+                index_link(&mut user, &user_links, link, now, retention);
                 if new_user.is_some() {
                     emails.insert(user.email_key().as_bytes(), user.id.as_bytes());
                 }
@@ -695,7 +697,7 @@ impl Store for SledStore {
                 for link in links {
                     let digest = link.token_digest.as_bytes();
                     links_tree.insert(digest, encode(link));
-                    index_link(&mut user, &user_links, link, now);
+                    index_link(&mut user, &user_links, link, now, retention);
                     expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[]);
                 }
                 users.insert(user.id.as_bytes(), encode(&user));
@@ -1073,6 +1075,59 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    /// An expired link keeps its note until it is due for purging, so DeleteUser still deletes it;
+    /// after that, the next link filed for the user drops the note.
+    #[tokio::test]
+    async fn an_expired_link_keeps_its_note_until_it_is_due_for_purging() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = crate::domain::model::HOUR;
+        let store = SledStore::open(&SledOptions {
+            retention,
+            ..options(dir.path())
+        })
+        .unwrap();
+        let first = fixtures::link();
+        let link = |n: u32, user_id: &str, created_at: Millis| Link {
+            token_digest: Digest32::of(&format!("token {n}")),
+            reuse_key: Some(Digest32::of(&format!("reuse {n}"))),
+            user_id: user_id.into(),
+            created_at,
+            expires_at: created_at + crate::domain::model::HOUR,
+            ..fixtures::link()
+        };
+        let noted = async |user_id: &str| -> Vec<Digest32> {
+            let user = store.user(user_id).await.unwrap().unwrap();
+            user.links.iter().map(|note| note.token_digest).collect()
+        };
+
+        // Expired, within retention: the note stays, and DeleteUser deletes the link.
+        let user = fixtures::user();
+        store.insert_link(&first, Some(&user), first.created_at).await.unwrap();
+        let expired = first.expires_at + 1;
+        let second = link(1, &user.id, expired);
+        store.insert_link(&second, None, expired).await.unwrap();
+        assert_eq!(noted(&user.id).await, [first.token_digest, second.token_digest]);
+        let deletion = store.delete_user(&user.id, expired).await.unwrap().unwrap();
+        assert_eq!(deletion.voided_links, 1, "the live one");
+        assert!(
+            store.link(&first.token_digest).await.unwrap().is_none(),
+            "the expired one is gone too"
+        );
+
+        // Due for purging: the next link filed drops the note.
+        let other = User {
+            id: "user-01a20ed6-5bc8-762d-96c5-000000000002".into(),
+            email: "other@example.com".into(),
+            ..fixtures::user()
+        };
+        let old = link(2, &other.id, first.created_at);
+        store.insert_link(&old, Some(&other), old.created_at).await.unwrap();
+        let due = old.expires_at + retention;
+        let new = link(3, &other.id, due);
+        store.insert_link(&new, None, due).await.unwrap();
+        assert_eq!(noted(&other.id).await, [new.token_digest]);
     }
 
     #[tokio::test]
