@@ -1,8 +1,14 @@
 //! Secrets: OS-random tokens, their digests, values derived from the server key, and PKCE.
 //!
-//! Nothing usable is ever stored: a token's SHA-256 digest indexes its record, and a secret that
-//! must be shown again (a reused link) is re-derived as an HMAC of a stored random seed under the
-//! server key, which lives outside the data directory.
+//! Nothing usable is ever stored: a token's digest indexes its record, and a secret that must be
+//! shown again (a reused link) is re-derived as an HMAC of a stored random seed under the server
+//! key, which lives outside the data directory.
+//!
+//! Secrets are stamped: their first six bytes are their creation time, which is no secret. The
+//! digest that keys a stamped secret's record keeps the stamp in front, so new records land at the
+//! end of their sled tree. sled then appends to the tree's last leaf; with keys spread over the
+//! whole tree (a plain SHA-256), every insert rewrote some leaf somewhere, and the superseded
+//! copies filled the log (bench/RESULTS.md, step 8).
 
 use std::fmt;
 
@@ -96,18 +102,57 @@ pub mod bytes32 {
     }
 }
 
-/// A new random 256-bit secret, base64url without padding (43 characters).
-pub fn new_secret() -> String {
-    base64url(&random_bytes::<SECRET_BYTES>())
+/// Bytes of creation time that lead a stamped secret: milliseconds since the epoch, big-endian
+/// (48 bits last until the year 10889).
+const STAMP_BYTES: usize = 6;
+/// The stamp's base64url characters: 6 bytes are exactly 8 characters, so the rest of a stamped
+/// secret is the base64url of its body alone.
+const STAMP_CHARS: usize = 8;
+/// Characters of a stamped secret: 6 + 32 bytes in base64url.
+pub const STAMPED_SECRET_CHARS: usize = 51;
+/// Characters of a secret handed out before stamps (32 bytes in base64url); still accepted.
+pub const PLAIN_SECRET_CHARS: usize = 43;
+
+/// `body` led by the stamp of `created_at_ms`, base64url without padding (51 characters).
+pub fn stamped_secret(created_at_ms: i64, body: &[u8; SECRET_BYTES]) -> String {
+    let millis = created_at_ms.clamp(0, (1 << 48) - 1) as u64;
+    let mut bytes = [0u8; STAMP_BYTES + SECRET_BYTES];
+    bytes[..STAMP_BYTES].copy_from_slice(&millis.to_be_bytes()[8 - STAMP_BYTES..]);
+    bytes[STAMP_BYTES..].copy_from_slice(body);
+    base64url(&bytes)
 }
 
-/// The SHA-256 of a secret: the only form in which a secret reaches the store.
+/// A new secret: 256 bits from the OS CSPRNG, stamped with `now_ms`.
+pub fn new_secret(now_ms: i64) -> String {
+    stamped_secret(now_ms, &random_bytes())
+}
+
+/// A 32-byte digest. Of a secret (`of_secret`), it is the only form in which the secret reaches
+/// the store.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Digest32(#[serde(with = "bytes32")] pub [u8; 32]);
 
 impl Digest32 {
-    pub fn of(secret: &str) -> Self {
-        Self(Sha256::digest(secret.as_bytes()).into())
+    /// The SHA-256 of `text`.
+    pub fn of(text: &str) -> Self {
+        Self(Sha256::digest(text.as_bytes()).into())
+    }
+
+    /// The key a secret's record is stored under. For a stamped secret: its stamp, then the first
+    /// 26 bytes (208 bits) of its SHA-256, so keys sort by creation time. For any other text (a
+    /// secret handed out before stamps): its SHA-256.
+    pub fn of_secret(secret: &str) -> Self {
+        let text = secret.as_bytes();
+        if text.len() != STAMPED_SECRET_CHARS {
+            return Self::of(secret);
+        }
+        let Ok(stamp) = URL_SAFE_NO_PAD.decode(&text[..STAMP_CHARS]) else {
+            return Self::of(secret);
+        };
+        let mut key = [0u8; 32];
+        key[..STAMP_BYTES].copy_from_slice(&stamp);
+        key[STAMP_BYTES..].copy_from_slice(&Sha256::digest(text)[..32 - STAMP_BYTES]);
+        Self(key)
     }
 
     pub fn of_bytes(bytes: &[u8]) -> Self {
@@ -256,10 +301,36 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_256_bit_and_distinct() {
-        let a = new_secret();
-        assert_eq!(a.len(), 43);
-        assert_ne!(a, new_secret());
+    fn secrets_are_256_bit_stamped_and_distinct() {
+        let a = new_secret(1_795_545_262_253);
+        assert_eq!(a.len(), STAMPED_SECRET_CHARS);
+        assert_ne!(a, new_secret(1_795_545_262_253));
+        let body = random_bytes::<SECRET_BYTES>();
+        assert_eq!(
+            stamped_secret(1_795_545_262_253, &body)[STAMP_CHARS..],
+            base64url(&body),
+            "the body follows the stamp unchanged"
+        );
+    }
+
+    #[test]
+    fn a_stamped_secret_is_keyed_in_creation_order_and_a_plain_one_by_its_sha256() {
+        let earlier = new_secret(1_795_545_262_253);
+        let later = new_secret(1_795_545_262_254);
+        let (earlier_key, later_key) = (Digest32::of_secret(&earlier), Digest32::of_secret(&later));
+        assert!(earlier_key < later_key, "keys sort by the stamp");
+        assert_eq!(
+            earlier_key.as_bytes()[..STAMP_BYTES],
+            1_795_545_262_253u64.to_be_bytes()[2..]
+        );
+        assert_eq!(earlier_key.as_bytes()[STAMP_BYTES..], Sha256::digest(&earlier)[..26]);
+        assert_ne!(Digest32::of_secret(&new_secret(1_795_545_262_253)), earlier_key);
+        let plain = base64url(&random_bytes::<SECRET_BYTES>());
+        assert_eq!(plain.len(), PLAIN_SECRET_CHARS);
+        assert_eq!(Digest32::of_secret(&plain), Digest32::of(&plain));
+        // Text that only looks stamped (a caller's garbage, multi-byte characters) hashes whole.
+        let garbage = format!("é{}", "a".repeat(STAMPED_SECRET_CHARS - 2));
+        assert_eq!(Digest32::of_secret(&garbage), Digest32::of(&garbage));
     }
 
     #[test]

@@ -226,11 +226,23 @@ async fn inspect_and_verify_bad_inputs() {
     let app = TestApp::spawn().await;
     let issued = app.issue_for_email("v@example.com").await;
     let token = token_of(&issued.link);
-    let unknown = latchkey::crypto::new_secret();
+    let unknown = latchkey::crypto::new_secret(1_795_545_262_253);
     for (label, bad, code, expected) in [
         ("empty", "", Code::InvalidArgument, "MISSING_FIELD"),
         ("garbage", "not a token", Code::NotFound, "TOKEN_NOT_FOUND"),
         ("unknown", unknown.as_str(), Code::NotFound, "TOKEN_NOT_FOUND"),
+        (
+            "unknown and unstamped",
+            &unknown[8..],
+            Code::NotFound,
+            "TOKEN_NOT_FOUND",
+        ),
+        (
+            "the right token without its stamp",
+            &token[8..],
+            Code::NotFound,
+            "TOKEN_NOT_FOUND",
+        ),
         ("huge", &"a".repeat(100_000), Code::NotFound, "TOKEN_NOT_FOUND"),
     ] {
         assert_error(app.inspect(bad).await, code, expected);
@@ -262,7 +274,7 @@ async fn sessions_and_users_bad_inputs() {
     let app = TestApp::spawn().await;
     let mut sessions = app.sessions();
     let mut users = app.users();
-    let unknown = latchkey::crypto::new_secret();
+    let unknown = latchkey::crypto::new_secret(1_795_545_262_253);
 
     let authenticate = |credential| pb::AuthenticateSessionRequest { credential };
     assert_error(

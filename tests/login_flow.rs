@@ -39,7 +39,11 @@ async fn issue_inspect_verify_authenticate_revoke() {
     assert!(user.email_verified);
     assert!(user.last_login_at.is_some());
     let session = session_of(verified);
-    assert_eq!(session.session_token.len(), 43);
+    assert_eq!(
+        session.session_token.len(),
+        51,
+        "a 6-byte stamp and 256 bits, base64url"
+    );
     assert!(!session.session_jwt.is_empty());
 
     // The token is single-use; inspect now says so too.

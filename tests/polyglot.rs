@@ -245,7 +245,7 @@ fn check_flow(run: Run, auth_required: bool, link_base: &str) {
     assert_eq!(issued["user_created"], true);
     assert_eq!(issued["reused"], false);
     assert_eq!(issued["link_base"], link_base);
-    assert_eq!(issued["token_length"], 43, "256 bits, base64url");
+    assert_eq!(issued["token_length"], 51, "a 6-byte stamp and 256 bits, base64url");
 
     let inspected = step("InspectToken");
     assert_eq!(inspected["link_kind"], "LOGIN_LINK");

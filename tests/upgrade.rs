@@ -1,12 +1,14 @@
 //! A data directory written by an earlier version keeps working: JSON records, links filed in
-//! `user_links` instead of noted on the user record, and reuse keys in a separate `link_reuse`
-//! tree (reuse key → token digest) with empty `user_links` values.
+//! `user_links` instead of noted on the user record, reuse keys in a separate `link_reuse` tree
+//! (reuse key → token digest) with empty `user_links` values, and secrets handed out before they
+//! were stamped with their creation time (keyed by their plain SHA-256).
 
 mod common;
 
 use common::*;
+use latchkey::crypto::Digest32;
 use latchkey::domain::model::{Link, Session, User};
-use latchkey::store::codec::decode;
+use latchkey::store::codec::{decode, encode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -53,15 +55,76 @@ fn rewrite_users_into_the_earliest_layout(db: &sled::Db) -> usize {
     moved
 }
 
+/// The secret an earlier version would have handed out in place of `stamped`: the same 256 bits
+/// without the stamp (its first 8 characters).
+fn unstamped(stamped: &str) -> &str {
+    &stamped[8..]
+}
+
+/// Moves the record `stamped` keys in `tree` to the key an earlier version gave it, the SHA-256
+/// of the unstamped secret, and renames it in the `expiry` index. Returns the two keys.
+fn rekey_as_before_stamps(db: &sled::Db, tree: &str, stamped: &str) -> (Digest32, Digest32) {
+    let (old, new) = (Digest32::of_secret(stamped), Digest32::of(unstamped(stamped)));
+    let tree = db.open_tree(tree).unwrap();
+    let value = tree
+        .remove(old.as_bytes())
+        .unwrap()
+        .expect("a record under the stamped key");
+    tree.insert(new.as_bytes(), value).unwrap();
+    let expiry = db.open_tree("expiry").unwrap();
+    for entry in expiry.iter() {
+        let (key, _) = entry.unwrap();
+        if key.ends_with(old.as_bytes()) {
+            expiry.remove(&key).unwrap();
+            let mut renamed = key[..key.len() - 32].to_vec();
+            renamed.extend_from_slice(new.as_bytes());
+            expiry.insert(renamed, &[]).unwrap();
+        }
+    }
+    (old, new)
+}
+
+/// Keys a link as an earlier version did: the record, its field and its note on the user record.
+fn rekey_link_as_before_stamps(db: &sled::Db, token: &str) {
+    let (old, new) = rekey_as_before_stamps(db, "links", token);
+    let links = db.open_tree("links").unwrap();
+    let mut link: Link = decode(&links.get(new.as_bytes()).unwrap().unwrap()).unwrap();
+    link.token_digest = new;
+    links.insert(new.as_bytes(), encode(&link)).unwrap();
+    let users = db.open_tree("users").unwrap();
+    let mut user: User = decode(&users.get(&link.user_id).unwrap().unwrap()).unwrap();
+    let note = user.links.iter_mut().find(|note| note.token_digest == old).unwrap();
+    note.token_digest = new;
+    users.insert(link.user_id.as_bytes(), encode(&user)).unwrap();
+}
+
+/// Keys a session's token index entry and record as an earlier version did.
+fn rekey_session_as_before_stamps(db: &sled::Db, token: &str) {
+    let (_, new) = rekey_as_before_stamps(db, "session_tokens", token);
+    let session_id = db
+        .open_tree("session_tokens")
+        .unwrap()
+        .get(new.as_bytes())
+        .unwrap()
+        .unwrap();
+    let sessions = db.open_tree("sessions").unwrap();
+    let mut session: Session = decode(&sessions.get(&session_id).unwrap().unwrap()).unwrap();
+    session.token_digest = new;
+    sessions.insert(session_id, encode(&session)).unwrap();
+}
+
 #[tokio::test]
 async fn a_store_from_an_earlier_version_serves_its_users_links_reuse_and_sessions() {
     let app = TestApp::spawn().await;
     let pending = app.issue_for_email("pending@example.com").await;
     let (signed_in, session) = app.signed_in("signed-in@example.com").await;
     let (dir, clock) = app.stop().await;
+    let pending_token = token_of(&pending.link);
 
     {
         let db = sled::open(dir.path().join("data")).unwrap();
+        rekey_link_as_before_stamps(&db, &pending_token);
+        rekey_session_as_before_stamps(&db, &session.session_token);
         assert_eq!(rewrite_users_into_the_earliest_layout(&db), 2, "one link per user");
         assert_eq!(rewrite_as_json::<Link>(&db, "links"), 2);
         assert_eq!(rewrite_as_json::<Session>(&db, "sessions"), 1);
@@ -78,21 +141,28 @@ async fn a_store_from_an_earlier_version_serves_its_users_links_reuse_and_sessio
     assert_eq!(user.email, "signed-in@example.com");
     let by_token = pb::AuthenticateSessionRequest {
         credential: Some(pb::authenticate_session_request::Credential::SessionToken(
-            session.session_token,
+            unstamped(&session.session_token).to_string(),
         )),
     };
     app.sessions()
         .authenticate_session(by_token)
         .await
-        .expect("a session stored as JSON still authenticates");
+        .expect("a session stored as JSON, with an unstamped token, still authenticates");
     // The reuse key moved from `link_reuse` onto the link's user entry: the same request gets the
-    // same link, which still verifies.
+    // same link, with the unstamped token it was handed out with, and that token still verifies.
     let again = app.issue(issue_for_user(&pending.user_id)).await.unwrap();
     assert!(again.reused, "the reuse key of the old tree was lost");
-    assert_eq!(again.link, pending.link);
-    app.verify(&token_of(&pending.link), "")
+    let handed_out_before = pending.link.replace(&pending_token, unstamped(&pending_token));
+    assert_eq!(
+        again.link, handed_out_before,
+        "a reused link must keep its unstamped token"
+    );
+    app.inspect(&pending_token)
         .await
-        .expect("a link stored as JSON verifies");
+        .expect_err("the stamped form of an unstamped link's token is no token");
+    app.verify(unstamped(&pending_token), "")
+        .await
+        .expect("a link stored as JSON, with an unstamped token, verifies");
     // A record written since reads alongside the old ones, and the used link is not reused.
     let fresh = app.issue(issue_for_user(&pending.user_id)).await.unwrap();
     assert!(!fresh.reused);
@@ -112,7 +182,7 @@ async fn a_store_from_an_earlier_version_serves_its_users_links_reuse_and_sessio
         })
         .await
         .unwrap();
-    for link in [&pending.link, &fresh.link, &live.link] {
+    for link in [&handed_out_before, &fresh.link, &live.link] {
         let status = app.inspect(&token_of(link)).await.unwrap_err();
         assert_eq!(reason(&status), "TOKEN_NOT_FOUND", "{link}");
     }

@@ -182,8 +182,8 @@ impl Domain {
                 }
             };
             let now = self.clock.now();
-            let pending_ref = new_secret();
-            let ref_digest = Digest32::of(&pending_ref);
+            let pending_ref = new_secret(now);
+            let ref_digest = Digest32::of_secret(&pending_ref);
             let numbers = three_numbers();
             let right = random_in_range(0, 2) as usize;
             let links: Vec<_> = (0..3)
@@ -259,7 +259,7 @@ impl Domain {
             ));
         }
         let not_found = || Error::new(Reason::PENDING_REF_NOT_FOUND, "no such pending_ref");
-        let ref_digest = Digest32::of(pending_ref);
+        let ref_digest = Digest32::of_secret(pending_ref);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait_seconds));
         let poll = self.pollers.join(&ref_digest);
         loop {

@@ -9,7 +9,7 @@ use super::redirect::link_with_token;
 use super::sessions::NewSession;
 use super::store::{LinkInsert, Redemption};
 use super::validate;
-use crate::crypto::{Digest32, base64url, new_secret, pkce, random_bytes};
+use crate::crypto::{Digest32, base64url, new_secret, pkce, random_bytes, stamped_secret};
 
 const TOKEN_LABEL: &str = "latchkey/link-token/v1";
 pub(crate) const TOKEN_PARAMETER: &str = "token";
@@ -102,11 +102,19 @@ pub(crate) fn check_may_use_links(user: &User) -> Result<()> {
 }
 
 impl Domain {
-    fn link_token(&self, seed: &[u8; 32]) -> String {
-        base64url(&self.server_key.derive(TOKEN_LABEL, seed))
+    /// A link's token: HMAC(server key, seed), stamped with the link's creation time. A link stored
+    /// before stamps keeps its unstamped token, which its key (a plain SHA-256) was made from.
+    fn link_token(&self, link: &Link) -> String {
+        let body = self.server_key.derive(TOKEN_LABEL, &link.seed);
+        let stamped = stamped_secret(link.created_at, &body);
+        if Digest32::of_secret(&stamped) == link.token_digest {
+            stamped
+        } else {
+            base64url(&body)
+        }
     }
 
-    /// A new, unused link; its token is `link_token(&link.seed)`.
+    /// A new, unused link; its token is `link_token(&link)`.
     pub(crate) fn new_link(
         &self,
         kind: LinkKind,
@@ -117,8 +125,9 @@ impl Domain {
         now: Millis,
     ) -> Link {
         let seed = random_bytes();
+        let token = stamped_secret(now, &self.server_key.derive(TOKEN_LABEL, &seed));
         Link {
-            token_digest: Digest32::of(&self.link_token(&seed)),
+            token_digest: Digest32::of_secret(&token),
             seed,
             kind,
             user_id: user_id.to_string(),
@@ -136,11 +145,7 @@ impl Domain {
     /// The URL a person clicks: the link's redirect URL with its token, derived again from the
     /// server key (the mail worker renders emails with it).
     pub fn link_url(&self, link: &Link) -> String {
-        link_with_token(
-            &link.redirect_url,
-            token_parameter(link.kind),
-            &self.link_token(&link.seed),
-        )
+        link_with_token(&link.redirect_url, token_parameter(link.kind), &self.link_token(link))
     }
 
     /// The request's redirect URL, or the configured default, checked against the allow-list;
@@ -206,7 +211,7 @@ impl Domain {
             );
             link.reuse_key = Some(reuse_key);
             link.oauth = oauth.clone();
-            let token = self.link_token(&link.seed);
+            let token = self.link_token(&link);
             let created = new_user.is_some();
             match self.store.insert_link(&link, new_user.as_ref(), now).await {
                 Ok(LinkInsert::Inserted) => {
@@ -219,7 +224,7 @@ impl Domain {
                     });
                 }
                 Ok(LinkInsert::Existing(existing)) => {
-                    let token = self.link_token(&existing.seed);
+                    let token = self.link_token(&existing);
                     return Ok(IssuedLink {
                         link: link_with_token(&existing.redirect_url, TOKEN_PARAMETER, &token),
                         user_id: user.id,
@@ -292,7 +297,7 @@ impl Domain {
 
     async fn find_link(&self, raw_token: &str) -> Result<Link> {
         let token = validate::secret("token", raw_token, Reason::TOKEN_NOT_FOUND)?;
-        let link = self.store.link(&Digest32::of(token)).await?;
+        let link = self.store.link(&Digest32::of_secret(token)).await?;
         link.ok_or_else(|| Error::new(Reason::TOKEN_NOT_FOUND, "no such token"))
     }
 
@@ -338,7 +343,7 @@ impl Domain {
         // Made before the atomic step: a store may run the decision more than once, and each run must
         // hand out the same session.
         let (session, session_token) = self.new_session_record(now, session_minutes);
-        let code_secret = new_secret();
+        let code_secret = new_secret(now);
         let decide = |link: &Link, user: &User, attempt: Option<&Attempt>| -> Result<Redemption> {
             check_usable(link, now)?;
             if let Some(attempt) = attempt {
@@ -420,7 +425,7 @@ impl Domain {
                 session,
             })
         };
-        let redemption = self.store.redeem_link(&Digest32::of(token), &decide).await?;
+        let redemption = self.store.redeem_link(&Digest32::of_secret(token), &decide).await?;
         if let Some(attempt) = &redemption.attempt {
             self.pollers.wake(&attempt.ref_digest);
         }

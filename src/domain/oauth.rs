@@ -163,7 +163,7 @@ impl Domain {
     /// The code a verified OAuth login link yields.
     pub(crate) fn new_code(&self, code: &str, user: &User, request: &OAuthRequest, now: Millis) -> AuthCode {
         AuthCode {
-            code_digest: Digest32::of(code),
+            code_digest: Digest32::of_secret(code),
             user_id: user.id.clone(),
             request: request.clone(),
             created_at: now,
@@ -249,7 +249,7 @@ impl Domain {
                 refusal: None,
             })
         };
-        let redemption = self.store.redeem_code(&Digest32::of(code), &decide).await?;
+        let redemption = self.store.redeem_code(&Digest32::of_secret(code), &decide).await?;
         if let Some(refusal) = redemption.refusal {
             return Err(refusal);
         }

@@ -36,11 +36,11 @@ fn not_found() -> Error {
 
 impl Domain {
     pub(crate) fn new_session_record(&self, now: Millis, minutes: u32) -> (Session, String) {
-        let token = new_secret();
+        let token = new_secret(now);
         let session = Session {
             id: super::new_id("session"),
             user_id: String::new(),
-            token_digest: Digest32::of(&token),
+            token_digest: Digest32::of_secret(&token),
             created_at: now,
             expires_at: now + Millis::from(minutes) * MINUTE,
             revoked_at: None,
@@ -87,7 +87,7 @@ impl Domain {
             SessionCredential::Token(raw) => {
                 let token = validate::secret("session_token", &raw, Reason::SESSION_NOT_FOUND)?;
                 self.store
-                    .session_by_token(&Digest32::of(token))
+                    .session_by_token(&Digest32::of_secret(token))
                     .await?
                     .ok_or_else(not_found)?
             }
@@ -135,7 +135,7 @@ impl Domain {
             SessionRef::Token(raw) => {
                 let token = validate::secret("session_token", &raw, Reason::SESSION_NOT_FOUND)?;
                 self.store
-                    .session_by_token(&Digest32::of(token))
+                    .session_by_token(&Digest32::of_secret(token))
                     .await?
                     .ok_or_else(not_found)?
                     .id

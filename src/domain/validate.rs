@@ -3,7 +3,7 @@
 use email_address::{EmailAddress, Options};
 
 use super::error::{Error, Reason, Result};
-use crate::crypto::pkce;
+use crate::crypto::{PLAIN_SECRET_CHARS, STAMPED_SECRET_CHARS, pkce};
 
 pub const MAX_EMAIL_LENGTH: usize = 254;
 pub const MAX_NAME_LENGTH: usize = 100;
@@ -93,13 +93,14 @@ pub fn code_verifier<'a>(field: &'static str, raw: &'a str) -> Result<Option<&'a
     Ok(Some(raw))
 }
 
-/// A secret the caller hands back. A malformed one cannot exist, so it is simply not found.
+/// A secret the caller hands back: stamped, or plain (handed out before stamps). A malformed one
+/// cannot exist, so it is simply not found.
 pub fn secret<'a>(field: &'static str, raw: &'a str, not_found: Reason) -> Result<&'a str> {
     let secret = raw.trim();
     if secret.is_empty() {
         return Err(Error::missing(field));
     }
-    let well_formed = secret.len() == 43
+    let well_formed = [STAMPED_SECRET_CHARS, PLAIN_SECRET_CHARS].contains(&secret.len())
         && secret
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
@@ -151,6 +152,31 @@ mod tests {
             Reason::EXPIRATION_OUT_OF_RANGE
         );
         assert!(minutes("m", 10081, 120, 5, 10080).is_err());
+    }
+
+    #[test]
+    fn secrets_are_stamped_or_plain_and_anything_else_is_not_found() {
+        let stamped = crate::crypto::new_secret(1_795_545_262_253);
+        assert_eq!(
+            secret("token", &format!(" {stamped}\n"), Reason::TOKEN_NOT_FOUND).unwrap(),
+            stamped
+        );
+        let plain = &stamped[8..];
+        assert_eq!(secret("token", plain, Reason::TOKEN_NOT_FOUND).unwrap(), plain);
+        assert_eq!(
+            secret("token", " ", Reason::TOKEN_NOT_FOUND).unwrap_err().reason(),
+            Reason::MISSING_FIELD
+        );
+        for bad in [
+            &stamped[1..],
+            &stamped[9..],
+            &format!("{stamped}a"),
+            &format!("{}+", &stamped[1..]),
+        ] {
+            let error = secret("token", bad, Reason::TOKEN_NOT_FOUND).unwrap_err();
+            assert_eq!(error.reason(), Reason::TOKEN_NOT_FOUND, "{bad}");
+            assert!(!error.to_string().contains(bad), "the error repeats the secret");
+        }
     }
 
     #[test]
