@@ -176,6 +176,32 @@ async fn the_sixth_email_in_a_burst_is_rate_limited_with_retry_info() {
     );
 }
 
+/// A recipient's bucket goes once it is full again (the store stays bounded), and not before.
+#[tokio::test]
+async fn a_rate_bucket_is_purged_once_full_again_and_not_before() {
+    let app = TestApp::spawn().await;
+    for _ in 0..5 {
+        app.login_or_create(request("bucket@example.com")).await.unwrap();
+    }
+    // Four minutes on, the bucket holds four sends: purging it now would give back five.
+    app.clock.advance_minutes(4);
+    assert_eq!(app.running().sweep_now().await.unwrap(), 0);
+    for _ in 0..4 {
+        app.login_or_create(request("bucket@example.com")).await.unwrap();
+    }
+    assert_error(
+        app.login_or_create(request("bucket@example.com")).await,
+        Code::ResourceExhausted,
+        "RATE_LIMITED",
+    );
+    // Full again five minutes after the last send: one bucket, one expiry entry, purged after.
+    app.clock.advance_minutes(6);
+    assert_eq!(app.running().sweep_now().await.unwrap(), 1);
+    let (dir, _) = app.stop().await;
+    let db = sled::open(dir.path().join("data")).unwrap();
+    assert!(db.open_tree("rate_limits").unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn a_rate_limit_of_zero_is_off() {
     let app = TestApp::spawn_with(|config| config.mail.rate_limit.burst = 0).await;

@@ -247,6 +247,10 @@ pub struct Email {
 pub struct RateBucket {
     pub tokens: f64,
     pub updated_at: Millis,
+    /// When the bucket is full again: from then on it is the same as no bucket, and the sweeper
+    /// removes it. 0 in buckets from before this field (see `sled_store::expire_old_rate_buckets`).
+    #[serde(default)]
+    pub full_at: Millis,
 }
 
 /// Realistic records for unit tests.

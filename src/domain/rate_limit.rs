@@ -28,9 +28,11 @@ impl RateLimit {
             Some(bucket) => (bucket.tokens + (now - bucket.updated_at).max(0) as f64 * per_milli).min(burst),
         };
         if tokens >= 1.0 {
+            let left = tokens - 1.0;
             return Ok(RateBucket {
-                tokens: tokens - 1.0,
+                tokens: left,
                 updated_at: now,
+                full_at: now + ((burst - left) * 60_000.0 / f64::from(self.per_minute)).ceil() as Millis,
             });
         }
         let wait = ((1.0 - tokens) / per_milli).ceil();
@@ -61,5 +63,38 @@ mod tests {
         let refilled = limit.take(bucket.as_ref(), 60_000).unwrap();
         assert!(refilled.tokens < 1.0);
         assert!(limit.take(Some(&refilled), 60_000).is_err());
+    }
+
+    #[test]
+    fn a_bucket_knows_when_it_is_full_again() {
+        let limit = RateLimit {
+            burst: 5,
+            per_minute: 1,
+        };
+        let first = limit.take(None, 0).unwrap();
+        assert_eq!(first.full_at, 60_000, "one send short of the burst: a minute");
+        let mut bucket = first;
+        for _ in 0..4 {
+            bucket = limit.take(Some(&bucket), 0).unwrap();
+        }
+        assert_eq!(bucket.full_at, 5 * 60_000);
+        // Just before then, the bucket holds less than the burst: four sends pass, not five.
+        let mut before = Some(bucket);
+        let passed = (0..5)
+            .filter(|_| match limit.take(before.as_ref(), 5 * 60_000 - 1) {
+                Ok(next) => {
+                    before = Some(next);
+                    true
+                }
+                Err(_) => false,
+            })
+            .count();
+        assert_eq!(passed, 4);
+        // At it, the bucket is as good as none: the whole burst passes.
+        let mut at = Some(bucket);
+        for _ in 0..5 {
+            at = Some(limit.take(at.as_ref(), 5 * 60_000).unwrap());
+        }
+        assert!(limit.take(at.as_ref(), 5 * 60_000).is_err());
     }
 }

@@ -50,6 +50,7 @@ pub enum Expiring {
     Email = b'E' as isize,
     Attempt = b'A' as isize,
     Code = b'C' as isize,
+    RateBucket = b'R' as isize,
 }
 
 /// `purge_at (big-endian, sign-flipped) | kind | record key`: a range scan up to now finds every
@@ -87,6 +88,7 @@ pub fn parse_expiry_key(key: &[u8]) -> Option<(Expiring, &[u8])> {
         b'E' => Expiring::Email,
         b'A' => Expiring::Attempt,
         b'C' => Expiring::Code,
+        b'R' => Expiring::RateBucket,
         _ => return None,
     };
     Some((kind, &key[9..]))

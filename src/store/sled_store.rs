@@ -14,10 +14,10 @@
 //! - `expiry`: purge time | kind | record key → () (see `codec::expiry_key`)
 //! - `emails`: email id → Email; `outbox`: due time | email id → () for QUEUED emails;
 //!   `emails_sending`: email id → () for emails a worker has claimed
-//! - `rate_limits`: recipient key → RateBucket
+//! - `rate_limits`: recipient key → RateBucket (its expiry entry is at `full_at`, moved on each send)
 //! - `attempts`: pending-ref digest → Attempt (enchanted links)
 //! - `codes`: authorization-code digest → AuthCode
-//! - `meta`: named singletons (the signing key set)
+//! - `meta`: named singletons (the signing key set, markers of one-time migrations)
 
 use std::fs::File;
 use std::ops::Bound;
@@ -123,6 +123,7 @@ impl SledStore {
             meta: tree("meta")?,
         };
         migrate_reuse_index(&db, &trees).map_err(|source| open_error(&options.path, source))?;
+        expire_old_rate_buckets(&trees).map_err(|source| open_error(&options.path, source))?;
         let data_file = match options.durability {
             Durability::Fsync => {
                 let path = options.path.join("db");
@@ -175,6 +176,22 @@ impl SledStore {
                     // Its note on the user record stays until a link is next filed for that user:
                     // reuse skips it (expired), and DeleteUser finds no link under it.
                     user_links.remove(child_key(&link.user_id, digest))?;
+                }
+                expiry.remove(expiry_entry)?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Removes a bucket that is full again: it limits nothing any more. One used since has a
+    /// later entry and stays.
+    async fn purge_rate_bucket(&self, recipient: &[u8], expiry_entry: &[u8], now: Millis) -> Result<()> {
+        let t = &self.trees;
+        self.writer
+            .write(|tx| {
+                let (rate_limits, expiry) = (tx.on(&t.rate_limits), tx.on(&t.expiry));
+                if read::<RateBucket>(&rate_limits, recipient)?.is_some_and(|bucket| bucket.full_at <= now) {
+                    rate_limits.remove(recipient)?;
                 }
                 expiry.remove(expiry_entry)?;
                 Ok(())
@@ -353,6 +370,30 @@ fn migrate_reuse_index(db: &sled::Db, trees: &Trees) -> sled::Result<()> {
     db.flush()?;
     db.drop_tree(OLD_TREE)?;
     db.flush()?;
+    Ok(())
+}
+
+/// Rate buckets from before `RateBucket::full_at` have no expiry entry: each gets one a day after
+/// its last use (a bucket refills within minutes at any sensible limit), once, marked in `meta`.
+/// Repeating it after a crash only rewrites the same entries.
+fn expire_old_rate_buckets(trees: &Trees) -> sled::Result<()> {
+    const DONE: &[u8] = b"rate_buckets_expire";
+    if trees.meta.contains_key(DONE)? {
+        return Ok(());
+    }
+    for entry in trees.rate_limits.iter() {
+        let (recipient, bytes) = entry?;
+        if let Ok(bucket) = decode::<RateBucket>(&bytes)
+            && bucket.full_at == 0
+        {
+            let purge_at = bucket.updated_at + 24 * crate::domain::model::HOUR;
+            trees
+                .expiry
+                .insert(expiry_key(purge_at, Expiring::RateBucket, &recipient), &[])?;
+        }
+    }
+    trees.meta.insert(DONE, &[])?;
+    trees.meta.flush()?;
     Ok(())
 }
 
@@ -679,11 +720,16 @@ impl Store for SledStore {
                     tx.on(&t.attempts),
                 );
                 if let Some((key, limit)) = rate {
-                    let bucket = read::<RateBucket>(&rate_limits, key.as_bytes())?;
-                    match limit.take(bucket.as_ref(), now) {
-                        Ok(bucket) => rate_limits.insert(key.as_bytes(), encode(&bucket)),
-                        Err(retry_after) => return Err(Error::RateLimited { retry_after }),
-                    };
+                    let old = read::<RateBucket>(&rate_limits, key.as_bytes())?;
+                    let new = limit
+                        .take(old.as_ref(), now)
+                        .map_err(|retry_after| Error::RateLimited { retry_after })?;
+                    rate_limits.insert(key.as_bytes(), encode(&new));
+                    // One expiry entry per bucket, at the time it is full again.
+                    if let Some(old) = old.filter(|old| old.full_at > 0) {
+                        expiry.remove(expiry_key(old.full_at, Expiring::RateBucket, key.as_bytes()))?;
+                    }
+                    expiry.insert(expiry_key(new.full_at, Expiring::RateBucket, key.as_bytes()), &[]);
                 }
                 let mut user = match new_user {
                     Some(user) => {
@@ -938,6 +984,7 @@ impl Store for SledStore {
                         })
                         .await?;
                 }
+                Some((Expiring::RateBucket, recipient)) => self.purge_rate_bucket(recipient, entry, now).await?,
                 Some((Expiring::Attempt, ref_digest)) => {
                     let t = &self.trees;
                     self.writer
@@ -995,11 +1042,15 @@ mod tests {
     /// Opens the store once sled's I/O threads have let go of an earlier handle's lock (they drop
     /// it just after their last flush; see `app::release_store`).
     fn open_when_free(path: &Path) -> SledStore {
+        wait_until_free(path);
+        SledStore::open(&options(path)).unwrap()
+    }
+
+    fn wait_until_free(path: &Path) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while !lock_is_free(path) && std::time::Instant::now() < deadline {
             std::thread::yield_now();
         }
-        SledStore::open(&options(path)).unwrap()
     }
 
     /// More live links than the user record notes: the rest go to `user_links`, and reuse, a
@@ -1128,6 +1179,45 @@ mod tests {
         let new = link(3, &other.id, due);
         store.insert_link(&new, None, due).await.unwrap();
         assert_eq!(noted(&other.id).await, [new.token_digest]);
+    }
+
+    #[tokio::test]
+    async fn rate_buckets_from_before_their_expiry_get_one_a_day_after_their_last_use() {
+        /// Writes a bucket as versions before `full_at` did, with the store closed.
+        fn write_old_bucket(path: &Path, recipient: &str, last_use: Millis) {
+            #[derive(serde::Serialize)]
+            struct OldBucket {
+                tokens: f64,
+                updated_at: Millis,
+            }
+            let db = sled::Config::new().path(path).open().unwrap();
+            let old = OldBucket {
+                tokens: 2.0,
+                updated_at: last_use,
+            };
+            db.open_tree("rate_limits")
+                .unwrap()
+                .insert(recipient, encode(&old))
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let last_use = 1_795_545_262_253;
+        write_old_bucket(dir.path(), "ann@example.com", last_use);
+        let store = open_when_free(dir.path());
+        let day = 24 * crate::domain::model::HOUR;
+        assert_eq!(store.purge_expired(last_use + day - 1, 10).await.unwrap(), 0);
+        assert!(store.trees.rate_limits.contains_key("ann@example.com").unwrap());
+        assert_eq!(store.purge_expired(last_use + day + 1, 10).await.unwrap(), 1);
+        assert!(store.trees.rate_limits.is_empty(), "the old bucket stayed");
+        assert!(store.trees.expiry.is_empty());
+        // Once done, a later open does not scan the buckets again.
+        store.close().await.unwrap();
+        drop(store);
+        wait_until_free(dir.path());
+        write_old_bucket(dir.path(), "bob@example.com", last_use);
+        let store = open_when_free(dir.path());
+        assert!(store.trees.expiry.is_empty(), "the buckets were scanned at every open");
     }
 
     #[tokio::test]
