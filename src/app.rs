@@ -40,6 +40,7 @@ use crate::mail::transport::{self, Transport};
 use crate::mail::worker::{RetryPolicy, Worker};
 use crate::metrics::{GrpcMetricsLayer, Metrics};
 use crate::store::{SledOptions, SledStore, sweeper};
+use crate::supervise::supervise;
 
 /// How long shutdown waits for calls in flight before closing them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -358,14 +359,38 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
 
     let tasks = TaskTracker::new();
     let sweep_interval = Duration::from_secs(config.store.sweep_interval_seconds);
-    tasks.spawn(sweeper::run(
-        store.clone(),
-        clock.clone(),
-        sweep_interval,
+    // Each background task is started again if it panics (see `crate::supervise`).
+    let (store_for_sweeps, clock_for_sweeps, stop) = (store.clone(), clock.clone(), shutdown.clone());
+    let sweeps = move || {
+        sweeper::run(
+            store_for_sweeps.clone(),
+            clock_for_sweeps.clone(),
+            sweep_interval,
+            stop.clone(),
+        )
+    };
+    let (domain_for_keys, stop) = (domain.clone(), shutdown.clone());
+    let rotations = move || rotate_keys(domain_for_keys.clone(), stop.clone());
+    let stop = shutdown.clone();
+    let mail = move || worker.clone().run(stop.clone());
+    tasks.spawn(supervise(
+        "sweeper",
         shutdown.clone(),
+        metrics.task_restarts("sweeper"),
+        sweeps,
     ));
-    tasks.spawn(rotate_keys(domain.clone(), shutdown.clone()));
-    tasks.spawn(worker.run(shutdown.clone()));
+    tasks.spawn(supervise(
+        "key_rotation",
+        shutdown.clone(),
+        metrics.task_restarts("key_rotation"),
+        rotations,
+    ));
+    tasks.spawn(supervise(
+        "mail_worker",
+        shutdown.clone(),
+        metrics.task_restarts("mail_worker"),
+        mail,
+    ));
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(listener) = http_listener {
         let state = crate::http::HttpState {

@@ -23,4 +23,5 @@ pub mod jwt;
 pub mod mail;
 pub mod metrics;
 pub mod store;
+pub mod supervise;
 pub mod telemetry;

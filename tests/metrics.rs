@@ -157,6 +157,11 @@ async fn outbox_sends_and_live_long_polls_are_reported() {
     assert_eq!(sample(&text, "latchkey_outbox_sending"), Some(0.0));
     assert_eq!(sample(&text, "latchkey_mail_failed_total"), Some(0.0));
     assert_eq!(sample(&text, "latchkey_mail_retried_total"), Some(0.0));
+    // Exported from the start, so that an alert on restarts has a series to watch.
+    for task in ["mail_worker", "sweeper", "key_rotation"] {
+        let series = format!("latchkey_background_task_restarts_total{{task=\"{task}\"}}");
+        assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+    }
     app.stop().await;
     let answer = waiting.await.unwrap().unwrap().into_inner();
     assert_eq!(answer.status(), pb::poll_session_response::Status::Pending);

@@ -34,6 +34,11 @@ struct MethodLabels {
     method: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    task: &'static str,
+}
+
 type LatencyFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -46,6 +51,7 @@ pub struct Metrics {
     registry: Registry,
     calls: Family<CallLabels, Counter>,
     latency: LatencyFamily,
+    restarts: Family<TaskLabels, Counter>,
 }
 
 impl Metrics {
@@ -63,12 +69,24 @@ impl Metrics {
             "Time from request to final status, by service and method",
             latency.clone(),
         );
+        let restarts = Family::<TaskLabels, Counter>::default();
+        registry.register(
+            "latchkey_background_task_restarts",
+            "Background tasks (mail worker, sweeper, key rotation) started again after a panic",
+            restarts.clone(),
+        );
         registry.register_collector(Box::new(LiveFigures { domain, sends }));
         Arc::new(Self {
             registry,
             calls,
             latency,
+            restarts,
         })
+    }
+
+    /// The restart counter of one background task (see `crate::supervise`).
+    pub fn task_restarts(&self, task: &'static str) -> Counter {
+        self.restarts.get_or_create(&TaskLabels { task }).clone()
     }
 
     fn record(&self, service: &'static str, method: &'static str, code: &'static str, seconds: f64) {
