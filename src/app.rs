@@ -360,19 +360,18 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
     let tasks = TaskTracker::new();
     let sweep_interval = Duration::from_secs(config.store.sweep_interval_seconds);
     // Each background task is started again if it panics (see `crate::supervise`).
-    let (store_for_sweeps, clock_for_sweeps, stop) = (store.clone(), clock.clone(), shutdown.clone());
-    let sweeps = move || {
-        sweeper::run(
-            store_for_sweeps.clone(),
-            clock_for_sweeps.clone(),
-            sweep_interval,
-            stop.clone(),
-        )
+    let sweeps = {
+        let (store, clock, stop) = (store.clone(), clock.clone(), shutdown.clone());
+        move || sweeper::run(store.clone(), clock.clone(), sweep_interval, stop.clone())
     };
-    let (domain_for_keys, stop) = (domain.clone(), shutdown.clone());
-    let rotations = move || rotate_keys(domain_for_keys.clone(), stop.clone());
-    let stop = shutdown.clone();
-    let mail = move || worker.clone().run(stop.clone());
+    let rotations = {
+        let (domain, stop) = (domain.clone(), shutdown.clone());
+        move || rotate_keys(domain.clone(), stop.clone())
+    };
+    let mail = {
+        let stop = shutdown.clone();
+        move || worker.clone().run(stop.clone())
+    };
     tasks.spawn(supervise(
         "sweeper",
         shutdown.clone(),

@@ -243,6 +243,12 @@ async fn inspect_and_verify_bad_inputs() {
             Code::NotFound,
             "TOKEN_NOT_FOUND",
         ),
+        (
+            "the right token with another stamp",
+            &format!("AAAAAAAA{}", &token[8..]),
+            Code::NotFound,
+            "TOKEN_NOT_FOUND",
+        ),
         ("huge", &"a".repeat(100_000), Code::NotFound, "TOKEN_NOT_FOUND"),
     ] {
         assert_error(app.inspect(bad).await, code, expected);

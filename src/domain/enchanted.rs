@@ -188,7 +188,7 @@ impl Domain {
             let right = random_in_range(0, 2) as usize;
             let links: Vec<_> = (0..3)
                 .map(|_| {
-                    let mut link = self.new_link(LinkKind::Enchanted, &user.id, &redirect, minutes, None, now);
+                    let (mut link, _) = self.new_link(LinkKind::Enchanted, &user.id, &redirect, minutes, None, now);
                     link.attempt = Some(ref_digest);
                     link
                 })

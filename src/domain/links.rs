@@ -114,7 +114,7 @@ impl Domain {
         }
     }
 
-    /// A new, unused link; its token is `link_token(&link)`.
+    /// A new, unused link and its token (which `link_token` derives again later).
     pub(crate) fn new_link(
         &self,
         kind: LinkKind,
@@ -123,10 +123,10 @@ impl Domain {
         minutes: u32,
         code_challenge: Option<String>,
         now: Millis,
-    ) -> Link {
+    ) -> (Link, String) {
         let seed = random_bytes();
         let token = stamped_secret(now, &self.server_key.derive(TOKEN_LABEL, &seed));
-        Link {
+        let link = Link {
             token_digest: Digest32::of_secret(&token),
             seed,
             kind,
@@ -139,7 +139,8 @@ impl Domain {
             reuse_key: None,
             attempt: None,
             oauth: None,
-        }
+        };
+        (link, token)
     }
 
     /// The URL a person clicks: the link's redirect URL with its token, derived again from the
@@ -201,7 +202,7 @@ impl Domain {
                     .map(|o| serde_json::to_string(o).expect("serializes"))
                     .unwrap_or_default()
             ));
-            let mut link = self.new_link(
+            let (mut link, token) = self.new_link(
                 LinkKind::Login,
                 &user.id,
                 &redirect,
@@ -211,7 +212,6 @@ impl Domain {
             );
             link.reuse_key = Some(reuse_key);
             link.oauth = oauth.clone();
-            let token = self.link_token(&link);
             let created = new_user.is_some();
             match self.store.insert_link(&link, new_user.as_ref(), now).await {
                 Ok(LinkInsert::Inserted) => {

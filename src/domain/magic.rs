@@ -140,7 +140,7 @@ impl Domain {
                 None => self.magic_url_default(signup)?,
             };
             let now = self.clock.now();
-            let link = self.new_link(LinkKind::Magic, &user.id, &url, minutes, code_challenge.clone(), now);
+            let (link, _) = self.new_link(LinkKind::Magic, &user.id, &url, minutes, code_challenge.clone(), now);
             let queued = self.queue_email(
                 &user,
                 kind,
