@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let include = protoc_bin_vendored::include_path()?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Malformed requests answer INVALID_ARGUMENT, not INTERNAL (see src/api/codec.rs).
+        .codec_path("crate::api::codec::StrictCodec")
         .file_descriptor_set_path(out.join("latchkey_descriptor.bin"))
         .compile_with_config(config, &PROTOS.map(PathBuf::from), &[PathBuf::from("proto"), include])?;
     let mut google = prost_build::Config::new();

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -39,11 +39,14 @@ use crate::mail::templates::Templates;
 use crate::mail::transport::{self, Transport};
 use crate::mail::worker::{RetryPolicy, Worker};
 use crate::metrics::{GrpcMetricsLayer, Metrics};
+use crate::net::{Acceptor, Handshake, Peer};
 use crate::store::{SledOptions, SledStore, sweeper};
 use crate::supervise::supervise;
 
-/// How long shutdown waits for calls in flight before closing them.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// What the shutdown grace period keeps back, after draining, for closing the store.
+const CLOSE_RESERVE: Duration = Duration::from_secs(2);
+/// How often health looks at whether the store still takes writes.
+const STORE_CHECK: Duration = Duration::from_secs(1);
 
 /// How often the signing keys are checked for rotation.
 const KEY_ROTATION_CHECK: Duration = Duration::from_secs(60);
@@ -75,7 +78,11 @@ pub struct Running {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    http_server: Option<JoinHandle<()>>,
+    /// Cancelled when the drain is over: every connection still open on either port fails.
+    close_all: CancellationToken,
     shutdown_delay: Duration,
+    shutdown_grace: Duration,
     http_addr: Option<SocketAddr>,
     data_dir: std::path::PathBuf,
     /// What `/readyz` on the HTTP port answers: health's overall status, as a flag.
@@ -101,8 +108,11 @@ impl Running {
         sweeper::sweep(self.domain.store.as_ref(), self.domain.clock.as_ref()).await
     }
 
-    /// Drains and stops; returns once the store is durable and closed.
+    /// Drains and stops within the shutdown grace period, whatever clients do; returns once the
+    /// store is durable and closed.
     pub async fn shutdown(mut self) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
+        let drain_deadline = deadline - CLOSE_RESERVE.min(self.shutdown_grace / 4);
         set_health(&self.health, ServingStatus::NotServing).await;
         self.ready.store(false, Ordering::Relaxed);
         if !self.shutdown_delay.is_zero() {
@@ -117,18 +127,47 @@ impl Running {
         for service in std::iter::once("").chain(SERVICE_NAMES) {
             self.health.clear_service_status(service).await;
         }
-        let served = match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.server).await {
+        let drained = tokio::time::timeout_at(drain_deadline, async {
+            let served = (&mut self.server).await;
+            if let Some(http) = &mut self.http_server {
+                let _ = http.await;
+            }
+            served
+        })
+        .await;
+        // Whatever is still open (a call past the grace period, a client that never finished its
+        // request or handshake) fails now, which ends its connection task and frees the services.
+        self.close_all.cancel();
+        let served = match drained {
             Ok(joined) => joined.map_err(|error| format!("server task failed: {error}"))?,
             Err(_) => {
-                tracing::warn!("calls still in flight after {DRAIN_TIMEOUT:?}; closing them");
+                tracing::warn!(grace = ?self.shutdown_grace, "connections still open at the end of the shutdown grace period; closed them");
                 self.server.abort();
+                if let Some(http) = &self.http_server {
+                    http.abort();
+                }
                 Ok(())
             }
         };
         self.tasks.close();
-        self.tasks.wait().await;
-        self.domain.store.close().await.map_err(|error| error.to_string())?;
-        release_store(self.domain, &self.data_dir).await;
+        if tokio::time::timeout_at(drain_deadline, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "background tasks (mail worker, sweeper) still busy at the end of the shutdown grace period; stopping without them"
+            );
+        }
+        match tokio::time::timeout_at(deadline, self.domain.store.close()).await {
+            Ok(closed) => closed.map_err(|error| error.to_string())?,
+            Err(_) => {
+                return Err(
+                    "the store did not close within the shutdown grace period; the next start recovers it from its log"
+                        .into(),
+                );
+            }
+        }
+        release_store(self.domain, &self.data_dir, deadline).await;
         served.map_err(|error| format!("server error: {error}"))
     }
 }
@@ -139,8 +178,7 @@ impl Running {
 /// longer: hyper drops a connection's per-stream tasks (holding the services) just after it
 /// reports the connection closed, and sled's I/O threads drop their handles just after the last
 /// flush they served.
-async fn release_store(domain: Arc<Domain>, data_dir: &std::path::Path) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+async fn release_store(domain: Arc<Domain>, data_dir: &std::path::Path, deadline: tokio::time::Instant) {
     while Arc::strong_count(&domain) > 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -154,7 +192,14 @@ async fn release_store(domain: Arc<Domain>, data_dir: &std::path::Path) {
     }
     let dir = data_dir.to_path_buf();
     let started = std::time::Instant::now();
-    match tokio::task::spawn_blocking(move || crate::store::sled_store::checkpoint(&dir)).await {
+    let checkpoint = tokio::task::spawn_blocking(move || crate::store::sled_store::checkpoint(&dir));
+    let Ok(checkpointed) = tokio::time::timeout_at(deadline, checkpoint).await else {
+        tracing::warn!(
+            "the store checkpoint did not finish within the shutdown grace period; the next start recovers from the log"
+        );
+        return;
+    };
+    match checkpointed {
         Ok(Ok(())) => tracing::info!(
             took_ms = started.elapsed().as_millis() as u64,
             "store checkpointed; the next start reads a snapshot instead of the whole log"
@@ -167,9 +212,9 @@ async fn release_store(domain: Arc<Domain>, data_dir: &std::path::Path) {
     }
 }
 
-fn server_tls(tls: &TlsMaterial) -> ServerTlsConfig {
+fn server_tls(tls: &TlsMaterial, handshake_timeout: Duration) -> ServerTlsConfig {
     let identity = Identity::from_pem(&tls.cert_pem, tls.key_pem.expose());
-    let config = ServerTlsConfig::new().identity(identity);
+    let config = ServerTlsConfig::new().identity(identity).timeout(handshake_timeout);
     match &tls.client_ca_pem {
         Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
         None => config,
@@ -207,6 +252,7 @@ fn settings(validated: &Validated) -> Settings {
             })
             .collect(),
         access_token_minutes: config.oauth.access_token_minutes,
+        access_token_audience: config.access_token_audience().to_string(),
     }
 }
 
@@ -326,35 +372,44 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
     let check = |scope| ApiKeyCheck::new(api_keys.clone(), required, scope);
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new(domain.clone(), worker.counts());
-    let mut builder = Server::builder();
+    let limits = &config.limits;
+    let mut builder = Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_header_list_size(limits.max_header_list_bytes)
+        .http2_keepalive_interval(Some(limits.keepalive_interval()))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
+        .timeout(limits.request_timeout());
     if let Some(tls) = &validated.tls {
         builder = builder
-            .tls_config(server_tls(tls))
+            .tls_config(server_tls(tls, limits.handshake_timeout()))
             .map_err(|error| StartError::Tls(error.to_string()))?;
     }
+    let max_request = limits.max_request_bytes;
     let router = builder
+        .layer(crate::net::MarkRequestsLayer)
         .layer(GrpcMetricsLayer::new(metrics.clone()))
         .trace_fn(|request| tracing::debug_span!("grpc", path = %request.uri().path()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(PasswordlessServer::with_interceptor(
-            PasswordlessApi::new(domain.clone()),
+        .add_service(InterceptedService::new(
+            PasswordlessServer::new(PasswordlessApi::new(domain.clone())).max_decoding_message_size(max_request),
             check(Scope::Links),
         ))
-        .add_service(SessionsServer::with_interceptor(
-            SessionsApi::new(domain.clone()),
+        .add_service(InterceptedService::new(
+            SessionsServer::new(SessionsApi::new(domain.clone())).max_decoding_message_size(max_request),
             check(Scope::Sessions),
         ))
-        .add_service(UsersServer::with_interceptor(
-            UsersApi::new(domain.clone()),
+        .add_service(InterceptedService::new(
+            UsersServer::new(UsersApi::new(domain.clone())).max_decoding_message_size(max_request),
             check(Scope::Admin),
         ))
-        .add_service(EmailsServer::with_interceptor(
-            EmailsApi::new(domain.clone()),
+        .add_service(InterceptedService::new(
+            EmailsServer::new(EmailsApi::new(domain.clone())).max_decoding_message_size(max_request),
             check(Scope::Admin),
         ));
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let close_all = CancellationToken::new();
+    let incoming = Acceptor::new(listener, limits, close_all.clone(), Handshake::Http2Preface, true);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()));
 
     let tasks = TaskTracker::new();
@@ -391,25 +446,30 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         mail,
     ));
     let ready = Arc::new(AtomicBool::new(false));
-    if let Some(listener) = http_listener {
+    let http_server = http_listener.map(|listener| {
         let state = crate::http::HttpState {
             domain: domain.clone(),
             metrics,
             ready: ready.clone(),
         };
+        let app = crate::http::router(state, limits.request_timeout())
+            .layer(crate::net::MarkRequestsLayer)
+            .into_make_service_with_connect_info::<Peer>();
+        let listener = Acceptor::new(listener, limits, close_all.clone(), Handshake::FirstRequest, false);
         let stop = shutdown.clone();
-        tasks.spawn(async move {
-            let serving = axum::serve(listener, crate::http::router(state))
+        tokio::spawn(async move {
+            let serving = axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
             if let Err(error) = serving {
                 tracing::error!(%error, "the HTTP port stopped");
             }
-        });
-    }
+        })
+    });
 
     set_health(&health, ServingStatus::Serving).await;
     ready.store(true, Ordering::Relaxed);
+    tasks.spawn(watch_store(store.clone(), health.clone(), shutdown.clone()));
     let shutdown_delay = Duration::from_secs(config.shutdown_delay_seconds);
     Ok(Running {
         local_addr,
@@ -418,11 +478,39 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         shutdown,
         tasks,
         server,
+        http_server,
+        close_all,
         shutdown_delay,
+        shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
         http_addr,
         data_dir: config.data_dir.clone(),
         ready,
     })
+}
+
+/// Health follows the store: NOT_SERVING while it refuses writes (after a storage error), so
+/// load balancers and readiness probes route elsewhere.
+async fn watch_store(store: Arc<dyn Store>, health: HealthReporter, shutdown: CancellationToken) {
+    let mut refusing = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(STORE_CHECK) => {}
+        }
+        let now_refusing = store.refuses_writes();
+        if now_refusing != refusing && !shutdown.is_cancelled() {
+            refusing = now_refusing;
+            if refusing {
+                tracing::error!(
+                    "the store refuses writes; health is NOT_SERVING until a restart (free disk space first)"
+                );
+                set_health(&health, ServingStatus::NotServing).await;
+            } else {
+                tracing::info!("the store takes writes again; health is SERVING");
+                set_health(&health, ServingStatus::Serving).await;
+            }
+        }
+    }
 }
 
 async fn rotate_keys(domain: Arc<Domain>, shutdown: CancellationToken) {

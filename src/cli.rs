@@ -85,6 +85,9 @@ pub fn run() -> ExitCode {
 }
 
 fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
+    // Everything the server writes (the store, development mail holding working links, a generated
+    // key) is for its own user only: files 0600 and directories 0700, whatever umask it inherits.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let working_dir = match std::env::current_dir() {
         Ok(dir) => dir,
         Err(error) => {
@@ -110,7 +113,11 @@ fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve_until_signal(validated)) {
+    let served = runtime.block_on(serve_until_signal(validated));
+    // Dropping the runtime would wait for blocking work without limit (a store flush on a disk
+    // that hangs): shutdown has already had its grace period.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "latchkey stopped");

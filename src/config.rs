@@ -19,6 +19,9 @@ use crate::store::Durability;
 /// the data directory (a copy of the data directory must not carry the key).
 pub const DEVELOPMENT_KEY_FILE: &str = "latchkey-server.key";
 
+/// The least of the shutdown grace period left for draining after `shutdown_delay_seconds`.
+const MIN_DRAIN_SECONDS: u64 = 3;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
@@ -82,6 +85,12 @@ pub struct Config {
     /// On SIGTERM, health says NOT_SERVING this long before the server stops accepting calls, so
     /// load balancers and Kubernetes stop routing to it first.
     pub shutdown_delay_seconds: u64,
+    /// SIGTERM to exit takes at most this long, whatever clients do: the delay above, then
+    /// calls in flight drain, then every connection still open is closed and the store closes.
+    pub shutdown_grace_seconds: u64,
+    /// What one peer may hold on either port.
+    #[serde(default)]
+    pub limits: crate::net::Limits,
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub links: LinksConfig,
@@ -116,6 +125,9 @@ pub struct OAuthConfig {
     pub clients: Vec<OAuthClientConfig>,
     /// Lifetime of access and ID tokens.
     pub access_token_minutes: u32,
+    /// The `aud` of access tokens: the resource they are for (RFC 9068). Default: `issuer`.
+    #[serde(default)]
+    pub access_token_audience: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -268,6 +280,8 @@ impl Config {
             server_key_file: None,
             issuer: "http://localhost:9464".into(),
             shutdown_delay_seconds: 0,
+            shutdown_grace_seconds: 25,
+            limits: crate::net::Limits::default(),
             log: LogConfig {
                 format: LogFormat::Text,
                 level: "info".into(),
@@ -330,6 +344,7 @@ impl Config {
                     Vec::new()
                 },
                 access_token_minutes: 60,
+                access_token_audience: None,
             },
             sessions: SessionsConfig {
                 default_duration_minutes: 1440,
@@ -576,6 +591,17 @@ impl Config {
         if self.shutdown_delay_seconds > 300 {
             return Err(invalid("shutdown_delay_seconds", "must be at most 300"));
         }
+        if !(5..=600).contains(&self.shutdown_grace_seconds)
+            || self.shutdown_grace_seconds < self.shutdown_delay_seconds + MIN_DRAIN_SECONDS
+        {
+            return Err(invalid(
+                "shutdown_grace_seconds",
+                format!("must be between 5 and 600, and at least shutdown_delay_seconds + {MIN_DRAIN_SECONDS}"),
+            ));
+        }
+        self.limits
+            .check()
+            .map_err(|(key, problem)| invalid(format!("limits.{key}"), problem))?;
         if self.store.cache_capacity_mib == 0 {
             return Err(invalid("store.cache_capacity_mib", "must be at least 1"));
         }
@@ -601,6 +627,37 @@ impl Config {
             smtp_password,
             tls,
         })
+    }
+
+    /// A server key file that any user may read is refused in production (and warned about in
+    /// development): whoever reads it can mint every secret latchkey hands out. The group may read
+    /// it (Kubernetes adds the pod's fsGroup to Secret files).
+    fn check_key_file_mode(&self, key: &str, path: &Path) -> Result<(), ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|error| invalid(key, format!("cannot read {}: {error}", path.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o007 == 0 {
+            return Ok(());
+        }
+        let problem = format!(
+            "{} is readable by every user (mode {:o}); restrict it, e.g. chmod 600 (or 640 for a group)",
+            path.display(),
+            mode & 0o777
+        );
+        match self.profile {
+            Profile::Production => Err(invalid(key, problem)),
+            Profile::Development => {
+                tracing::warn!("{problem}");
+                Ok(())
+            }
+        }
+    }
+
+    /// The `aud` of OAuth access tokens.
+    pub fn access_token_audience(&self) -> &str {
+        self.oauth.access_token_audience.as_deref().unwrap_or(&self.issuer)
     }
 
     /// Reads the TLS files; a certificate needs its key, and mutual TLS needs both.
@@ -641,12 +698,34 @@ impl Config {
         if !(1..=1440).contains(&oauth.access_token_minutes) {
             return Err(invalid("oauth.access_token_minutes", "must be between 1 and 1440"));
         }
+        // Session JWTs are told from ID and access tokens partly by audience, so none may share it.
+        let session_audience = self.sessions.audience.as_str();
+        if session_audience.trim().is_empty() {
+            return Err(invalid("sessions.audience", "must not be empty"));
+        }
+        if let Some(audience) = &oauth.access_token_audience
+            && audience.trim().is_empty()
+        {
+            return Err(invalid("oauth.access_token_audience", "must not be empty when set"));
+        }
+        if self.access_token_audience() == session_audience {
+            return Err(invalid(
+                "oauth.access_token_audience",
+                "must differ from sessions.audience (it defaults to issuer), so an access token is never taken for a session JWT",
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for (index, client) in oauth.clients.iter().enumerate() {
             let at = |field: &str| format!("oauth.clients[{index}].{field}");
             let id = client.client_id.trim();
             if id.is_empty() || id.len() > 128 || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
                 return Err(invalid(at("client_id"), "1-128 printable characters without spaces"));
+            }
+            if id == session_audience {
+                return Err(invalid(
+                    at("client_id"),
+                    "must differ from sessions.audience: an ID token's audience is its client",
+                ));
             }
             if !seen.insert(id) {
                 return Err(invalid(at("client_id"), format!("{id:?} is configured twice")));
@@ -771,6 +850,7 @@ impl Config {
         }
         let text = std::fs::read_to_string(&path)
             .map_err(|error| invalid(key_key, format!("cannot read {}: {error}", path.display())))?;
+        self.check_key_file_mode(key_key, &path)?;
         let key = ServerKey::parse(&text).map_err(|error| invalid(key_key, format!("{}: {error}", path.display())))?;
         Ok((key, generated))
     }
@@ -882,6 +962,25 @@ mod tests {
                 .to_string()
                 .contains("server_key_file")
         );
+    }
+
+    #[test]
+    fn a_server_key_file_any_user_can_read_is_refused_in_production() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("server.key");
+        std::fs::write(&key, ServerKey::generate_encoded()).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut config = Config::defaults(Profile::Production);
+        config.data_dir = dir.path().join("data");
+        config.server_key_file = Some(key.clone());
+        let error = config.resolve_server_key(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("readable by every user (mode 644)"), "{error}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(config.resolve_server_key(dir.path()).is_ok(), "group-readable is fine");
+        config.profile = Profile::Development;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(config.resolve_server_key(dir.path()).is_ok(), "development warns only");
     }
 
     #[test]

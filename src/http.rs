@@ -4,10 +4,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::json;
@@ -26,13 +28,22 @@ pub struct HttpState {
     pub ready: Arc<AtomicBool>,
 }
 
-pub fn router(state: HttpState) -> Router {
+/// The routes, each answered within `request_timeout` (503 past it).
+pub fn router(state: HttpState, request_timeout: Duration) -> Router {
     Router::new()
         .route(JWKS_PATH, get(jwks))
         .route(DISCOVERY_PATH, get(discovery))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| async move {
+                match tokio::time::timeout(request_timeout, next.run(request)).await {
+                    Ok(response) => response,
+                    Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "request timeout\n").into_response(),
+                }
+            },
+        ))
         .with_state(state)
 }
 
@@ -86,8 +97,22 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     )
 }
 
+const STORE_REFUSES: &str =
+    "the store refuses writes after a storage error (a full or failing disk): free space, then restart latchkey\n";
+
+/// Liveness fails only when a restart is the way back: the store stopped taking writes.
+async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
+    if state.domain.store.refuses_writes() {
+        (StatusCode::SERVICE_UNAVAILABLE, STORE_REFUSES)
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Relaxed) {
+    if state.domain.store.refuses_writes() {
+        (StatusCode::SERVICE_UNAVAILABLE, STORE_REFUSES)
+    } else if state.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")

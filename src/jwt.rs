@@ -47,8 +47,81 @@ pub fn key_id(key: &VerifyingKey) -> String {
     base64url(&thumbprint.as_bytes()[..12])
 }
 
-pub fn sign(key: &SigningKey, kid: &str, claims: &Map<String, Value>) -> String {
-    let header = serde_json::json!({ "alg": "EdDSA", "typ": "JWT", "kid": kid });
+/// The header `typ` of each kind of token latchkey signs. Session JWTs and ID tokens keep the
+/// plain `JWT` that every library accepts (they differ by audience and by `azp`); access tokens
+/// are `at+jwt` (RFC 9068), so no verifier of the other two accepts one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenType {
+    Session,
+    IdToken,
+    AccessToken,
+}
+
+impl TokenType {
+    pub fn header_typ(self) -> &'static str {
+        match self {
+            Self::Session | Self::IdToken => "JWT",
+            Self::AccessToken => "at+jwt",
+        }
+    }
+}
+
+/// Claim names a caller can never set: those of RFC 7519, OpenID Connect Core (the ID token's and
+/// the standard claims of §5.1), RFC 9068 and RFC 8693 (access tokens), and latchkey's own.
+pub const RESERVED_CLAIMS: &[&str] = &[
+    // RFC 7519 registered claims.
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    // OpenID Connect ID token claims.
+    "auth_time",
+    "nonce",
+    "acr",
+    "amr",
+    "azp",
+    "at_hash",
+    "c_hash",
+    "s_hash",
+    "sid",
+    // OpenID Connect standard claims.
+    "name",
+    "given_name",
+    "family_name",
+    "middle_name",
+    "nickname",
+    "preferred_username",
+    "profile",
+    "picture",
+    "website",
+    "email",
+    "email_verified",
+    "gender",
+    "birthdate",
+    "zoneinfo",
+    "locale",
+    "phone_number",
+    "phone_number_verified",
+    "address",
+    "updated_at",
+    // Access tokens (RFC 9068) and token exchange (RFC 8693).
+    "scope",
+    "client_id",
+    "cnf",
+    "act",
+    "may_act",
+    // latchkey's own.
+    "stepup",
+    "mfa",
+    "provider_id",
+    "sso_app_id",
+];
+
+pub fn sign(key: &SigningKey, kid: &str, kind: TokenType, claims: &Map<String, Value>) -> String {
+    let header = serde_json::json!({ "alg": "EdDSA", "typ": kind.header_typ(), "kid": kid });
     let mut token = format!(
         "{}.{}",
         base64url(header.to_string().as_bytes()),
@@ -68,12 +141,16 @@ pub enum JwtError {
     UnknownKey,
     #[error("bad JWT signature")]
     BadSignature,
+    #[error("the JWT is another kind of token")]
+    WrongType,
 }
 
-/// Checks the signature with the key named by the header's `kid`; returns the claims. Time
-/// claims are the caller's to judge.
+/// Checks the header's `typ` (absent counts as `JWT`, RFC 7519 §5.1) and the signature with the
+/// key named by the header's `kid`; returns the claims. Time and audience claims are the caller's
+/// to judge.
 pub fn verify<'k>(
     token: &str,
+    kind: TokenType,
     find_key: impl Fn(&str) -> Option<&'k VerifyingKey>,
 ) -> Result<Map<String, Value>, JwtError> {
     let mut parts = token.split('.');
@@ -85,6 +162,14 @@ pub fn verify<'k>(
     let header: Map<String, Value> = serde_json::from_slice(&decode(header)?).map_err(|_| JwtError::Malformed)?;
     if header.get("alg").and_then(Value::as_str) != Some("EdDSA") {
         return Err(JwtError::Malformed);
+    }
+    let typ = match header.get("typ") {
+        None => "JWT",
+        Some(typ) => typ.as_str().ok_or(JwtError::Malformed)?,
+    };
+    // Media types compare case-insensitively (RFC 7515 §4.1.9).
+    if !typ.eq_ignore_ascii_case(kind.header_typ()) {
+        return Err(JwtError::WrongType);
     }
     let kid = header.get("kid").and_then(Value::as_str).ok_or(JwtError::Malformed)?;
     let key = find_key(kid).ok_or(JwtError::UnknownKey)?;
@@ -111,12 +196,25 @@ mod tests {
         let kid = key_id(&public);
         let mut claims = Map::new();
         claims.insert("sub".into(), Value::from("user-1"));
-        let token = sign(&key, &kid, &claims);
+        let token = sign(&key, &kid, TokenType::Session, &claims);
         let find = |k: &str| (k == kid).then_some(&public);
-        assert_eq!(verify(&token, find).unwrap(), claims);
+        assert_eq!(verify(&token, TokenType::Session, find).unwrap(), claims);
         let tampered = token.replacen('.', ".e", 1);
-        assert!(verify(&tampered, find).is_err());
-        assert_eq!(verify(&token, |_| None), Err(JwtError::UnknownKey));
-        assert_eq!(verify("a.b", find), Err(JwtError::Malformed));
+        assert!(verify(&tampered, TokenType::Session, find).is_err());
+        assert_eq!(verify(&token, TokenType::Session, |_| None), Err(JwtError::UnknownKey));
+        assert_eq!(verify("a.b", TokenType::Session, find), Err(JwtError::Malformed));
+    }
+
+    #[test]
+    fn an_access_token_is_not_a_session_jwt() {
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let public = key.verifying_key();
+        let kid = key_id(&public);
+        let find = |k: &str| (k == kid).then_some(&public);
+        let access = sign(&key, &kid, TokenType::AccessToken, &Map::new());
+        assert_eq!(verify(&access, TokenType::Session, find), Err(JwtError::WrongType));
+        assert!(verify(&access, TokenType::AccessToken, find).is_ok());
+        let session = sign(&key, &kid, TokenType::Session, &Map::new());
+        assert_eq!(verify(&session, TokenType::AccessToken, find), Err(JwtError::WrongType));
     }
 }

@@ -8,6 +8,7 @@
 //! - `store`: the sled implementation of the store, group commit, expiry sweeping.
 //! - `mail`: templates, transports (SMTP, files) and the worker that drains the outbox.
 //! - `http`: the HTTP port (JWKS, OpenID discovery, metrics, liveness and readiness).
+//! - `net`: the network edge of both ports — connection and stream limits, deadlines.
 //! - `metrics`: Prometheus metrics and the tower layer that counts gRPC calls.
 //! - `crypto`, `jwt`: secrets, digests, PKCE, derived keys, EdDSA JWTs.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod http;
 pub mod jwt;
 pub mod mail;
 pub mod metrics;
+pub mod net;
 pub mod store;
 pub mod supervise;
 pub mod telemetry;

@@ -249,12 +249,19 @@ async fn inspect_and_verify_bad_inputs() {
             Code::NotFound,
             "TOKEN_NOT_FOUND",
         ),
-        ("huge", &"a".repeat(100_000), Code::NotFound, "TOKEN_NOT_FOUND"),
+        ("huge", &"a".repeat(60_000), Code::NotFound, "TOKEN_NOT_FOUND"),
     ] {
         assert_error(app.inspect(bad).await, code, expected);
         let status = app.verify(bad, "").await.expect_err(label);
         assert_eq!((status.code(), reason(&status).as_str()), (code, expected), "{label}");
     }
+    // Past limits.max_request_bytes (64 KiB) the gRPC library refuses the message unread.
+    let status = app
+        .verify(&"a".repeat(100_000), "")
+        .await
+        .expect_err("over the size limit");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("65536"), "{status:?}");
     let mut passwordless = app.passwordless();
     for (minutes, ok) in [(4, false), (525_601, false), (5, true)] {
         let request = pb::VerifyTokenRequest {
@@ -475,6 +482,16 @@ async fn sessions_and_users_bad_inputs() {
         Code::InvalidArgument,
         "INVALID_VALUE",
     );
+    let back_to_pending = pb::User {
+        status: pb::user::Status::Pending as i32,
+        ..Default::default()
+    };
+    let refused = users
+        .update_user(update(with_id(back_to_pending), &["status"]))
+        .await
+        .expect_err("a signed-in user cannot become PENDING again");
+    assert_eq!(reason(&refused), "INVALID_VALUE");
+    assert!(refused.message().contains("DISABLED"), "{}", refused.message());
     assert_error(
         users
             .update_user(update(

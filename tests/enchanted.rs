@@ -360,10 +360,10 @@ async fn modes_and_bad_inputs() {
     assert_eq!(sent.user_id, user.user_id);
     assert!(!sent.user_created);
 
-    let reserved = {
+    let reserved = |name: &str| {
         let mut claims = prost_types::Struct::default();
         claims.fields.insert(
-            "sub".into(),
+            name.into(),
             prost_types::Value {
                 kind: Some(prost_types::value::Kind::StringValue("x".into())),
             },
@@ -426,7 +426,52 @@ async fn modes_and_bad_inputs() {
         (
             "reserved claim",
             pb::SendEnchantedLinkRequest {
-                login_options: Some(reserved),
+                login_options: Some(reserved("sub")),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        ),
+        (
+            "OIDC claim auth_time",
+            pb::SendEnchantedLinkRequest {
+                login_options: Some(reserved("auth_time")),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        ),
+        (
+            "OIDC claim nonce",
+            pb::SendEnchantedLinkRequest {
+                login_options: Some(reserved("nonce")),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        ),
+        (
+            "OIDC claim email_verified",
+            pb::SendEnchantedLinkRequest {
+                login_options: Some(reserved("email_verified")),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        ),
+        (
+            "access token claim scope",
+            pb::SendEnchantedLinkRequest {
+                login_options: Some(reserved("scope")),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        ),
+        (
+            "access token claim client_id",
+            pb::SendEnchantedLinkRequest {
+                login_options: Some(reserved("client_id")),
                 ..base()
             },
             Code::InvalidArgument,

@@ -171,7 +171,10 @@ async fn quick_account_creation_needs_names_and_matches_emails_case_insensitivel
         .into_inner()
         .user
         .unwrap();
-    assert_eq!(user.email, "Ann.Case@Example.COM", "trimmed, case kept");
+    assert_eq!(
+        user.email, "Ann.Case@example.com",
+        "trimmed, local part's case kept, domain canonical"
+    );
     assert_eq!(user.first_name, "Ann");
     assert_eq!(user.status(), pb::user::Status::Pending);
 

@@ -176,6 +176,67 @@ async fn the_sixth_email_in_a_burst_is_rate_limited_with_retry_info() {
     );
 }
 
+#[tokio::test]
+async fn one_mailbox_is_one_user_and_one_rate_bucket_whatever_its_spelling() {
+    let app = TestApp::spawn().await;
+    for spellings in [
+        ["x@example.com", "\"x\"@example.com", "X@EXAMPLE.com"],
+        ["ann@exämple.com", "ann@xn--exmple-cua.com", "\"ann\"@EXÄMPLE.COM"],
+    ] {
+        let first = app.login_or_create(request(spellings[0])).await.unwrap();
+        assert!(first.user_created);
+        for spelling in &spellings[1..] {
+            let again = app.login_or_create(request(spelling)).await.unwrap();
+            assert_eq!(again.user_id, first.user_id, "{spelling}");
+            assert!(!again.user_created, "{spelling}");
+        }
+        // Three sent, two left in the burst of five, whatever the spelling.
+        app.login_or_create(request(spellings[1])).await.unwrap();
+        app.login_or_create(request(spellings[2])).await.unwrap();
+        assert_error(
+            app.login_or_create(request(spellings[0])).await,
+            Code::ResourceExhausted,
+            "RATE_LIMITED",
+        );
+    }
+    let user = app
+        .users()
+        .get_user(pb::GetUserRequest {
+            user: Some(pb::get_user_request::User::Email("ANN@exämple.com".into())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        user.user.unwrap().email,
+        "ann@xn--exmple-cua.com",
+        "stored in canonical form"
+    );
+}
+
+#[tokio::test]
+async fn an_undeliverable_address_is_refused_before_anything_is_written() {
+    let app = TestApp::spawn().await;
+    for address in ["\"a<b\"@example.com", "\"a b\"@example.com", "\"a\\\"b\"@example.com"] {
+        assert_error(
+            app.login_or_create(request(address)).await,
+            Code::InvalidArgument,
+            "INVALID_EMAIL",
+        );
+    }
+    let listed = app
+        .users()
+        .list_users(pb::ListUsersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.users.is_empty(), "no user was created: {:?}", listed.users);
+    assert!(
+        !app.mail_dir().exists() || std::fs::read_dir(app.mail_dir()).unwrap().next().is_none(),
+        "nothing was queued"
+    );
+}
+
 /// A recipient's bucket goes once it is full again (the store stays bounded), and not before.
 #[tokio::test]
 async fn a_rate_bucket_is_purged_once_full_again_and_not_before() {
@@ -275,6 +336,15 @@ async fn login_or_create_bad_inputs() {
             "login url",
             pb::LoginOrCreateRequest {
                 login_magic_link_url: "nope".into(),
+                ..base()
+            },
+            Code::InvalidArgument,
+            "INVALID_URL",
+        ),
+        (
+            "login url over 2048 bytes",
+            pb::LoginOrCreateRequest {
+                login_magic_link_url: format!("http://localhost:3000/{}", "a".repeat(2030)),
                 ..base()
             },
             Code::InvalidArgument,

@@ -56,7 +56,14 @@ impl TestApp {
         self.passwordless().exchange_code(request).await.map(|r| r.into_inner())
     }
 
-    async fn session_state(&self, jwt: &str) -> Result<(), tonic::Status> {
+    /// Whether the session an exchange created still lives, read from the store: OAuth hands
+    /// out no first-party credential for it (its access token is not a session JWT).
+    async fn session_revoked(&self, session_id: &str) -> bool {
+        let session = self.running().domain().store.session(session_id).await.unwrap();
+        session.expect("the exchange stored its session").revoked_at.is_some()
+    }
+
+    async fn authenticate_jwt(&self, jwt: &str) -> Result<(), tonic::Status> {
         let request = pb::AuthenticateSessionRequest {
             credential: Some(pb::authenticate_session_request::Credential::SessionJwt(jwt.into())),
         };
@@ -119,13 +126,17 @@ async fn zapier_flow_from_login_link_to_verified_tokens() {
     assert_eq!(body, grpc_jwks, "the HTTP JWKS is GetJwks's");
     let jwks: JwkSet = serde_json::from_str(&body).unwrap();
 
-    let access = verify_offline(&tokens.access_token, &jwks, "dev");
+    // RFC 9068: the access token's audience is the resource (by default the issuer), and it
+    // names its client in client_id; the ID token's audience is the client.
+    let access = verify_offline(&tokens.access_token, &jwks, "http://localhost:9464");
+    assert_eq!(access["client_id"], "dev");
     assert_eq!(access["sub"], issued.user_id.as_str());
     assert_eq!(access["sid"], tokens.session_id.as_str());
     assert_eq!(access["scope"], "openid email");
     let id = verify_offline(&tokens.id_token, &jwks, "dev");
     assert_eq!(id["sub"], issued.user_id.as_str());
     assert_eq!(id["nonce"], "n-456");
+    assert_eq!(id["azp"], "dev");
     assert_eq!(id["email"], "zap@example.com");
     assert_eq!(id["email_verified"], true);
     assert!(id["auth_time"].as_i64().unwrap() <= id["iat"].as_i64().unwrap());
@@ -156,17 +167,45 @@ async fn a_replayed_code_fails_and_revokes_the_first_session() {
     let app = TestApp::spawn().await;
     let authorization = app.authorize("replay@example.com", "openid").await;
     let first = app.exchange(exchange(&authorization.code)).await.unwrap();
-    app.session_state(&first.access_token).await.expect("the session lives");
+    assert!(!app.session_revoked(&first.session_id).await, "the session lives");
     assert_error(
         app.exchange(exchange(&authorization.code)).await,
         Code::FailedPrecondition,
         "CODE_ALREADY_USED",
     );
-    assert_error(
-        app.session_state(&first.access_token).await,
-        Code::FailedPrecondition,
-        "SESSION_REVOKED",
+    assert!(app.session_revoked(&first.session_id).await);
+}
+
+#[tokio::test]
+async fn oauth_tokens_are_not_session_jwts() {
+    let app = TestApp::spawn().await;
+    let authorization = app.authorize("confused@example.com", "openid email").await;
+    let tokens = app.exchange(exchange(&authorization.code)).await.unwrap();
+    assert_eq!(
+        decode_header(&tokens.access_token).unwrap().typ.as_deref(),
+        Some("at+jwt")
     );
+    assert_eq!(decode_header(&tokens.id_token).unwrap().typ.as_deref(), Some("JWT"));
+    for (kind, token) in [("access token", &tokens.access_token), ("ID token", &tokens.id_token)] {
+        let status = app.authenticate_jwt(token).await.expect_err(kind);
+        assert_eq!(status.code(), Code::NotFound, "{kind}");
+        assert_eq!(reason(&status), "SESSION_NOT_FOUND", "{kind}");
+        assert!(
+            status.message().contains("another kind of token"),
+            "{kind}: {}",
+            status.message()
+        );
+    }
+    // A first-party session JWT of the same user still authenticates.
+    let issued = app.issue(issue_request("confused@example.com")).await.unwrap();
+    let verified = app.verify(&token_of(&issued.link), "").await.unwrap();
+    let Some(pb::verify_token_response::Result::Session(session)) = verified.result else {
+        panic!("a login link yields a session");
+    };
+    assert_eq!(decode_header(&session.session_jwt).unwrap().typ.as_deref(), Some("JWT"));
+    app.authenticate_jwt(&session.session_jwt)
+        .await
+        .expect("a session JWT authenticates");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -403,9 +442,9 @@ async fn access_tokens_verify_across_a_key_rotation_with_the_http_jwks() {
     assert_eq!(grpc_jwks.keys.len(), 2);
     let jwks: JwkSet = serde_json::from_str(&body).unwrap();
     // The offline check uses the wall clock, which the test clock started from; both are in date.
-    verify_offline(&before.access_token, &jwks, "dev");
+    verify_offline(&before.access_token, &jwks, "http://localhost:9464");
     verify_offline(&before.id_token, &jwks, "dev");
-    verify_offline(&after.access_token, &jwks, "dev");
+    verify_offline(&after.access_token, &jwks, "http://localhost:9464");
 
     // Once the old key's last access token has expired, the old key is unpublished.
     app.clock.advance_minutes(2 * 60);

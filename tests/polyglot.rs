@@ -407,6 +407,9 @@ fn auth_on_server(key: &str) -> (tempfile::TempDir, BinaryServer) {
     let digest = latchkey(dir.path(), &["hash-key", key]);
     let server_key = latchkey(dir.path(), &["generate-server-key"]);
     std::fs::write(dir.path().join("server.key"), server_key).unwrap();
+    // Production refuses a server key file that every user may read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path().join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let config = format!(
         r#"profile = "production"
 server_key_file = "server.key"

@@ -2,6 +2,7 @@
 //! domain errors become statuses. Nothing below this module sees a proto type.
 
 pub mod auth;
+pub mod codec;
 pub mod convert;
 pub mod emails;
 pub mod error;

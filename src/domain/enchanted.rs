@@ -15,22 +15,6 @@ use super::store::Collection;
 use super::{Domain, validate};
 use crate::crypto::{Digest32, new_secret, random_in_range};
 
-/// Claims the session JWT sets itself; custom claims may not replace them.
-const RESERVED_CLAIMS: &[&str] = &[
-    "iss",
-    "sub",
-    "aud",
-    "exp",
-    "nbf",
-    "iat",
-    "jti",
-    "sid",
-    "email",
-    "stepup",
-    "mfa",
-    "provider_id",
-    "sso_app_id",
-];
 const MAX_CUSTOM_CLAIMS_BYTES: usize = 4096;
 const MAX_ID_LENGTH: usize = 200;
 const MAX_WAIT_SECONDS: u32 = 30;
@@ -110,7 +94,7 @@ fn session_claims(request: &SendEnchantedLink) -> Result<Map<String, Value>> {
     if let Some(reserved) = request
         .custom_claims
         .keys()
-        .find(|k| RESERVED_CLAIMS.contains(&k.as_str()))
+        .find(|k| crate::jwt::RESERVED_CLAIMS.contains(&k.as_str()))
     {
         return Err(Error::field(
             Reason::INVALID_VALUE,

@@ -11,7 +11,7 @@ use super::error::{Error, Result};
 use super::model::{HOUR, Millis, SigningKeyRecord};
 use super::store::Store;
 use crate::crypto::{ServerKey, random_bytes};
-use crate::jwt::{self, Jwk, JwtError};
+use crate::jwt::{self, Jwk, JwtError, TokenType};
 
 const DERIVATION_LABEL: &str = "latchkey/jwt-signing-key/v1";
 /// How long before it signs a successor key is published, at most.
@@ -182,15 +182,15 @@ impl KeyRing {
         self.current.read().expect("key set lock").clone()
     }
 
-    pub fn sign(&self, claims: &Map<String, Value>, now: Millis) -> String {
+    pub fn sign(&self, kind: TokenType, claims: &Map<String, Value>, now: Millis) -> String {
         let set = self.snapshot();
         let signer = set.signer(now);
-        jwt::sign(&signer.signing, &signer.record.kid, claims)
+        jwt::sign(&signer.signing, &signer.record.kid, kind, claims)
     }
 
-    pub fn verify(&self, token: &str) -> Result<Map<String, Value>, JwtError> {
+    pub fn verify(&self, token: &str, kind: TokenType) -> Result<Map<String, Value>, JwtError> {
         let set = self.snapshot();
-        jwt::verify(token, |kid| {
+        jwt::verify(token, kind, |kid| {
             set.keys.iter().find(|k| k.record.kid == kid).map(|k| &k.verifying)
         })
     }

@@ -48,6 +48,8 @@ pub struct Settings {
     pub oauth_clients: Vec<oauth::OAuthClient>,
     /// Lifetime of OAuth access and ID tokens.
     pub access_token_minutes: u32,
+    /// The `aud` of access tokens (RFC 9068: the resource, not the client).
+    pub access_token_audience: String,
 }
 
 /// Which custom email templates exist (the mail module loads them).

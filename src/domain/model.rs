@@ -74,8 +74,13 @@ impl User {
     }
 }
 
+/// The canonical address (see `validate::email`), lower-cased. Emails stored by versions that did
+/// not canonicalise are keyed by the same form (the store re-keys its index at open).
 pub fn email_key(email: &str) -> String {
-    email.trim().to_lowercase()
+    match super::validate::email("email", email) {
+        Ok(canonical) => canonical.to_lowercase(),
+        Err(_) => email.trim().to_lowercase(),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,6 +10,7 @@ use super::model::{AuthCode, MINUTE, Millis, OAuthRequest, User, UserStatus};
 use super::store::CodeRedemption;
 use super::{Domain, validate};
 use crate::crypto::{Digest32, pkce};
+use crate::jwt::TokenType;
 
 /// Authorization codes live 60 seconds (SPEC §5).
 pub const CODE_LIFETIME: Millis = 60_000;
@@ -259,7 +260,8 @@ impl Domain {
         let user = redemption.user;
         let lifetime = Millis::from(self.settings.access_token_minutes) * MINUTE;
         let expires_at = now + lifetime;
-        let mut access = self.token_claims(&user, &code.request.client_id, now, expires_at);
+        // RFC 9068: the audience is the resource the token is for, not the client.
+        let mut access = self.token_claims(&user, &self.settings.access_token_audience, now, expires_at);
         access.insert("sid".into(), Value::from(session.id.clone()));
         access.insert("scope".into(), Value::from(code.request.scope.clone()));
         access.insert("client_id".into(), Value::from(code.request.client_id.clone()));
@@ -269,13 +271,14 @@ impl Domain {
             id.insert("auth_time".into(), Value::from(code.auth_time / 1000));
             id.insert("email_verified".into(), Value::from(user.email_verified));
             id.insert("sid".into(), Value::from(session.id.clone()));
+            id.insert("azp".into(), Value::from(code.request.client_id.clone()));
             if !code.request.nonce.is_empty() {
                 id.insert("nonce".into(), Value::from(code.request.nonce.clone()));
             }
-            self.keys.sign(&id, now)
+            self.keys.sign(TokenType::IdToken, &id, now)
         });
         Ok(Exchanged {
-            access_token: self.keys.sign(&access, now),
+            access_token: self.keys.sign(TokenType::AccessToken, &access, now),
             expires_in: lifetime / 1000,
             scope: code.request.scope,
             id_token,

@@ -99,6 +99,10 @@ pub struct RedirectPolicy {
     allowed: Vec<AllowedRedirect>,
 }
 
+/// The longest redirect URL, in bytes (the link adds the token to it): what browsers and mail
+/// clients handle everywhere.
+pub const MAX_URL_BYTES: usize = 2048;
+
 impl RedirectPolicy {
     pub fn new(allowed: Vec<AllowedRedirect>) -> Self {
         Self { allowed }
@@ -107,6 +111,17 @@ impl RedirectPolicy {
     /// Parses `raw` and checks it against the allow-list. `token_parameter` must not be present
     /// already, since latchkey appends it.
     pub fn check(&self, field: &'static str, raw: &str, token_parameter: &str) -> Result<Url> {
+        // Measured on what is stored and mailed: the parsed, normalised URL.
+        let too_long = || {
+            Error::field(
+                Reason::INVALID_URL,
+                field,
+                format!("{field} has at most {MAX_URL_BYTES} bytes"),
+            )
+        };
+        if raw.trim().len() > 4 * MAX_URL_BYTES {
+            return Err(too_long());
+        }
         let url = Url::parse(raw.trim()).map_err(|_| {
             Error::field(
                 Reason::INVALID_URL,
@@ -128,6 +143,9 @@ impl RedirectPolicy {
                 field,
                 format!("{field} is not on the redirect allow-list"),
             ));
+        }
+        if url.as_str().len() > MAX_URL_BYTES {
+            return Err(too_long());
         }
         Ok(url)
     }

@@ -7,6 +7,10 @@ use super::error::{Error, Reason, Result};
 use super::model::{LinkKind, MINUTE, Millis, Session, User, UserStatus};
 use super::validate;
 use crate::crypto::{Digest32, new_secret};
+use crate::jwt::{RESERVED_CLAIMS, TokenType};
+
+/// Reserved claims that latchkey itself puts in a session's claims (enchanted link options).
+const SESSION_OPTION_CLAIMS: [&str; 4] = ["stepup", "mfa", "provider_id", "sso_app_id"];
 
 /// A session as handed to a caller: the record, its bearer token (only when just created) and a
 /// fresh JWT.
@@ -61,6 +65,10 @@ impl Domain {
         let expires_at = (now + Millis::from(self.settings.session_jwt_minutes) * MINUTE).min(session.expires_at);
         // The session's own claims first; the registered ones after, so they always win.
         let mut claims = session.claims.clone();
+        // Sessions stored by versions that reserved fewer names may carry one a caller set.
+        claims.retain(|name, _| {
+            !RESERVED_CLAIMS.contains(&name.as_str()) || SESSION_OPTION_CLAIMS.contains(&name.as_str())
+        });
         claims.insert("iss".into(), Value::from(self.settings.issuer.clone()));
         claims.insert("sub".into(), Value::from(user.id.clone()));
         claims.insert("aud".into(), Value::from(self.settings.audience.clone()));
@@ -70,7 +78,7 @@ impl Domain {
         claims.insert("jti".into(), Value::from(uuid::Uuid::now_v7().to_string()));
         claims.insert("sid".into(), Value::from(session.id.clone()));
         claims.insert("email".into(), Value::from(user.email.clone()));
-        let jwt = self.keys.sign(&claims, now);
+        let jwt = self.keys.sign(TokenType::Session, &claims, now);
         NewSession {
             session,
             token: token.into(),
@@ -95,12 +103,13 @@ impl Domain {
                 if raw.trim().is_empty() {
                     return Err(Error::missing("session_jwt"));
                 }
-                let claims = self.keys.verify(raw.trim()).map_err(|error| {
+                let claims = self.keys.verify(raw.trim(), TokenType::Session).map_err(|error| {
                     Error::new(
                         Reason::SESSION_NOT_FOUND,
                         format!("the session JWT is not valid: {error}"),
                     )
                 })?;
+                self.check_session_jwt_claims(&claims)?;
                 let session_id = claims.get("sid").and_then(Value::as_str).ok_or_else(not_found)?;
                 let session = self.store.session(session_id).await?.ok_or_else(not_found)?;
                 if claims.get("sub").and_then(Value::as_str) != Some(session.user_id.as_str()) {
@@ -126,6 +135,26 @@ impl Domain {
         }
         let session = self.issue_session_jwt(session, None, &user, now);
         Ok((user, session))
+    }
+
+    /// ID tokens share the session JWT's header type, so they are told apart by what only
+    /// OAuth tokens carry: an audience that is an OAuth client (or the access-token resource),
+    /// `azp` and `client_id`.
+    fn check_session_jwt_claims(&self, claims: &serde_json::Map<String, Value>) -> Result<()> {
+        let audience_ok = match claims.get("aud") {
+            Some(Value::String(audience)) => *audience == self.settings.audience,
+            Some(Value::Array(audiences)) => {
+                audiences.len() == 1 && audiences[0].as_str() == Some(self.settings.audience.as_str())
+            }
+            _ => false,
+        };
+        if !audience_ok || claims.contains_key("azp") || claims.contains_key("client_id") {
+            return Err(Error::new(
+                Reason::SESSION_NOT_FOUND,
+                "the session JWT is not valid: the JWT is another kind of token",
+            ));
+        }
+        Ok(())
     }
 
     pub async fn revoke_session(&self, target: SessionRef) -> Result<String> {

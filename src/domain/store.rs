@@ -163,6 +163,9 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize>;
     /// Figures for metrics, cheap enough to read at every scrape.
     fn stats(&self) -> StoreStats;
+    /// Whether the store refuses writes now (its disk failed), so health reports NOT_SERVING.
+    /// Cheap enough to read every second.
+    fn refuses_writes(&self) -> bool;
     /// Makes everything durable and stops background work; later calls fail `STORE_UNAVAILABLE`.
     async fn close(&self) -> Result<()>;
 }

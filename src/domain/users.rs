@@ -126,6 +126,14 @@ impl Domain {
                 user.last_name = name.clone();
             }
             if let Some(status) = status {
+                // PENDING means "never verified"; a verified user's sessions would outlive it.
+                if status == UserStatus::Pending && current.status != UserStatus::Pending {
+                    return Err(Error::field(
+                        Reason::INVALID_VALUE,
+                        "user.status",
+                        "a user that has signed in cannot become PENDING again; set DISABLED to stop its sign-ins and sessions",
+                    ));
+                }
                 user.status = status;
             }
             if let Some(role) = role {

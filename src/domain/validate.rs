@@ -8,7 +8,13 @@ use crate::crypto::{PLAIN_SECRET_CHARS, STAMPED_SECRET_CHARS, pkce};
 pub const MAX_EMAIL_LENGTH: usize = 254;
 pub const MAX_NAME_LENGTH: usize = 100;
 
-/// A trimmed, syntactically valid address (no display name, no domain literal, a dotted domain).
+/// A trimmed, syntactically valid, deliverable address in its one canonical form, so that one
+/// mailbox is one user and one rate-limit bucket: quotes around a local part that needs none are
+/// removed (`"ann"@example.com` is `ann@example.com`, RFC 5321 §4.1.2), and the domain is in
+/// lower-case IDNA ASCII form (`exämple.com` is `xn--exmple-cua.com`). A local part that needs
+/// its quotes (spaces, `"`, `<`...) is refused: SMTP servers commonly refuse it, and the mail
+/// would only fail after the user was created and a rate-limit token spent. No display name, no
+/// domain literal, a dotted domain.
 pub fn email(field: &'static str, raw: &str) -> Result<String> {
     let email = raw.trim();
     if email.is_empty() {
@@ -21,13 +27,46 @@ pub fn email(field: &'static str, raw: &str) -> Result<String> {
             "an email address has at most 254 characters",
         ));
     }
+    let invalid = |why: &str| Error::field(Reason::INVALID_EMAIL, field, why.to_string());
+    let (local, domain) = email
+        .rsplit_once('@')
+        .ok_or_else(|| invalid("not a valid email address"))?;
+    let local = unquote(local).ok_or_else(|| {
+        invalid("a quoted local part cannot be delivered by every mail server; give the address without quotes")
+    })?;
+    let domain = idna::domain_to_ascii(domain).map_err(|_| invalid("not a valid email domain"))?;
+    let canonical = format!("{local}@{domain}");
     let options = Options::default()
         .without_display_text()
         .without_domain_literal()
         .with_required_tld();
-    EmailAddress::parse_with_options(email, options)
-        .map_err(|_| Error::field(Reason::INVALID_EMAIL, field, "not a valid email address"))?;
-    Ok(email.to_string())
+    if canonical.len() > MAX_EMAIL_LENGTH || EmailAddress::parse_with_options(&canonical, options).is_err() {
+        return Err(invalid("not a valid email address"));
+    }
+    // What the SMTP transport will be handed must parse there too.
+    lettre::Address::new(local, &domain).map_err(|_| invalid("not a deliverable email address"))?;
+    Ok(canonical)
+}
+
+/// The local part without quotes it does not need; None if it needs them.
+fn unquote(local: &str) -> Option<String> {
+    let Some(inner) = local.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')) else {
+        return (!local.contains('"')).then(|| local.to_string());
+    };
+    let mut plain = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        // A quoted pair stands for its second character.
+        plain.push(if c == '\\' { chars.next()? } else { c });
+    }
+    let dot_atom = !plain.is_empty()
+        && !plain.starts_with('.')
+        && !plain.ends_with('.')
+        && !plain.contains("..")
+        && plain
+            .chars()
+            .all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
+    dot_atom.then_some(plain)
 }
 
 /// A trimmed person's name: at most 100 characters, no control characters.
@@ -123,11 +162,39 @@ pub fn mask_email(email: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn one_mailbox_has_one_canonical_form() {
+        let canonical = |raw: &str| super::email("email", raw).map_err(|e| e.reason());
+        assert_eq!(canonical(" Ann@Example.COM ").unwrap(), "Ann@example.com");
+        assert_eq!(canonical("\"ann\"@example.com").unwrap(), "ann@example.com");
+        assert_eq!(canonical("\"a\\nn\"@example.com").unwrap(), "ann@example.com");
+        assert_eq!(canonical("x@exämple.com").unwrap(), "x@xn--exmple-cua.com");
+        assert_eq!(canonical("x@xn--exmple-cua.com").unwrap(), "x@xn--exmple-cua.com");
+        assert_eq!(canonical("x@EXÄMPLE.com").unwrap(), "x@xn--exmple-cua.com");
+        for undeliverable in [
+            "\"a b\"@example.com",
+            "\"a<b\"@example.com",
+            "\"a\\\"b\"@example.com",
+            "\"\"@example.com",
+            "a\"b@example.com",
+            "x@exa mple.com",
+            "x@localhost",
+            "x@[127.0.0.1]",
+        ] {
+            assert_eq!(canonical(undeliverable), Err(Reason::INVALID_EMAIL), "{undeliverable}");
+        }
+        // Canonical forms are fixed points.
+        for raw in ["\"ann\"@Example.com", "x@exämple.com", "Ann.Lee+tag@sub.example.org"] {
+            let once = canonical(raw).unwrap();
+            assert_eq!(canonical(&once).unwrap(), once);
+        }
+    }
+
     use super::*;
 
     #[test]
     fn emails() {
-        assert_eq!(email("email", "  Ann@Example.COM ").unwrap(), "Ann@Example.COM");
+        assert_eq!(email("email", "  Ann@Example.COM ").unwrap(), "Ann@example.com");
         for bad in [
             "",
             "ann",

@@ -41,6 +41,8 @@ enum Request {
 struct Counters {
     flushes: AtomicU64,
     writes: AtomicU64,
+    /// Whether the last flush failed.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 pub struct GroupCommit {
@@ -103,6 +105,11 @@ impl GroupCommit {
         result
     }
 
+    /// Whether the last flush failed (a full or failing disk).
+    pub fn failing(&self) -> bool {
+        self.counters.failing.load(Ordering::Relaxed)
+    }
+
     /// (flushes, writes acknowledged) since start: writes per flush shows how well commits group.
     pub fn counts(&self) -> (u64, u64) {
         (
@@ -135,6 +142,7 @@ fn run_flusher(
             batch.extend(queue.try_iter());
         }
         let outcome = flush(db, data_file);
+        counters.failing.store(outcome.is_err(), Ordering::Relaxed);
         last_flush = Some(Instant::now());
         counters.flushes.fetch_add(1, Ordering::Relaxed);
         counters.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);

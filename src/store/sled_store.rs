@@ -124,6 +124,7 @@ impl SledStore {
         };
         migrate_reuse_index(&db, &trees).map_err(|source| open_error(&options.path, source))?;
         expire_old_rate_buckets(&trees).map_err(|source| open_error(&options.path, source))?;
+        canonicalize_email_index(&trees).map_err(|source| open_error(&options.path, source))?;
         let data_file = match options.durability {
             Durability::Fsync => {
                 let path = options.path.join("db");
@@ -391,6 +392,40 @@ fn expire_old_rate_buckets(trees: &Trees) -> sled::Result<()> {
                 .expiry
                 .insert(expiry_key(purge_at, Expiring::RateBucket, &recipient), &[])?;
         }
+    }
+    trees.meta.insert(DONE, &[])?;
+    trees.meta.flush()?;
+    Ok(())
+}
+
+/// Email index entries of versions that matched addresses by case alone are re-keyed to the
+/// canonical form (`model::email_key`), once, marked in `meta`. Inserting the new key before
+/// removing the old makes a repeat after a crash harmless. When two users hold one mailbox, the
+/// one met first (in key order) keeps the address; the other stays reachable by id.
+fn canonicalize_email_index(trees: &Trees) -> sled::Result<()> {
+    const DONE: &[u8] = b"email_index_canonical";
+    if trees.meta.contains_key(DONE)? {
+        return Ok(());
+    }
+    for entry in trees.user_emails.iter() {
+        let (key, user_id) = entry?;
+        let Ok(email) = std::str::from_utf8(&key) else { continue };
+        let canonical = crate::domain::model::email_key(email);
+        if canonical.as_bytes() == &key[..] {
+            continue;
+        }
+        match trees.user_emails.get(canonical.as_bytes())? {
+            None => {
+                trees.user_emails.insert(canonical.as_bytes(), user_id)?;
+            }
+            Some(holder) if holder != user_id => tracing::warn!(
+                user_id = %String::from_utf8_lossy(&user_id),
+                holder = %String::from_utf8_lossy(&holder),
+                "two users share one mailbox; the first keeps the address, the other stays reachable by id"
+            ),
+            Some(_) => {}
+        }
+        trees.user_emails.remove(&key)?;
     }
     trees.meta.insert(DONE, &[])?;
     trees.meta.flush()?;
@@ -1017,6 +1052,10 @@ impl Store for SledStore {
             flushes,
             writes,
         }
+    }
+
+    fn refuses_writes(&self) -> bool {
+        self.writer.refuses_writes() || self.commit.failing()
     }
 
     async fn close(&self) -> Result<()> {

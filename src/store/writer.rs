@@ -115,6 +115,8 @@ pub struct Writer {
     /// write failed half-applied: its journal record must stay the last one (it is completed at the
     /// next start), so nothing more is written in this process.
     next_seq: tokio::sync::Mutex<Option<u64>>,
+    /// Set with `next_seq = None`, readable without the lock.
+    refusing: std::sync::atomic::AtomicBool,
     /// Tests: stop applying after this many of an operation's writes, as a crash would.
     #[cfg(test)]
     pub crash_after: std::sync::atomic::AtomicUsize,
@@ -148,6 +150,7 @@ impl Writer {
             db: db.clone(),
             journal,
             next_seq: tokio::sync::Mutex::new(Some(0)),
+            refusing: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
             crash_after: std::sync::atomic::AtomicUsize::new(usize::MAX),
         })
@@ -171,6 +174,7 @@ impl Writer {
         if let Err(error) = self.apply(seq, &writes, safe_order) {
             tracing::error!(%error, "a write failed part-way; no more writes until a restart completes it");
             *next_seq = None;
+            self.refusing.store(true, std::sync::atomic::Ordering::Relaxed);
             return Err(storage(error));
         }
         Ok(value)
@@ -202,6 +206,11 @@ impl Writer {
             self.journal.remove(journal_key)?;
         }
         Ok(())
+    }
+
+    /// Whether a write failed part-way, so nothing more is written until a restart.
+    pub fn refuses_writes(&self) -> bool {
+        self.refusing.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn db(&self) -> &sled::Db {

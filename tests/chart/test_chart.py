@@ -302,16 +302,17 @@ def test_termination_grace_outlasts_the_shutdown_delay_and_the_drain(scenario):
     config = config_of(rendered)
     grace = rendered.pod_spec["terminationGracePeriodSeconds"]
     assert config["shutdown_delay_seconds"] > 0, "routing must stop before the server stops accepting"
-    assert grace >= config["shutdown_delay_seconds"] + 35, (name, grace)
+    assert config["shutdown_grace_seconds"] == grace - 5, (name, grace)
+    assert config["shutdown_grace_seconds"] >= config["shutdown_delay_seconds"] + 3, (name, grace)
     readiness = rendered.container["readinessProbe"]
     assert readiness["periodSeconds"] * readiness["failureThreshold"] <= config["shutdown_delay_seconds"]
 
 
 def test_a_grace_period_shorter_than_the_drain_fails():
     expect_render_failure(
-        default_with({"terminationGracePeriodSeconds": 30, "shutdownDelaySeconds": 5}),
-        "terminationGracePeriodSeconds is 30",
-        "at least shutdownDelaySeconds + 35 = 40",
+        default_with({"terminationGracePeriodSeconds": 12, "shutdownDelaySeconds": 5}),
+        "terminationGracePeriodSeconds is 12",
+        "at least shutdownDelaySeconds + 8 = 13",
     )
 
 

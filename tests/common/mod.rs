@@ -3,6 +3,7 @@
 //! links, tokens and error reasons.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod h2raw;
 pub mod mail;
 pub mod mime;
 pub mod process;

@@ -11,6 +11,8 @@ use std::time::Duration;
 pub struct BinaryServer {
     child: Child,
     pub addr: SocketAddr,
+    /// The HTTP port, when it is on.
+    pub http_addr: Option<SocketAddr>,
     pub dir: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
@@ -67,13 +69,16 @@ impl BinaryServer {
                         .unwrap()
                         .parse::<SocketAddr>()
                         .unwrap();
-                    let _ = ready.send(listen);
+                    let http = parsed["fields"]["http"]
+                        .as_str()
+                        .and_then(|a| a.parse::<SocketAddr>().ok());
+                    let _ = ready.send((listen, http));
                 }
                 lines.lock().unwrap().push(line);
             }
         });
-        let addr = match ready_rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => addr,
+        let (addr, http_addr) = match ready_rx.recv_timeout(START_TIMEOUT) {
+            Ok(addresses) => addresses,
             Err(_) => {
                 let _ = child.kill();
                 panic!("the server did not start; its log:\n{}", log.lock().unwrap().join("\n"));
@@ -82,6 +87,7 @@ impl BinaryServer {
         Self {
             child,
             addr,
+            http_addr,
             dir: dir.to_path_buf(),
             log,
             reader: Some(reader),
@@ -113,6 +119,19 @@ impl BinaryServer {
             reader.join().unwrap();
         }
         status
+    }
+
+    /// Waits at most `bound` for the process to exit (checking every 20 ms); None if it is still
+    /// running then.
+    pub fn wait_within(&mut self, bound: Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + bound;
+        while std::time::Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return Some(self.wait());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub fn log(&self) -> String {

@@ -126,8 +126,8 @@ Checks that fail rendering with a clear message; included once, by the StatefulS
 {{- if and .Values.tls.clientCa.enabled (not .Values.tls.enabled) }}
 {{- fail "tls.clientCa.enabled (mutual TLS) needs tls.enabled" }}
 {{- end }}
-{{- $drain := add (int .Values.shutdownDelaySeconds) 35 }}
-{{- if lt (int .Values.terminationGracePeriodSeconds) (int $drain) }}
-{{- fail (printf "terminationGracePeriodSeconds is %d: it must be at least shutdownDelaySeconds + 35 = %d (the shutdown delay, up to 30 s of draining calls in flight, then mail in flight and the final store flush), or Kubernetes kills the server mid-drain" (int .Values.terminationGracePeriodSeconds) (int $drain)) }}
+{{- $least := add (int .Values.shutdownDelaySeconds) 8 }}
+{{- if or (lt (int .Values.terminationGracePeriodSeconds) (int $least)) (gt (int .Values.terminationGracePeriodSeconds) 605) }}
+{{- fail (printf "terminationGracePeriodSeconds is %d: it must be at least shutdownDelaySeconds + 8 = %d and at most 605 (the server's shutdown_grace_seconds is 5 s less, and must leave 3 s of draining after the shutdown delay), or Kubernetes kills the server mid-drain" (int .Values.terminationGracePeriodSeconds) (int $least)) }}
 {{- end }}
 {{- end }}
