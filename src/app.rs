@@ -12,8 +12,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -27,7 +27,7 @@ use crate::api::pb::users_server::UsersServer;
 use crate::api::sessions::SessionsApi;
 use crate::api::users::UsersApi;
 use crate::api::{SERVICE_NAMES, pb};
-use crate::config::{Scope, TlsMaterial, Validated};
+use crate::config::{Scope, Validated};
 use crate::domain::clock::Clock;
 use crate::domain::keys::{KeyPolicy, KeyRing};
 use crate::domain::model::{HOUR, MINUTE, Millis};
@@ -35,11 +35,13 @@ use crate::domain::oauth::OAuthClient;
 use crate::domain::rate_limit::RateLimit;
 use crate::domain::store::Store;
 use crate::domain::{Domain, Mail, Settings};
+use crate::grpc::GrpcPort;
 use crate::mail::templates::Templates;
 use crate::mail::transport::{self, Transport};
 use crate::mail::worker::{RetryPolicy, Worker};
-use crate::metrics::{GrpcMetricsLayer, Metrics};
-use crate::net::{Acceptor, Handshake, Peer};
+use crate::metrics::Metrics;
+use crate::net::{Handshake, Peer, Port};
+use crate::reload::{Reloader, Shared, Targets};
 use crate::store::{SledOptions, SledStore, sweeper};
 use crate::supervise::supervise;
 
@@ -87,6 +89,7 @@ pub struct Running {
     data_dir: std::path::PathBuf,
     /// What `/readyz` on the HTTP port answers: health's overall status, as a flag.
     ready: Arc<AtomicBool>,
+    reload: tokio::sync::mpsc::Sender<crate::reload::Request>,
 }
 
 impl Running {
@@ -101,6 +104,20 @@ impl Running {
 
     pub fn domain(&self) -> &Arc<Domain> {
         &self.domain
+    }
+
+    /// Reads the config again and applies its API keys, TLS material and SMTP password, as
+    /// SIGHUP does; answers what changed, or why nothing did.
+    pub async fn reload(&self) -> crate::reload::Outcome {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        let stopped = || "the server is stopping".to_string();
+        self.reload.send(Some(reply)).await.map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
+    }
+
+    /// Where SIGHUP sends its reload requests (answered with nothing).
+    pub fn reload_requests(&self) -> tokio::sync::mpsc::Sender<crate::reload::Request> {
+        self.reload.clone()
     }
 
     /// Purges what is due now (the sweeper does this on its own schedule).
@@ -212,15 +229,6 @@ async fn release_store(domain: Arc<Domain>, data_dir: &std::path::Path, deadline
     }
 }
 
-fn server_tls(tls: &TlsMaterial, handshake_timeout: Duration) -> ServerTlsConfig {
-    let identity = Identity::from_pem(&tls.cert_pem, tls.key_pem.expose());
-    let config = ServerTlsConfig::new().identity(identity).timeout(handshake_timeout);
-    match &tls.client_ca_pem {
-        Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
-        None => config,
-    }
-}
-
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
     for service in SERVICE_NAMES {
@@ -289,9 +297,11 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         .file_dir
         .clone()
         .unwrap_or_else(|| config.data_dir.join("mail"));
-    let transport: Arc<dyn Transport> = transport::build(&config.mail, file_dir, validated.smtp_password.as_ref())
-        .map_err(StartError::Mail)?
-        .into();
+    let transport: Arc<dyn Transport> =
+        transport::build(&config.mail, file_dir.clone(), validated.smtp_password.as_ref())
+            .map_err(StartError::Mail)?
+            .into();
+    let transport = Arc::new(Shared::new(transport));
     let mail = Mail {
         templates: templates.clone(),
         rate_limit: RateLimit {
@@ -310,7 +320,7 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
     ));
     let worker = Arc::new(Worker::new(
         domain.clone(),
-        transport,
+        transport.clone(),
         templates,
         config
             .mail
@@ -367,29 +377,14 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         .build_v1alpha()
         .map_err(|error| StartError::Reflection(error.to_string()))?;
 
-    let api_keys = Arc::new(validated.api_keys.clone());
+    let api_keys = Arc::new(Shared::new(Arc::new(validated.api_keys.clone())));
     let required = config.auth.required;
     let check = |scope| ApiKeyCheck::new(api_keys.clone(), required, scope);
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new(domain.clone(), worker.counts());
     let limits = &config.limits;
-    let mut builder = Server::builder()
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .http2_max_header_list_size(limits.max_header_list_bytes)
-        .http2_keepalive_interval(Some(limits.keepalive_interval()))
-        .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
-        .timeout(limits.request_timeout());
-    if let Some(tls) = &validated.tls {
-        builder = builder
-            .tls_config(server_tls(tls, limits.handshake_timeout()))
-            .map_err(|error| StartError::Tls(error.to_string()))?;
-    }
     let max_request = limits.max_request_bytes;
-    let router = builder
-        .layer(crate::net::MarkRequestsLayer)
-        .layer(GrpcMetricsLayer::new(metrics.clone()))
-        .trace_fn(|request| tracing::debug_span!("grpc", path = %request.uri().path()))
-        .add_service(health_service)
+    let routes = Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(
@@ -409,8 +404,16 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
             check(Scope::Admin),
         ));
     let close_all = CancellationToken::new();
-    let incoming = Acceptor::new(listener, limits, close_all.clone(), Handshake::Http2Preface, true);
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()));
+    let grpc = GrpcPort {
+        port: Port::new(listener, limits, close_all.clone(), Handshake::Http2Preface, true),
+        routes,
+        limits: limits.clone(),
+        metrics: metrics.clone(),
+    };
+    let (tls_updates, tls_updates_rx) = tokio::sync::mpsc::channel(1);
+    let server = grpc
+        .serve(validated.tls.as_ref(), tls_updates_rx, shutdown.clone())
+        .map_err(StartError::Tls)?;
 
     let tasks = TaskTracker::new();
     let sweep_interval = Duration::from_secs(config.store.sweep_interval_seconds);
@@ -455,7 +458,7 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         let app = crate::http::router(state, limits.request_timeout())
             .layer(crate::net::MarkRequestsLayer)
             .into_make_service_with_connect_info::<Peer>();
-        let listener = Acceptor::new(listener, limits, close_all.clone(), Handshake::FirstRequest, false);
+        let listener = Port::new(listener, limits, close_all.clone(), Handshake::FirstRequest, false).acceptor();
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let serving = axum::serve(listener, app)
@@ -470,6 +473,21 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
     set_health(&health, ServingStatus::Serving).await;
     ready.store(true, Ordering::Relaxed);
     tasks.spawn(watch_store(store.clone(), health.clone(), shutdown.clone()));
+    let (reload, reload_requests) = tokio::sync::mpsc::channel(4);
+    let reloader = Reloader::new(
+        &validated,
+        Targets {
+            api_keys,
+            transport,
+            mail_file_dir: file_dir,
+            tls_updates,
+        },
+    );
+    tasks.spawn(reloader.run(
+        reload_requests,
+        Duration::from_secs(config.reload_check_seconds),
+        shutdown.clone(),
+    ));
     let shutdown_delay = Duration::from_secs(config.shutdown_delay_seconds);
     Ok(Running {
         local_addr,
@@ -485,6 +503,7 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         http_addr,
         data_dir: config.data_dir.clone(),
         ready,
+        reload,
     })
 }
 

@@ -95,13 +95,15 @@ fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let validated = match config::load(file.as_deref(), &overrides).and_then(|config| config.validate(&working_dir)) {
+    let mut validated = match config::load(file.as_deref(), &overrides).and_then(|config| config.validate(&working_dir))
+    {
         Ok(validated) => validated,
         Err(error) => {
             eprintln!("latchkey: {error}");
             return ExitCode::from(2);
         }
     };
+    validated.source = Some(crate::reload::Source { file, overrides });
     if let Err(error) = crate::telemetry::init(validated.config.log.format, &validated.config.log.level) {
         eprintln!("latchkey: {error}");
         return ExitCode::from(2);
@@ -156,11 +158,27 @@ async fn serve_until_signal(validated: config::Validated) -> Result<(), String> 
         mutual_tls = config.tls.client_ca_file.is_some(),
         "latchkey is serving"
     );
+    let reloads = reload_on_sighup(&running).map_err(|error| format!("cannot handle signals: {error}"))?;
     shutdown_signal.await;
+    reloads.abort();
     tracing::info!("shutting down: draining calls in flight");
     running.shutdown().await?;
     tracing::info!("latchkey stopped cleanly");
     Ok(())
+}
+
+/// SIGHUP reloads API keys, TLS material and the SMTP password (see `crate::reload`).
+fn reload_on_sighup(running: &crate::app::Running) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    let reload = running.reload_requests();
+    Ok(tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading secrets");
+            // A full queue already holds a reload that will read the newest files.
+            let _ = reload.try_send(None);
+        }
+    }))
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the returned future ends at the first of them.

@@ -88,6 +88,9 @@ pub struct Config {
     /// SIGTERM to exit takes at most this long, whatever clients do: the delay above, then
     /// calls in flight drain, then every connection still open is closed and the store closes.
     pub shutdown_grace_seconds: u64,
+    /// How often the files behind secrets (config, TLS, SMTP password) are checked for changes,
+    /// which reload them as SIGHUP does; 0 turns the check off.
+    pub reload_check_seconds: u64,
     /// What one peer may hold on either port.
     #[serde(default)]
     pub limits: crate::net::Limits,
@@ -111,8 +114,8 @@ pub struct TlsConfig {
     pub client_ca_file: Option<PathBuf>,
 }
 
-/// The TLS files as read at start-up.
-#[derive(Clone, Debug)]
+/// The TLS files as read at start-up (and again at each reload).
+#[derive(Clone, Debug, PartialEq)]
 pub struct TlsMaterial {
     pub cert_pem: String,
     pub key_pem: Secret,
@@ -281,6 +284,7 @@ impl Config {
             issuer: "http://localhost:9464".into(),
             shutdown_delay_seconds: 0,
             shutdown_grace_seconds: 25,
+            reload_check_seconds: 10,
             limits: crate::net::Limits::default(),
             log: LogConfig {
                 format: LogFormat::Text,
@@ -491,6 +495,11 @@ pub struct Validated {
     /// `mail.smtp.password`, or the contents of `mail.smtp.password_file`.
     pub smtp_password: Option<Secret>,
     pub tls: Option<TlsMaterial>,
+    /// Where relative paths and the development key are resolved.
+    pub working_dir: PathBuf,
+    /// The file and flags the config came from, for reloads (the CLI sets it); None reloads the
+    /// running config, reading the files it names again.
+    pub source: Option<crate::reload::Source>,
 }
 
 impl Config {
@@ -599,6 +608,12 @@ impl Config {
                 format!("must be between 5 and 600, and at least shutdown_delay_seconds + {MIN_DRAIN_SECONDS}"),
             ));
         }
+        if self.reload_check_seconds > 3600 {
+            return Err(invalid(
+                "reload_check_seconds",
+                "must be at most 3600 (0 turns the check off)",
+            ));
+        }
         self.limits
             .check()
             .map_err(|(key, problem)| invalid(format!("limits.{key}"), problem))?;
@@ -626,6 +641,8 @@ impl Config {
             generated_key_file,
             smtp_password,
             tls,
+            working_dir: working_dir.to_path_buf(),
+            source: None,
         })
     }
 

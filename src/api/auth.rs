@@ -12,6 +12,7 @@ use super::error::to_status;
 use crate::config::{ApiKey, Scope};
 use crate::crypto::constant_time_eq;
 use crate::domain::error::{Error, Reason};
+use crate::reload::Shared;
 
 /// The name of the key that made a call, for logs.
 #[derive(Clone, Debug)]
@@ -19,13 +20,14 @@ pub struct Caller(pub String);
 
 #[derive(Clone)]
 pub struct ApiKeyCheck {
-    keys: Arc<Vec<ApiKey>>,
+    /// Replaced whole when the config is reloaded; each call checks against the keys of its start.
+    keys: Arc<Shared<Vec<ApiKey>>>,
     required: bool,
     scope: Scope,
 }
 
 impl ApiKeyCheck {
-    pub fn new(keys: Arc<Vec<ApiKey>>, required: bool, scope: Scope) -> Self {
+    pub fn new(keys: Arc<Shared<Vec<ApiKey>>>, required: bool, scope: Scope) -> Self {
         Self { keys, required, scope }
     }
 
@@ -52,12 +54,13 @@ impl ApiKeyCheck {
     }
 
     /// Compares against every key, whatever matches first, so timing says nothing about which.
-    fn find(&self, presented: &str) -> Option<&ApiKey> {
+    fn find(&self, presented: &str) -> Option<ApiKey> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let keys = self.keys.get();
         let mut found = None;
-        for key in self.keys.iter() {
+        for key in keys.iter() {
             if constant_time_eq(&key.digest, &digest) && found.is_none() {
-                found = Some(key);
+                found = Some(key.clone());
             }
         }
         found

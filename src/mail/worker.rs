@@ -21,6 +21,7 @@ use crate::crypto::random_in_range;
 use crate::domain::Domain;
 use crate::domain::model::{Email, EmailStatus, MINUTE, Millis};
 use crate::domain::validate::mask_email;
+use crate::reload::Shared;
 
 /// Every message names its email id, as GetEmailStatus knows it.
 pub const EMAIL_ID_HEADER: HeaderName = HeaderName::new_from_ascii_str("X-Latchkey-Email-Id");
@@ -56,7 +57,8 @@ pub struct SendCounts {
 pub struct Worker {
     domain: Arc<Domain>,
     counts: Arc<SendCounts>,
-    transport: Arc<dyn Transport>,
+    /// Replaced whole when a reload brings a new SMTP password; a send in progress keeps its own.
+    transport: Arc<Shared<dyn Transport>>,
     templates: Arc<Templates>,
     from: Mailbox,
     product: String,
@@ -67,7 +69,7 @@ pub struct Worker {
 impl Worker {
     pub fn new(
         domain: Arc<Domain>,
-        transport: Arc<dyn Transport>,
+        transport: Arc<Shared<dyn Transport>>,
         templates: Arc<Templates>,
         from: Mailbox,
         product: String,
@@ -98,7 +100,7 @@ impl Worker {
             Ok(requeued) => tracing::info!(requeued, "queued again the emails a stop interrupted"),
             Err(error) => tracing::warn!(%error, "cannot requeue interrupted emails"),
         }
-        tracing::info!(transport = %self.transport.describe(), concurrency = self.concurrency, "mail worker running");
+        tracing::info!(transport = %self.transport.get().describe(), concurrency = self.concurrency, "mail worker running");
         let mut sending = JoinSet::new();
         loop {
             let mut pause = None;
@@ -151,7 +153,10 @@ impl Worker {
     async fn attempt(&self, mut email: Email) {
         email.attempts += 1;
         let outcome = match self.compose(&email).await {
-            Ok(message) => self.transport.send(message).await,
+            Ok(message) => {
+                let transport = self.transport.get();
+                transport.send(message).await
+            }
             Err(problem) => Err(SendFailure {
                 permanent: true,
                 detail: problem,

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, PollSemaphore, WaitForCancellationFutureOwned};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::limits::Limits;
 
@@ -60,12 +60,12 @@ impl Peer {
     }
 }
 
-/// A port's listener with its limits.
-pub struct Acceptor {
-    listener: TcpListener,
-    slots: PollSemaphore,
-    slot: Option<OwnedSemaphorePermit>,
-    backoff: Option<(Pin<Box<Sleep>>, Duration)>,
+/// A port's listener with its limits, shared by every `Acceptor` made from it (a server restarted
+/// with new TLS material accepts from the same socket and the same connection slots).
+#[derive(Clone)]
+pub struct Port {
+    listener: Arc<TcpListener>,
+    slots: Arc<Semaphore>,
     handshake_timeout: Duration,
     idle_timeout: Duration,
     close_all: CancellationToken,
@@ -73,9 +73,9 @@ pub struct Acceptor {
     nodelay: bool,
 }
 
-impl Acceptor {
-    /// `close_all`, once cancelled, makes every connection from this acceptor fail its next read
-    /// or write, which ends it whatever the protocol layer above is waiting for.
+impl Port {
+    /// `close_all`, once cancelled, makes every connection from this port fail its next read or
+    /// write, which ends it whatever the protocol layer above is waiting for.
     pub fn new(
         listener: TcpListener,
         limits: &Limits,
@@ -84,10 +84,8 @@ impl Acceptor {
         nodelay: bool,
     ) -> Self {
         Self {
-            listener,
-            slots: PollSemaphore::new(Arc::new(Semaphore::new(limits.max_connections))),
-            slot: None,
-            backoff: None,
+            listener: Arc::new(listener),
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
             handshake_timeout: limits.handshake_timeout(),
             idle_timeout: limits.idle_timeout(),
             close_all,
@@ -100,34 +98,85 @@ impl Acceptor {
         self.listener.local_addr()
     }
 
+    pub fn acceptor(&self) -> Acceptor {
+        Acceptor {
+            port: self.clone(),
+            pending: None,
+            backoff: None,
+            stop: None,
+        }
+    }
+
+    /// An acceptor that accepts nothing more once `stop` is cancelled: its stream ends, so the
+    /// server that owns it stops accepting at once, and the next one takes every new connection.
+    pub fn acceptor_until(&self, stop: CancellationToken) -> Acceptor {
+        Acceptor {
+            stop: Some(Box::pin(stop.cancelled_owned())),
+            ..self.acceptor()
+        }
+    }
+}
+
+type Accepting = Pin<Box<dyn Future<Output = (io::Result<(TcpStream, SocketAddr)>, OwnedSemaphorePermit)> + Send>>;
+
+/// Accepts from a `Port`: first a free connection slot, then a connection.
+pub struct Acceptor {
+    port: Port,
+    /// `TcpListener::accept`, not `poll_accept`: two acceptors of one port (a server generation
+    /// stopping while the next starts) may wait at once, and `poll_accept` wakes only the last.
+    pending: Option<Accepting>,
+    backoff: Option<(Pin<Box<Sleep>>, Duration)>,
+    stop: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl Acceptor {
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.port.local_addr()
+    }
+
+    /// The next connection, or None once stopped; accept errors are logged and retried with a
+    /// back-off.
+    pub fn poll_next_connection(&mut self, cx: &mut Context<'_>) -> Poll<Option<(GuardedIo, SocketAddr)>> {
+        let stopped = self.stop.as_mut().is_some_and(|stop| stop.as_mut().poll(cx).is_ready());
+        if stopped {
+            // Dropping an accept that has not completed loses no connection.
+            self.pending = None;
+            return Poll::Ready(None);
+        }
+        self.poll_accept(cx).map(Some)
+    }
+
     /// The next connection; accept errors are logged and retried with a back-off.
     pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<(GuardedIo, SocketAddr)> {
         loop {
             if let Some((sleep, _)) = &mut self.backoff {
                 ready!(sleep.as_mut().poll(cx));
             }
-            let slot = match self.slot.take() {
-                Some(slot) => slot,
-                None => ready!(self.slots.poll_acquire(cx)).expect("the connection semaphore is never closed"),
-            };
-            match self.listener.poll_accept(cx) {
-                Poll::Pending => {
-                    self.slot = Some(slot);
-                    return Poll::Pending;
-                }
-                Poll::Ready(Ok((stream, remote_addr))) => {
+            let accepting = self.pending.get_or_insert_with(|| {
+                let port = self.port.clone();
+                Box::pin(async move {
+                    let slot = port
+                        .slots
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("the connection semaphore is never closed");
+                    (port.listener.accept().await, slot)
+                })
+            });
+            let (accepted, slot) = ready!(accepting.as_mut().poll(cx));
+            self.pending = None;
+            match accepted {
+                Ok((stream, remote_addr)) => {
                     self.backoff = None;
-                    if self.nodelay {
+                    if self.port.nodelay {
                         let _ = stream.set_nodelay(true);
                     }
-                    let io = GuardedIo::new(stream, remote_addr, slot, self);
+                    let io = GuardedIo::new(stream, remote_addr, slot, &self.port);
                     return Poll::Ready((io, remote_addr));
                 }
-                Poll::Ready(Err(error)) => {
-                    self.slot = Some(slot);
-                    if is_connection_error(&error) {
-                        continue;
-                    }
+                Err(error) if is_connection_error(&error) => continue,
+                Err(error) => {
                     let delay = match &self.backoff {
                         Some((_, last)) => (*last * 2).min(MAX_BACKOFF),
                         None => FIRST_BACKOFF,
@@ -153,7 +202,7 @@ impl tokio_stream::Stream for Acceptor {
     type Item = io::Result<GuardedIo>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.poll_accept(cx).map(|(io, _)| Some(Ok(io)))
+        self.poll_next_connection(cx).map(|next| next.map(|(io, _)| Ok(io)))
     }
 }
 
@@ -167,7 +216,7 @@ impl axum::serve::Listener for Acceptor {
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.listener.local_addr()
+        self.port.local_addr()
     }
 }
 
@@ -189,7 +238,7 @@ pub struct GuardedIo {
 }
 
 impl GuardedIo {
-    fn new(stream: TcpStream, remote_addr: SocketAddr, slot: OwnedSemaphorePermit, acceptor: &Acceptor) -> Self {
+    fn new(stream: TcpStream, remote_addr: SocketAddr, slot: OwnedSemaphorePermit, port: &Port) -> Self {
         let now = Instant::now();
         Self {
             stream,
@@ -200,11 +249,11 @@ impl GuardedIo {
             _slot: slot,
             accepted_at: now,
             last_read: now,
-            handshake_bytes: (acceptor.handshake == Handshake::Http2Preface).then_some(0),
-            handshake_timeout: acceptor.handshake_timeout,
-            idle_timeout: acceptor.idle_timeout,
-            deadline: Box::pin(tokio::time::sleep_until(now + acceptor.handshake_timeout)),
-            closing: Box::pin(acceptor.close_all.clone().cancelled_owned()),
+            handshake_bytes: (port.handshake == Handshake::Http2Preface).then_some(0),
+            handshake_timeout: port.handshake_timeout,
+            idle_timeout: port.idle_timeout,
+            deadline: Box::pin(tokio::time::sleep_until(now + port.handshake_timeout)),
+            closing: Box::pin(port.close_all.clone().cancelled_owned()),
         }
     }
 

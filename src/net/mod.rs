@@ -6,7 +6,7 @@ pub mod limits;
 
 use std::task::{Context, Poll};
 
-pub use connection::{Acceptor, GuardedIo, Handshake, Peer};
+pub use connection::{Acceptor, GuardedIo, Handshake, Peer, Port};
 pub use limits::Limits;
 
 /// Tells each request's connection that it has sent a request, which ends its handshake deadline.
