@@ -122,15 +122,17 @@ def render_scenario(name: str, override: dict[str, Any] | None = None) -> Render
 # --- the pod's files, as the kubelet would lay them out -------------------------------------
 
 
-def _write_atomic_volume(target: Path, files: dict[str, bytes]) -> None:
+def _write_atomic_volume(target: Path, files: dict[str, bytes], modes: dict[str, int]) -> None:
     """A configMap or secret volume as the kubelet's atomic writer lays it out: the files live in a
     timestamped hidden folder, `..data` points at it, and each top-level entry is a symlink
-    through `..data`."""
+    through `..data`. Each file gets its mode (the item's `mode`, else the volume's `defaultMode`,
+    else Kubernetes' 0644)."""
     stamp = target / "..2026_01_01_00_00_00.000000000"
     for relative, content in files.items():
         path = stamp / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
+        path.chmod(modes[relative])
     (target / "..data").symlink_to(stamp.name)
     for top in {relative.split("/")[0] for relative in files}:
         (target / top).symlink_to(f"..data/{top}")
@@ -170,16 +172,19 @@ def materialise_pod(rendered: Rendered, root: Path, external_secrets: dict[str, 
             raise AssertionError(f"unexpected volume {volume}")
         items = source.get("items") or [{"key": key, "path": key} for key in data]
         files = {}
+        modes = {}
         for item in items:
             assert item["key"] in data, f"volume {mount['name']}: key {item['key']} is missing"
             files[item["path"]] = data[item["key"]].encode()
+            modes[item["path"]] = item.get("mode", source.get("defaultMode", 0o644))
         if "subPath" in mount:
             assert mount["subPath"] in files, f"subPath {mount['subPath']} is not in the volume"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(files[mount["subPath"]])
+            target.chmod(modes[mount["subPath"]])
         else:
             target.mkdir(parents=True, exist_ok=True)
-            _write_atomic_volume(target, files)
+            _write_atomic_volume(target, files, modes)
 
 
 def rebase_paths(config_toml: str, root: Path) -> str:
