@@ -146,6 +146,9 @@ async fn serve_until_signal(validated: config::Validated) -> Result<(), String> 
     // Handlers go in before start-up, so a SIGTERM that arrives while starting (or right after the
     // "serving" line) drains cleanly instead of killing the process.
     let shutdown_signal = shutdown_signal().map_err(|error| format!("cannot handle signals: {error}"))?;
+    // Installed before start-up too: SIGHUP's default action would end the process.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|error| format!("cannot handle signals: {error}"))?;
     let running = crate::app::start(validated, Arc::new(SystemClock))
         .await
         .map_err(|error| error.to_string())?;
@@ -158,7 +161,7 @@ async fn serve_until_signal(validated: config::Validated) -> Result<(), String> 
         mutual_tls = config.tls.client_ca_file.is_some(),
         "latchkey is serving"
     );
-    let reloads = reload_on_sighup(&running).map_err(|error| format!("cannot handle signals: {error}"))?;
+    let reloads = reload_on_sighup(hangup, &running);
     shutdown_signal.await;
     reloads.abort();
     tracing::info!("shutting down: draining calls in flight");
@@ -168,17 +171,18 @@ async fn serve_until_signal(validated: config::Validated) -> Result<(), String> 
 }
 
 /// SIGHUP reloads API keys, TLS material and the SMTP password (see `crate::reload`).
-fn reload_on_sighup(running: &crate::app::Running) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangup = signal(SignalKind::hangup())?;
+fn reload_on_sighup(
+    mut hangup: tokio::signal::unix::Signal,
+    running: &crate::app::Running,
+) -> tokio::task::JoinHandle<()> {
     let reload = running.reload_requests();
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading secrets");
             // A full queue already holds a reload that will read the newest files.
             let _ = reload.try_send(None);
         }
-    }))
+    })
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the returned future ends at the first of them.

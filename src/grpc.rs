@@ -107,6 +107,9 @@ impl GrpcPort {
                 }
             };
             stop.cancel();
+            // The last handle on the listening socket: new clients are refused at once instead of
+            // waiting in the backlog while the calls in flight drain.
+            drop(self);
             let served = match served {
                 Some(joined) => joined,
                 None => current.await,
