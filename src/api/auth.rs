@@ -54,13 +54,12 @@ impl ApiKeyCheck {
     }
 
     /// Compares against every key, whatever matches first, so timing says nothing about which.
-    fn find(&self, presented: &str) -> Option<ApiKey> {
+    fn find<'k>(keys: &'k [ApiKey], presented: &str) -> Option<&'k ApiKey> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let keys = self.keys.get();
         let mut found = None;
-        for key in keys.iter() {
+        for key in keys {
             if constant_time_eq(&key.digest, &digest) && found.is_none() {
-                found = Some(key.clone());
+                found = Some(key);
             }
         }
         found
@@ -80,7 +79,8 @@ impl Interceptor for ApiKeyCheck {
                 "an API key is required (authorization: Bearer <key> or x-api-key)",
             )));
         };
-        let Some(key) = self.find(&presented) else {
+        let keys = self.keys.get();
+        let Some(key) = Self::find(&keys, &presented) else {
             return Err(to_status(Error::new(Reason::API_KEY_INVALID, "unknown API key")));
         };
         if !key.scopes.contains(&self.scope) {
