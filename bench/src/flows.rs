@@ -144,8 +144,8 @@ impl Bench {
     pub async fn long_poll(&mut self) {
         let waiters = self.settings.long_poll_waiters;
         let mail_dir = self.settings.mail_dir.clone();
-        // ~150 streams per connection stays under any HTTP/2 stream limit.
-        let connections = waiters.div_ceil(150).max(1);
+        // 100 streams per connection stays under the server's limits.max_concurrent_streams (128).
+        let connections = waiters.div_ceil(100).max(1);
         let api = match Api::connect(&self.api.url, &self.settings.api_key, connections).await {
             Ok(api) => Arc::new(api),
             Err(error) => {
