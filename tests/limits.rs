@@ -159,3 +159,49 @@ async fn past_max_connections_a_new_connection_waits_for_a_free_slot() {
     let answer = bounded("a freed slot", call).await.expect("served once a slot is free");
     assert_eq!(answer.into_inner().status(), ServingStatus::Serving);
 }
+
+/// At the file-descriptor limit, accept fails at once: the server backs off instead of spinning,
+/// the handshake deadline frees the descriptors idle clients hold, and health answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_descriptor_limit_accept_backs_off_and_idle_clients_are_shed() {
+    use common::process::BinaryServer;
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new("prlimit");
+    command
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .env("LATCHKEY_LOG__FORMAT", "json")
+        .env("LATCHKEY_LIMITS__HANDSHAKE_TIMEOUT_SECONDS", "2")
+        .args(["--nofile=96:96", "--"])
+        .arg(env!("CARGO_BIN_EXE_latchkey"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "data",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let server = BinaryServer::spawn(command, dir.path());
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    // The first failure waits 5 ms, the next ones twice as long each time.
+    let deadline = std::time::Instant::now() + BOUND;
+    while !server.log().contains("\"retry_in_ms\":10") {
+        assert!(std::time::Instant::now() < deadline, "no back-off:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(server.log().contains("accepting a connection failed"));
+    // Every idle client is closed at its handshake deadline, which frees the descriptors.
+    for stream in idle {
+        bounded("an idle client shed", RawH2 { stream }.until_closed()).await;
+    }
+    let channel = bounded("a connection after the storm", connect(server.addr)).await;
+    assert_eq!(serving(channel).await, ServingStatus::Serving);
+}

@@ -1,8 +1,8 @@
 //! Accepting connections within bounds: at most `max_connections` open per port (past it the
 //! port stops accepting, and the kernel's backlog pushes back), a back-off when accept fails (at
 //! the file-descriptor limit accept fails at once, and retrying at once spins a core), and per
-//! connection a deadline for the first request, an idle timeout, and a hard close at the end of
-//! the shutdown grace period.
+//! connection a handshake deadline, an idle timeout, and a hard close at the end of the shutdown
+//! grace period.
 
 use std::io;
 use std::net::SocketAddr;
