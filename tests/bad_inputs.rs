@@ -672,3 +672,65 @@ async fn with_auth_off_any_key_is_accepted() {
         .await
         .expect("development servers do not check keys");
 }
+
+/// Bytes sent as they are, to call a method with a message that is not valid protobuf.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Vec<u8>, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        use prost::bytes::BufMut;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        use prost::bytes::Buf;
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+#[tokio::test]
+async fn a_message_that_is_not_protobuf_is_invalid_argument_not_internal() {
+    let app = TestApp::spawn().await;
+    for (method, bytes) in [
+        ("/latchkey.v1.Passwordless/VerifyToken", vec![0xff, 0xff, 0xff]),
+        ("/latchkey.v1.Passwordless/IssueLoginLink", vec![0x0a, 0x40, b'x']),
+        ("/latchkey.v1.Users/GetUser", vec![0x07]),
+    ] {
+        let mut grpc = tonic::client::Grpc::new(app.channel.clone());
+        grpc.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::from_static(method);
+        let status = grpc.unary(Request::new(bytes), path, RawCodec).await.expect_err(method);
+        assert_eq!(status.code(), Code::InvalidArgument, "{method}: {status:?}");
+        assert_eq!(reason(&status), "MALFORMED_REQUEST", "{method}");
+    }
+    // The server goes on serving.
+    app.issue_for_email("after@example.com").await;
+}
