@@ -77,6 +77,11 @@ impl User {
 /// The canonical address (see `validate::email`), lower-cased. Emails stored by versions that did
 /// not canonicalise are keyed by the same form (the store re-keys its index at open).
 pub fn email_key(email: &str) -> String {
+    // Hot path (every write that indexes a user): an ASCII address without quotes is canonical
+    // once lower-cased, since IDNA leaves an ASCII domain as it is but for case.
+    if email.is_ascii() && !email.contains('"') {
+        return email.trim().to_ascii_lowercase();
+    }
     match super::validate::email("email", email) {
         Ok(canonical) => canonical.to_lowercase(),
         Err(_) => email.trim().to_lowercase(),

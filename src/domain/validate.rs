@@ -183,6 +183,18 @@ mod tests {
         ] {
             assert_eq!(canonical(undeliverable), Err(Reason::INVALID_EMAIL), "{undeliverable}");
         }
+        // The email index's fast path for ASCII addresses agrees with the canonical form.
+        for ascii in [" Ann@Example.COM ", "x@xn--EXMPLE-cua.com", "a.b+c@Sub.Example.org"] {
+            assert_eq!(
+                crate::domain::model::email_key(ascii),
+                canonical(ascii).unwrap().to_lowercase(),
+                "{ascii}"
+            );
+        }
+        assert_eq!(
+            crate::domain::model::email_key("\"ann\"@exämple.com"),
+            "ann@xn--exmple-cua.com"
+        );
         // Canonical forms are fixed points.
         for raw in ["\"ann\"@Example.com", "x@exämple.com", "Ann.Lee+tag@sub.example.org"] {
             let once = canonical(raw).unwrap();
