@@ -189,6 +189,10 @@ impl Acceptor {
     }
 }
 
+fn stopping() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the server is stopping")
+}
+
 /// Errors of one connection that went away before it was accepted; the next accept may succeed.
 fn is_connection_error(error: &io::Error) -> bool {
     matches!(
@@ -234,7 +238,9 @@ pub struct GuardedIo {
     handshake_timeout: Duration,
     idle_timeout: Duration,
     deadline: Pin<Box<Sleep>>,
+    /// Polled only while a read waits (it takes a lock); writes check the token's flag.
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
+    close_all: CancellationToken,
 }
 
 impl GuardedIo {
@@ -254,6 +260,7 @@ impl GuardedIo {
             idle_timeout: port.idle_timeout,
             deadline: Box::pin(tokio::time::sleep_until(now + port.handshake_timeout)),
             closing: Box::pin(port.close_all.clone().cancelled_owned()),
+            close_all: port.close_all.clone(),
         }
     }
 
@@ -274,10 +281,12 @@ impl GuardedIo {
 
     /// Ready with an error once the server closes every connection.
     fn poll_closing(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        self.closing
-            .as_mut()
-            .poll(cx)
-            .map(|()| io::Error::new(io::ErrorKind::ConnectionAborted, "the server is stopping"))
+        self.closing.as_mut().poll(cx).map(|()| stopping())
+    }
+
+    /// An error once the server closes every connection (a read that waits wakes the task).
+    fn closed(&self) -> Option<io::Error> {
+        self.close_all.is_cancelled().then(stopping)
     }
 
     /// Ready with an error once the connection must end.
@@ -324,7 +333,7 @@ impl AsyncRead for GuardedIo {
 
 impl AsyncWrite for GuardedIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        if let Poll::Ready(error) = self.poll_closing(cx) {
+        if let Some(error) = self.closed() {
             return Poll::Ready(Err(error));
         }
         Pin::new(&mut self.stream).poll_write(cx, buf)
@@ -335,7 +344,7 @@ impl AsyncWrite for GuardedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if let Poll::Ready(error) = self.poll_closing(cx) {
+        if let Some(error) = self.closed() {
             return Poll::Ready(Err(error));
         }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
