@@ -565,18 +565,16 @@ fn committed_record_seeds_decode() {
     assert!(checked >= 8, "only {checked} record seeds");
 }
 
-/// Writes the binary seeds of the fuzz corpus (records, signed JWTs, secrets). Run by hand after a
-/// record or token format changes:
-/// `cargo test --test properties -- --ignored write_fuzz_seeds`.
+/// The binary seeds of the fuzz corpus (records, signed JWTs, secrets) are what the current code
+/// makes: a change to a record or token format fails here until the seeds are written again with
+/// `LATCHKEY_WRITE_FUZZ_SEEDS=1 cargo test --test properties fuzz_seeds`.
 #[test]
-#[ignore = "writes fuzz/corpus; run by hand"]
-fn write_fuzz_seeds() {
+fn fuzz_seeds_are_what_the_current_code_makes() {
     use ed25519_dalek::SigningKey;
     use latchkey::jwt::{self, TokenType};
 
     let dir = record_seeds();
-    std::fs::create_dir_all(&dir).unwrap();
-    let write = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).unwrap();
+    let write = |name: &str, bytes: &[u8]| seed(dir.join(name), bytes);
     let claims: Map<String, Value> =
         serde_json::from_str(r#"{"amr":["email"],"n":-3,"f":1.5,"nested":{"ok":true,"none":null}}"#).unwrap();
     let user = User {
@@ -719,7 +717,6 @@ fn write_fuzz_seeds() {
     write("corrupt-json", b"{\"id\":\"user-1\",\"email\":");
 
     let jwt_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/jwt_parse");
-    std::fs::create_dir_all(&jwt_dir).unwrap();
     // The fuzz target's key (fuzz_targets/jwt_parse.rs).
     let key = SigningKey::from_bytes(&[7; 32]);
     let kid = jwt::key_id(&key.verifying_key());
@@ -739,36 +736,49 @@ fn write_fuzz_seeds() {
     )
     .unwrap();
     let session_jwt = jwt::sign(&key, &kid, TokenType::Session, &session_claims);
-    std::fs::write(jwt_dir.join("session"), &session_jwt).unwrap();
-    std::fs::write(
+    seed(jwt_dir.join("session"), &session_jwt);
+    seed(
         jwt_dir.join("access-token"),
         jwt::sign(&key, &kid, TokenType::AccessToken, &access_claims),
-    )
-    .unwrap();
-    std::fs::write(
+    );
+    seed(
         jwt_dir.join("id-token"),
         jwt::sign(&key, &kid, TokenType::IdToken, &id_claims),
-    )
-    .unwrap();
-    std::fs::write(
+    );
+    seed(
         jwt_dir.join("empty-claims"),
         jwt::sign(&key, &kid, TokenType::Session, &Map::new()),
-    )
-    .unwrap();
+    );
     // `alg: none`, and a header without `typ`, unsigned.
     let payload = session_jwt.split('.').nth(1).unwrap();
     let none = base64url(br#"{"alg":"none","typ":"JWT"}"#);
-    std::fs::write(jwt_dir.join("alg-none"), format!("{none}.{payload}.")).unwrap();
+    seed(jwt_dir.join("alg-none"), format!("{none}.{payload}."));
     let untyped = base64url(format!(r#"{{"alg":"EdDSA","kid":"{kid}"}}"#).as_bytes());
     let signature = session_jwt.rsplit('.').next().unwrap();
-    std::fs::write(jwt_dir.join("no-typ"), format!("{untyped}.{payload}.{signature}")).unwrap();
+    seed(jwt_dir.join("no-typ"), format!("{untyped}.{payload}.{signature}"));
 
     let secret_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/secret_token");
-    std::fs::create_dir_all(&secret_dir).unwrap();
     let stamped = stamped_secret(1_795_545_262_253, &[0xa5; 32]);
-    std::fs::write(secret_dir.join("stamped"), &stamped).unwrap();
-    std::fs::write(secret_dir.join("stamped-padded"), format!(" {stamped}\n")).unwrap();
-    std::fs::write(secret_dir.join("plain"), &stamped[8..]).unwrap();
-    std::fs::write(secret_dir.join("stamped-max"), stamped_secret(MAX_STAMP, &[0xff; 32])).unwrap();
-    std::fs::write(secret_dir.join("stamped-zero"), stamped_secret(0, &[0; 32])).unwrap();
+    seed(secret_dir.join("stamped"), &stamped);
+    seed(secret_dir.join("stamped-padded"), format!(" {stamped}\n"));
+    seed(secret_dir.join("plain"), &stamped[8..]);
+    seed(secret_dir.join("stamped-max"), stamped_secret(MAX_STAMP, &[0xff; 32]));
+    seed(secret_dir.join("stamped-zero"), stamped_secret(0, &[0; 32]));
+}
+
+/// Writes a seed (with `LATCHKEY_WRITE_FUZZ_SEEDS` set), or checks that the committed one is
+/// exactly `bytes`.
+fn seed(path: PathBuf, bytes: impl AsRef<[u8]>) {
+    let bytes = bytes.as_ref();
+    if std::env::var_os("LATCHKEY_WRITE_FUZZ_SEEDS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        return;
+    }
+    let committed = std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    assert!(
+        committed == bytes,
+        "{} is not what the current code makes; write the seeds again (LATCHKEY_WRITE_FUZZ_SEEDS=1)",
+        path.display()
+    );
 }

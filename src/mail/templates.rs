@@ -96,8 +96,13 @@ impl Templates {
                     let path = entry.path().join(part);
                     let source = std::fs::read_to_string(&path)
                         .map_err(|error| format!("template {id}: cannot read {}: {error}", path.display()))?;
-                    env.add_template_owned(format!("custom/{id}/{part}"), source)
-                        .map_err(|error| format!("template {id}/{part}: {error}"))?;
+                    // minijinja 2.24 panics on some malformed templates (`{% import "x" as 1 %}`,
+                    // found by fuzzing): a bad template must stop start-up with a message instead.
+                    let added = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        env.add_template_owned(format!("custom/{id}/{part}"), source)
+                    }))
+                    .map_err(|_| format!("template {id}/{part}: the template engine cannot compile it"))?;
+                    added.map_err(|error| format!("template {id}/{part}: {error}"))?;
                 }
                 custom.insert(id);
             }
@@ -162,6 +167,18 @@ pub fn describe_minutes(minutes: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_template_the_engine_panics_on_is_refused_with_a_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let template = dir.path().join("broken");
+        std::fs::create_dir(&template).unwrap();
+        std::fs::write(template.join("subject.txt"), "Hi").unwrap();
+        std::fs::write(template.join("body.html"), "{% import \"x\" as 1 %}").unwrap();
+        std::fs::write(template.join("body.txt"), "Hi").unwrap();
+        let error = super::Templates::load(Some(dir.path())).err().expect("refused");
+        assert!(error.contains("broken/body.html"), "{error}");
+    }
+
     use super::*;
 
     fn context(first_name: &str) -> Context {
