@@ -1,4 +1,4 @@
-//! Enchanted links (SPEC §5, Descope): one email with three numbered links, of which only the one
+//! Enchanted links (Descope-style): one email with three numbered links, of which only the one
 //! whose number the starting device shows signs in; and PollSession, where the starting device
 //! long-polls for the click and collects the session exactly once.
 

@@ -1,4 +1,4 @@
-//! Login links: IssueLoginLink, InspectToken and VerifyToken (SPEC §5).
+//! Login links: IssueLoginLink, InspectToken and VerifyToken.
 
 use super::Domain;
 use super::UserRef;

@@ -1,4 +1,4 @@
-//! LoginOrCreate (SPEC §5, Stytch): email an active user a login link, a new or pending user a
+//! LoginOrCreate (Stytch-style magic links): email an active user a login link, a new or pending user a
 //! sign-up link. The user, the link and the email enter the store in one step; the mail worker
 //! sends it.
 

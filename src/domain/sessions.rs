@@ -1,4 +1,4 @@
-//! Sessions: creation at verification, session JWTs, AuthenticateSession and revocation (SPEC §6).
+//! Sessions: creation at verification, session JWTs, AuthenticateSession and revocation (README "Session JWTs").
 
 use serde_json::Value;
 

@@ -1,8 +1,8 @@
 //! The storage interface the domain needs. `crate::store` implements it on sled; PostgreSQL
-//! implements the same trait for many replicas (SPEC §11).
+//! implements the same trait for many replicas.
 //!
 //! Contract for every implementation:
-//! - a method that changes state returns only once its writes are durable (SPEC §10: flushed and
+//! - a method that changes state returns only once its writes are durable (README "Durability": flushed and
 //!   fdatasynced, group-committed);
 //! - each method is atomic: it writes all of its records or none;
 //! - decision closures (`RedeemFn`, `UpdateUserFn`) are pure: an implementation may run them more

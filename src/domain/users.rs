@@ -1,4 +1,4 @@
-//! User administration: GetUser, ListUsers, UpdateUser, DeleteUser (SPEC §7).
+//! User administration: GetUser, ListUsers, UpdateUser, DeleteUser.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
