@@ -12,7 +12,7 @@ use common::process::BinaryServer;
 use common::*;
 use latchkey::config::{MailTransport, SmtpTls, TlsConfig};
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 
 const KEY_A: &str = "key-a-0123456789abcdef";
 const KEY_B: &str = "key-b-0123456789abcdef";
@@ -121,16 +121,7 @@ async fn api_keys_rotate_on_sighup_and_on_a_file_change_and_a_bad_file_changes_n
 }
 
 async fn tls_channel(addr: std::net::SocketAddr, ca: &Path) -> Result<Channel, String> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
-        .domain_name("localhost");
-    Endpoint::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .map_err(|error| format!("{error:?}"))
+    common::tls_channel(addr, ca, None).await
 }
 
 async fn jwks(channel: Channel) -> Result<(), tonic::Status> {

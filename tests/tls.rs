@@ -12,7 +12,7 @@ use common::*;
 use latchkey::app::{self, Running};
 use latchkey::config::TlsConfig;
 use latchkey::domain::clock::ManualClock;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 async fn start(dir: &tempfile::TempDir, tls: TlsConfig) -> Running {
     let mut config = test_config(dir);
@@ -24,22 +24,7 @@ async fn start(dir: &tempfile::TempDir, tls: TlsConfig) -> Running {
 }
 
 async fn tls_channel(running: &Running, ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Channel, String> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
-        .domain_name("localhost");
-    if let Some((cert, key)) = identity {
-        tls = tls.identity(Identity::from_pem(
-            std::fs::read(cert).unwrap(),
-            std::fs::read(key).unwrap(),
-        ));
-    }
-    Endpoint::from_shared(format!("https://{}", running.local_addr()))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .map_err(|error| format!("{error:?}"))
+    common::tls_channel(running.local_addr(), ca, identity).await
 }
 
 async fn get_jwks(channel: Channel) -> Result<(), tonic::Status> {

@@ -267,3 +267,29 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .expect("a status code");
     (status, body.to_string())
 }
+
+/// A TLS channel to `addr` trusting `ca` (server name `localhost`), with a client certificate when
+/// `identity` is given.
+pub async fn tls_channel(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<Channel, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        ));
+    }
+    Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|error| format!("{error:?}"))
+}
