@@ -1112,6 +1112,50 @@ mod tests {
     }
 
     #[test]
+    fn audiences_grace_and_limits_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |change: &dyn Fn(&mut Config)| {
+            let mut config = Config::defaults(Profile::Development);
+            config.data_dir = dir.path().join("data");
+            change(&mut config);
+            config
+                .validate(dir.path())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(check(&|_| {}), "");
+        type Change<'a> = &'a dyn Fn(&mut Config);
+        let cases: [(Change, &str); 6] = [
+            (
+                &|c| c.oauth.clients[0].client_id = "latchkey".into(),
+                "oauth.clients[0].client_id",
+            ),
+            (
+                &|c| c.oauth.access_token_audience = Some("latchkey".into()),
+                "oauth.access_token_audience",
+            ),
+            (&|c| c.issuer = "latchkey".into(), "oauth.access_token_audience"),
+            (
+                &|c| {
+                    c.shutdown_delay_seconds = 10;
+                    c.shutdown_grace_seconds = 12;
+                },
+                "shutdown_grace_seconds",
+            ),
+            (&|c| c.reload_check_seconds = 3601, "reload_check_seconds"),
+            (
+                &|c| c.limits.max_concurrent_streams = 0,
+                "limits.max_concurrent_streams",
+            ),
+        ];
+        for (change, key) in cases {
+            let error = check(change);
+            assert!(error.contains(key), "{key}: {error:?}");
+        }
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("latchkey.toml");
