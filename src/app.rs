@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,15 +33,15 @@ use crate::domain::model::{HOUR, MINUTE, Millis};
 use crate::domain::oauth::OAuthClient;
 use crate::domain::rate_limit::RateLimit;
 use crate::domain::store::Store;
-use crate::domain::{Domain, Mail, Settings};
+use crate::domain::{Domain, Mail, Ports, Settings};
 use crate::grpc::GrpcPort;
 use crate::mail::templates::Templates;
 use crate::mail::transport::{self, Transport};
-use crate::mail::worker::{RetryPolicy, Worker};
+use crate::mail::worker::{RetryPolicy, Worker, WorkerSettings};
 use crate::metrics::Metrics;
 use crate::net::{Handshake, Peer, Port};
 use crate::reload::{Reloader, Shared, Targets};
-use crate::store::{SledOptions, SledStore, sweeper};
+use crate::store::sweeper;
 use crate::supervise::supervise;
 
 /// What the shutdown grace period keeps back, after draining, for closing the store.
@@ -86,7 +85,7 @@ pub struct Running {
     shutdown_delay: Duration,
     shutdown_grace: Duration,
     http_addr: Option<SocketAddr>,
-    data_dir: std::path::PathBuf,
+    mail_worker: Arc<Worker>,
     /// What `/readyz` on the HTTP port answers: health's overall status, as a flag.
     ready: Arc<AtomicBool>,
     reload: tokio::sync::mpsc::Sender<crate::reload::Request>,
@@ -120,6 +119,11 @@ impl Running {
         self.reload.clone()
     }
 
+    /// The mail worker (tests drain the outbox with `Worker::step`).
+    pub fn mail_worker(&self) -> &Arc<Worker> {
+        &self.mail_worker
+    }
+
     /// Purges what is due now (the sweeper does this on its own schedule).
     pub async fn sweep_now(&self) -> crate::domain::error::Result<usize> {
         sweeper::sweep(self.domain.store.as_ref(), self.domain.clock.as_ref()).await
@@ -136,8 +140,8 @@ impl Running {
             tracing::info!(delay = ?self.shutdown_delay, "NOT_SERVING; still answering while routing stops");
             tokio::time::sleep(self.shutdown_delay).await;
         }
-        // Long-polls answer now with the current status instead of holding the drain.
-        self.domain.stopping.cancel();
+        // Stops accepting, stops the background tasks, and long-polls answer now with the current
+        // status instead of holding the drain (the domain's `stopping` is this token).
         self.shutdown.cancel();
         // Health watchers have seen NOT_SERVING; dropping the statuses ends their streams, which
         // would otherwise hold the drain open forever.
@@ -175,57 +179,17 @@ impl Running {
                 "background tasks (mail worker, sweeper) still busy at the end of the shutdown grace period; stopping without them"
             );
         }
+        // The store closes in its own way (sled: lets go of the directory and checkpoints), so the
+        // same process may open it again once this returns.
         match tokio::time::timeout_at(deadline, self.domain.store.close()).await {
             Ok(closed) => closed.map_err(|error| error.to_string())?,
             Err(_) => {
                 return Err(
-                    "the store did not close within the shutdown grace period; the next start recovers it from its log"
-                        .into(),
+                    "the store did not close within the shutdown grace period; the next start recovers it".into(),
                 );
             }
         }
-        release_store(self.domain, &self.data_dir, deadline).await;
         served.map_err(|error| format!("server error: {error}"))
-    }
-}
-
-/// Waits (up to a few seconds) until the store's directory lock is free, checkpoints the store
-/// (see `sled_store::checkpoint`), and waits again, so that when shutdown returns the same process
-/// can open the data directory again. Two things hold it a moment
-/// longer: hyper drops a connection's per-stream tasks (holding the services) just after it
-/// reports the connection closed, and sled's I/O threads drop their handles just after the last
-/// flush they served.
-async fn release_store(domain: Arc<Domain>, data_dir: &std::path::Path, deadline: tokio::time::Instant) {
-    while Arc::strong_count(&domain) > 1 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    drop(domain);
-    while !crate::store::sled_store::lock_is_free(data_dir) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    if !crate::store::sled_store::lock_is_free(data_dir) {
-        tracing::warn!("the data directory is still locked after shutdown; no checkpoint");
-        return;
-    }
-    let dir = data_dir.to_path_buf();
-    let started = std::time::Instant::now();
-    let checkpoint = tokio::task::spawn_blocking(move || crate::store::sled_store::checkpoint(&dir));
-    let Ok(checkpointed) = tokio::time::timeout_at(deadline, checkpoint).await else {
-        tracing::warn!(
-            "the store checkpoint did not finish within the shutdown grace period; the next start recovers from the log"
-        );
-        return;
-    };
-    match checkpointed {
-        Ok(Ok(())) => tracing::info!(
-            took_ms = started.elapsed().as_millis() as u64,
-            "store checkpointed; the next start reads a snapshot instead of the whole log"
-        ),
-        Ok(Err(error)) => tracing::warn!(%error, "store checkpoint failed; the next start recovers from the log"),
-        Err(error) => tracing::warn!(%error, "store checkpoint task failed"),
-    }
-    while !crate::store::sled_store::lock_is_free(data_dir) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -264,34 +228,143 @@ fn settings(validated: &Validated) -> Settings {
     }
 }
 
+/// The listening sockets, bound before anything is served.
+struct Listeners {
+    grpc: TcpListener,
+    grpc_addr: SocketAddr,
+    http: Option<(TcpListener, SocketAddr)>,
+}
+
+/// What sends mail: the worker, and the transport a reload may replace.
+struct MailParts {
+    worker: Arc<Worker>,
+    transport: Arc<Shared<dyn Transport>>,
+    file_dir: std::path::PathBuf,
+}
+
 pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
     let config = &validated.config;
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
+    let shutdown = CancellationToken::new();
 
-    let options = SledOptions {
-        path: config.data_dir.clone(),
-        cache_capacity_bytes: config.store.cache_capacity_mib * 1024 * 1024,
-        durability: config.store.durability,
-        commit_linger: Duration::from_micros(config.store.commit_linger_micros.into()),
-        retention: Millis::from(config.store.retention_hours) * HOUR,
-    };
-    let store = tokio::task::spawn_blocking(move || SledStore::open(&options))
-        .await
-        .expect("opening the store does not panic")?;
-    let store: Arc<dyn Store> = Arc::new(store);
-
-    let policy = KeyPolicy {
-        signing_lifetime: Millis::from(config.sessions.signing_key_rotation_days) * 24 * HOUR,
-        max_token_lifetime: Millis::from(config.sessions.jwt_minutes.max(config.oauth.access_token_minutes)) * MINUTE,
-    };
-    let keys = KeyRing::load(validated.server_key.clone(), store.clone(), policy, clock.now())
-        .await
-        .map_err(StartError::Keys)?;
+    let opened = crate::store::open(&config.store, &config.data_dir).await?;
     let templates = Arc::new(
         Templates::load(config.mail.templates_dir.as_deref())
             .map_err(|problem| StartError::Mail(format!("mail.templates_dir: {problem}")))?,
     );
+    let ports = Ports {
+        store: opened.store,
+        wakeups: opened.wakeups,
+        clock,
+        stopping: shutdown.clone(),
+    };
+    let domain = build_domain(&validated, ports, templates.clone()).await?;
+    let mail = build_mail(&validated, &domain, templates)?;
+    // Bound after the store opened, so a second process on the same data directory reports
+    // the store's lock rather than a busy port.
+    let listeners = bind(config).await?;
+
+    let api_keys = Arc::new(Shared::new(Arc::new(validated.api_keys.clone())));
+    let metrics = Metrics::new(domain.clone(), mail.worker.counts());
+    let routes = grpc_routes(&domain, &api_keys, config, health_service)?;
+    let close_all = CancellationToken::new();
+    let limits = &config.limits;
+    let grpc = GrpcPort {
+        port: Port::new(listeners.grpc, limits, close_all.clone(), Handshake::Http2Preface, true),
+        routes,
+        limits: limits.clone(),
+        metrics: metrics.clone(),
+    };
+    let (tls_updates, tls_updates_rx) = tokio::sync::mpsc::channel(1);
+    let server = grpc
+        .serve(validated.tls.as_ref(), tls_updates_rx, shutdown.clone())
+        .map_err(StartError::Tls)?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let http_addr = listeners.http.as_ref().map(|(_, addr)| *addr);
+    let http_server = listeners.http.map(|(listener, _)| {
+        let state = crate::http::HttpState {
+            domain: domain.clone(),
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        };
+        serve_http(state, listener, config, close_all.clone(), shutdown.clone())
+    });
+
+    let tasks = spawn_background_tasks(&domain, &mail.worker, &metrics, config, &shutdown);
+    set_health(&health, ServingStatus::Serving).await;
+    ready.store(true, Ordering::Relaxed);
+    tasks.spawn(watch_store(domain.store.clone(), health.clone(), shutdown.clone()));
+    let (reload, reload_requests) = tokio::sync::mpsc::channel(4);
+    let reloader = Reloader::new(
+        &validated,
+        Targets {
+            api_keys,
+            transport: mail.transport,
+            mail_file_dir: mail.file_dir,
+            tls_updates,
+        },
+    );
+    tasks.spawn(reloader.run(
+        reload_requests,
+        Duration::from_secs(config.reload_check_seconds),
+        shutdown.clone(),
+    ));
+    Ok(Running {
+        local_addr: listeners.grpc_addr,
+        domain,
+        health,
+        shutdown,
+        tasks,
+        server,
+        http_server,
+        close_all,
+        shutdown_delay: Duration::from_secs(config.shutdown_delay_seconds),
+        shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
+        http_addr,
+        mail_worker: mail.worker,
+        ready,
+        reload,
+    })
+}
+
+/// The domain over the open store, with the signing keys loaded (created on first start).
+async fn build_domain(
+    validated: &Validated,
+    ports: Ports,
+    templates: Arc<Templates>,
+) -> Result<Arc<Domain>, StartError> {
+    let config = &validated.config;
+    let policy = KeyPolicy {
+        signing_lifetime: Millis::from(config.sessions.signing_key_rotation_days) * 24 * HOUR,
+        max_token_lifetime: Millis::from(config.sessions.jwt_minutes.max(config.oauth.access_token_minutes)) * MINUTE,
+    };
+    let keys = KeyRing::load(
+        validated.server_key.clone(),
+        ports.store.clone(),
+        policy,
+        ports.clock.now(),
+    )
+    .await
+    .map_err(StartError::Keys)?;
+    let mail = Mail {
+        templates,
+        rate_limit: RateLimit {
+            burst: config.mail.rate_limit.burst,
+            per_minute: config.mail.rate_limit.per_minute,
+        },
+    };
+    Ok(Arc::new(Domain::new(
+        ports,
+        keys,
+        mail,
+        validated.server_key.clone(),
+        settings(validated),
+    )))
+}
+
+fn build_mail(validated: &Validated, domain: &Arc<Domain>, templates: Arc<Templates>) -> Result<MailParts, StartError> {
+    let config = &validated.config;
     let file_dir = config
         .mail
         .file_dir
@@ -302,68 +375,53 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
             .map_err(StartError::Mail)?
             .into();
     let transport = Arc::new(Shared::new(transport));
-    let mail = Mail {
-        templates: templates.clone(),
-        rate_limit: RateLimit {
-            burst: config.mail.rate_limit.burst,
-            per_minute: config.mail.rate_limit.per_minute,
-        },
-        outbox: Arc::new(Notify::new()),
-    };
-    let domain = Arc::new(Domain::new(
-        store.clone(),
-        clock.clone(),
-        keys,
-        mail,
-        validated.server_key.clone(),
-        settings(&validated),
-    ));
-    let worker = Arc::new(Worker::new(
-        domain.clone(),
-        transport.clone(),
-        templates,
-        config
+    let settings = WorkerSettings {
+        from: config
             .mail
             .from
             .parse()
             .map_err(|_| StartError::Mail("mail.from is not an address".into()))?,
-        config.mail.product_name.clone(),
-        RetryPolicy {
+        product: config.mail.product_name.clone(),
+        policy: RetryPolicy {
             max_attempts: config.mail.max_attempts,
             base: Duration::from_secs(config.mail.retry_base_seconds),
             max: Duration::from_secs(config.mail.retry_max_seconds),
         },
-        config.mail.concurrency,
-    ));
+        concurrency: config.mail.concurrency,
+        lease: Duration::from_secs(config.mail.lease_seconds),
+    };
+    let worker = Arc::new(Worker::new(domain.clone(), transport.clone(), templates, settings));
+    Ok(MailParts {
+        worker,
+        transport,
+        file_dir,
+    })
+}
 
-    // Bound after the store opened, so a second process on the same data directory reports
-    // the store's lock rather than a busy port.
-    let listener = TcpListener::bind(config.listen)
+async fn bind(config: &crate::config::Config) -> Result<Listeners, StartError> {
+    let bind_error = |address| move |source| StartError::Bind { address, source };
+    let grpc = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| StartError::Bind {
-            address: config.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        address: config.listen,
-        source,
-    })?;
-    let http_listener = match config.metrics_listen {
-        Some(address) => Some(
-            TcpListener::bind(address)
-                .await
-                .map_err(|source| StartError::Bind { address, source })?,
-        ),
+        .map_err(bind_error(config.listen))?;
+    let grpc_addr = grpc.local_addr().map_err(bind_error(config.listen))?;
+    let http = match config.metrics_listen {
+        Some(address) => {
+            let listener = TcpListener::bind(address).await.map_err(bind_error(address))?;
+            let addr = listener.local_addr().map_err(bind_error(address))?;
+            Some((listener, addr))
+        }
         None => None,
     };
-    let http_addr = match &http_listener {
-        Some(listener) => Some(listener.local_addr().map_err(|source| StartError::Bind {
-            address: config.metrics_listen.expect("bound"),
-            source,
-        })?),
-        None => None,
-    };
+    Ok(Listeners { grpc, grpc_addr, http })
+}
 
+/// Health, reflection and latchkey's services, each behind the API-key check of its scope.
+fn grpc_routes(
+    domain: &Arc<Domain>,
+    api_keys: &Arc<Shared<Vec<crate::config::ApiKey>>>,
+    config: &crate::config::Config,
+    health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) -> Result<Routes, StartError> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -376,15 +434,10 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|error| StartError::Reflection(error.to_string()))?;
-
-    let api_keys = Arc::new(Shared::new(Arc::new(validated.api_keys.clone())));
     let required = config.auth.required;
     let check = |scope| ApiKeyCheck::new(api_keys.clone(), required, scope);
-    let shutdown = CancellationToken::new();
-    let metrics = Metrics::new(domain.clone(), worker.counts());
-    let limits = &config.limits;
-    let max_request = limits.max_request_bytes;
-    let routes = Routes::new(health_service)
+    let max_request = config.limits.max_request_bytes;
+    Ok(Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(
@@ -402,24 +455,44 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         .add_service(InterceptedService::new(
             EmailsServer::new(EmailsApi::new(domain.clone())).max_decoding_message_size(max_request),
             check(Scope::Admin),
-        ));
-    let close_all = CancellationToken::new();
-    let grpc = GrpcPort {
-        port: Port::new(listener, limits, close_all.clone(), Handshake::Http2Preface, true),
-        routes,
-        limits: limits.clone(),
-        metrics: metrics.clone(),
-    };
-    let (tls_updates, tls_updates_rx) = tokio::sync::mpsc::channel(1);
-    let server = grpc
-        .serve(validated.tls.as_ref(), tls_updates_rx, shutdown.clone())
-        .map_err(StartError::Tls)?;
+        )))
+}
 
+fn serve_http(
+    state: crate::http::HttpState,
+    listener: TcpListener,
+    config: &crate::config::Config,
+    close_all: CancellationToken,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let limits = &config.limits;
+    let app = crate::http::router(state, limits.request_timeout())
+        .layer(crate::net::MarkRequestsLayer)
+        .into_make_service_with_connect_info::<Peer>();
+    let listener = Port::new(listener, limits, close_all, Handshake::FirstRequest, false).acceptor();
+    tokio::spawn(async move {
+        let serving = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(error) = serving {
+            tracing::error!(%error, "the HTTP port stopped");
+        }
+    })
+}
+
+/// The sweeper, key rotation and the mail worker, each started again if it panics (see
+/// `crate::supervise`), all stopping with `shutdown`.
+fn spawn_background_tasks(
+    domain: &Arc<Domain>,
+    worker: &Arc<Worker>,
+    metrics: &Arc<Metrics>,
+    config: &crate::config::Config,
+    shutdown: &CancellationToken,
+) -> TaskTracker {
     let tasks = TaskTracker::new();
     let sweep_interval = Duration::from_secs(config.store.sweep_interval_seconds);
-    // Each background task is started again if it panics (see `crate::supervise`).
     let sweeps = {
-        let (store, clock, stop) = (store.clone(), clock.clone(), shutdown.clone());
+        let (store, clock, stop) = (domain.store.clone(), domain.clock.clone(), shutdown.clone());
         move || sweeper::run(store.clone(), clock.clone(), sweep_interval, stop.clone())
     };
     let rotations = {
@@ -427,7 +500,7 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         move || rotate_keys(domain.clone(), stop.clone())
     };
     let mail = {
-        let stop = shutdown.clone();
+        let (worker, stop) = (worker.clone(), shutdown.clone());
         move || worker.clone().run(stop.clone())
     };
     tasks.spawn(supervise(
@@ -448,63 +521,7 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         metrics.task_restarts("mail_worker"),
         mail,
     ));
-    let ready = Arc::new(AtomicBool::new(false));
-    let http_server = http_listener.map(|listener| {
-        let state = crate::http::HttpState {
-            domain: domain.clone(),
-            metrics,
-            ready: ready.clone(),
-        };
-        let app = crate::http::router(state, limits.request_timeout())
-            .layer(crate::net::MarkRequestsLayer)
-            .into_make_service_with_connect_info::<Peer>();
-        let listener = Port::new(listener, limits, close_all.clone(), Handshake::FirstRequest, false).acceptor();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let serving = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(error) = serving {
-                tracing::error!(%error, "the HTTP port stopped");
-            }
-        })
-    });
-
-    set_health(&health, ServingStatus::Serving).await;
-    ready.store(true, Ordering::Relaxed);
-    tasks.spawn(watch_store(store.clone(), health.clone(), shutdown.clone()));
-    let (reload, reload_requests) = tokio::sync::mpsc::channel(4);
-    let reloader = Reloader::new(
-        &validated,
-        Targets {
-            api_keys,
-            transport,
-            mail_file_dir: file_dir,
-            tls_updates,
-        },
-    );
-    tasks.spawn(reloader.run(
-        reload_requests,
-        Duration::from_secs(config.reload_check_seconds),
-        shutdown.clone(),
-    ));
-    let shutdown_delay = Duration::from_secs(config.shutdown_delay_seconds);
-    Ok(Running {
-        local_addr,
-        domain,
-        health,
-        shutdown,
-        tasks,
-        server,
-        http_server,
-        close_all,
-        shutdown_delay,
-        shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
-        http_addr,
-        data_dir: config.data_dir.clone(),
-        ready,
-        reload,
-    })
+    tasks
 }
 
 /// Health follows the store: NOT_SERVING while it refuses writes (after a storage error), so

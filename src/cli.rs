@@ -156,7 +156,8 @@ async fn serve_until_signal(validated: config::Validated) -> Result<(), String> 
         listen = %running.local_addr(),
         http = %running.http_addr().map_or("off".to_string(), |a| a.to_string()),
         data_dir = %config.data_dir.display(),
-        durability = ?config.store.durability,
+        store = ?config.store.backend,
+        durability = ?config.store.sled.durability,
         tls = if config.tls.cert_file.is_some() { "on" } else { "off" },
         mutual_tls = config.tls.client_ca_file.is_some(),
         "latchkey is serving"

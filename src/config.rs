@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{ServerKey, api_key_digest};
 use crate::domain::redirect::{AllowedRedirect, RedirectPolicy};
-use crate::store::Durability;
+use crate::store::sled_store::Durability;
 
 /// Where the development profile keeps its generated server key: the working directory, never
 /// the data directory (a copy of the data directory must not carry the key).
@@ -219,6 +219,9 @@ pub struct MailConfig {
     pub retry_max_seconds: u64,
     /// Emails being sent at once.
     pub concurrency: usize,
+    /// How long a worker holds the emails it claimed. A send still running at 4/5 of it is cut
+    /// off and retried; an email whose worker died is sent again once its lease has run out.
+    pub lease_seconds: u64,
     pub smtp: SmtpConfig,
     pub rate_limit: RateLimitConfig,
 }
@@ -259,16 +262,65 @@ pub struct SessionsConfig {
     pub signing_key_rotation_days: u32,
 }
 
+/// Where the data lives: the backend, and what every backend shares (retention, sweeping).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// How long expired links and sessions are kept (to answer TOKEN_EXPIRED) before purging.
+    pub retention_hours: u32,
+    pub sweep_interval_seconds: u64,
+    pub sled: SledConfig,
+    /// `store.sled.cache_capacity_mib` before the backends had sections; still read, with a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_capacity_mib: Option<u64>,
+    /// `store.sled.durability`, as above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<Durability>,
+    /// `store.sled.commit_linger_micros`, as above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_linger_micros: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// The embedded store in `data_dir`: one process.
+    Sled,
+}
+
+/// The embedded store's own settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SledConfig {
+    /// sled's page cache, in MiB of the on-disk form.
     pub cache_capacity_mib: u64,
     pub durability: Durability,
     /// Under load, how long the group commit waits for more writes before it flushes (0: never).
     pub commit_linger_micros: u32,
-    /// How long expired links and sessions are kept (to answer TOKEN_EXPIRED) before purging.
-    pub retention_hours: u32,
-    pub sweep_interval_seconds: u64,
+}
+
+impl StoreConfig {
+    /// Moves the keys that predate `[store.sled]` into it, warning about each; returns their names.
+    fn adopt_legacy_keys(&mut self) -> Vec<&'static str> {
+        let mut moved = Vec::new();
+        if let Some(value) = self.cache_capacity_mib.take() {
+            self.sled.cache_capacity_mib = value;
+            moved.push("cache_capacity_mib");
+        }
+        if let Some(value) = self.durability.take() {
+            self.sled.durability = value;
+            moved.push("durability");
+        }
+        if let Some(value) = self.commit_linger_micros.take() {
+            self.sled.commit_linger_micros = value;
+            moved.push("commit_linger_micros");
+        }
+        for key in &moved {
+            tracing::warn!("store.{key} is now store.sled.{key}; the old key still works, but rename it");
+        }
+        moved
+    }
 }
 
 impl Config {
@@ -319,6 +371,7 @@ impl Config {
                 retry_base_seconds: 5,
                 retry_max_seconds: 1800,
                 concurrency: 8,
+                lease_seconds: 60,
                 smtp: SmtpConfig {
                     host: String::new(),
                     port: None,
@@ -357,11 +410,17 @@ impl Config {
                 signing_key_rotation_days: 30,
             },
             store: StoreConfig {
-                cache_capacity_mib: 64,
-                durability: Durability::Fsync,
-                commit_linger_micros: 1000,
+                backend: StoreBackend::Sled,
                 retention_hours: 24,
                 sweep_interval_seconds: 60,
+                sled: SledConfig {
+                    cache_capacity_mib: 64,
+                    durability: Durability::Fsync,
+                    commit_linger_micros: 1000,
+                },
+                cache_capacity_mib: None,
+                durability: None,
+                commit_linger_micros: None,
             },
         }
     }
@@ -505,7 +564,7 @@ pub struct Validated {
 impl Config {
     /// Checks every value and resolves the server key. `working_dir` is where the development
     /// profile keeps its generated key.
-    pub fn validate(self, working_dir: &Path) -> Result<Validated, ConfigError> {
+    pub fn validate(mut self, working_dir: &Path) -> Result<Validated, ConfigError> {
         if let Some(http) = self.metrics_listen
             && !self.auth.required
             && !http.ip().is_loopback()
@@ -617,11 +676,15 @@ impl Config {
         self.limits
             .check()
             .map_err(|(key, problem)| invalid(format!("limits.{key}"), problem))?;
-        if self.store.cache_capacity_mib == 0 {
-            return Err(invalid("store.cache_capacity_mib", "must be at least 1"));
+        self.store.adopt_legacy_keys();
+        if self.store.sled.cache_capacity_mib == 0 {
+            return Err(invalid("store.sled.cache_capacity_mib", "must be at least 1"));
         }
-        if self.store.commit_linger_micros > 10_000 {
-            return Err(invalid("store.commit_linger_micros", "must be at most 10000 (10 ms)"));
+        if self.store.sled.commit_linger_micros > 10_000 {
+            return Err(invalid(
+                "store.sled.commit_linger_micros",
+                "must be at most 10000 (10 ms)",
+            ));
         }
         if self.store.retention_hours < 24 {
             return Err(invalid(
@@ -783,6 +846,9 @@ impl Config {
         }
         if !(1..=256).contains(&mail.concurrency) {
             return Err(invalid("mail.concurrency", "must be between 1 and 256"));
+        }
+        if !(2..=3600).contains(&mail.lease_seconds) {
+            return Err(invalid("mail.lease_seconds", "must be between 2 and 3600"));
         }
         if mail.rate_limit.burst > 0 && mail.rate_limit.per_minute == 0 {
             return Err(invalid(
@@ -1015,24 +1081,60 @@ mod tests {
         );
     }
 
+    /// Config files from before `[store.sled]` keep working: their keys move there.
     #[test]
-    fn bad_values_name_their_key() {
+    fn store_keys_from_before_the_sled_section_still_apply() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("latchkey.toml");
-        std::fs::write(&file, "[store]\ndurability = \"sometimes\"\n").unwrap();
-        let error = load(Some(&file), &Overrides::default()).unwrap_err().to_string();
-        assert!(error.contains("store.durability"), "{error}");
-        std::fs::write(&file, "[store]\ncache_capacity = 5\n").unwrap();
-        let error = load(Some(&file), &Overrides::default()).unwrap_err().to_string();
-        assert!(error.contains("cache_capacity"), "{error}");
+        std::fs::write(
+            &file,
+            "profile = \"development\"\n[store]\ndurability = \"flush\"\ncache_capacity_mib = 16\ncommit_linger_micros = 0\n",
+        )
+        .unwrap();
+        let validated = load(Some(&file), &Overrides::default())
+            .unwrap()
+            .validate(dir.path())
+            .unwrap();
+        let store = &validated.config.store;
+        assert_eq!(store.backend, StoreBackend::Sled);
+        assert_eq!(store.sled.durability, Durability::Flush);
+        assert_eq!(store.sled.cache_capacity_mib, 16);
+        assert_eq!(store.sled.commit_linger_micros, 0);
+        assert_eq!(store.durability, None, "moved, not kept twice");
         std::fs::write(
             &file,
             "profile = \"development\"\n[store]\ncommit_linger_micros = 10001\n",
         )
         .unwrap();
+        let error = load(Some(&file), &Overrides::default())
+            .unwrap()
+            .validate(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("store.sled.commit_linger_micros"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("latchkey.toml");
+        std::fs::write(&file, "[store.sled]\ndurability = \"sometimes\"\n").unwrap();
+        let error = load(Some(&file), &Overrides::default()).unwrap_err().to_string();
+        assert!(error.contains("store.sled.durability"), "{error}");
+        std::fs::write(&file, "[store]\nbackend = \"cassandra\"\n").unwrap();
+        let error = load(Some(&file), &Overrides::default()).unwrap_err().to_string();
+        assert!(error.contains("store.backend"), "{error}");
+        std::fs::write(&file, "[store]\ncache_capacity = 5\n").unwrap();
+        let error = load(Some(&file), &Overrides::default()).unwrap_err().to_string();
+        assert!(error.contains("cache_capacity"), "{error}");
+        std::fs::write(
+            &file,
+            "profile = \"development\"\n[store.sled]\ncommit_linger_micros = 10001\n",
+        )
+        .unwrap();
         let config = load(Some(&file), &Overrides::default()).unwrap();
         let error = config.validate(dir.path()).unwrap_err().to_string();
-        assert!(error.contains("store.commit_linger_micros"), "{error}");
+        assert!(error.contains("store.sled.commit_linger_micros"), "{error}");
         std::fs::write(&file, "[links]\nredirect_allow_list = [\"http://example.com/\"]\n").unwrap();
         let config = load(Some(&file), &Overrides::default()).unwrap();
         let error = config.validate(dir.path()).unwrap_err().to_string();

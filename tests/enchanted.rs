@@ -526,7 +526,10 @@ async fn a_long_poll_in_flight_at_shutdown_answers_promptly() {
     });
     // The poll is parked once it counts as live.
     let domain = app.running().domain().clone();
-    eventually("the poll to wait", async || (domain.pollers.live() == 1).then_some(())).await;
+    eventually("the poll to wait", async || {
+        (domain.live_polls.load(std::sync::atomic::Ordering::Relaxed) == 1).then_some(())
+    })
+    .await;
     drop(domain);
     let started = std::time::Instant::now();
     app.stop().await;

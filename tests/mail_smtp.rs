@@ -4,12 +4,16 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::mail::*;
 use common::mime::header;
 use common::process::BinaryServer;
 use common::*;
 use latchkey::config::{Config, MailTransport, Secret, SmtpTls};
 use latchkey::domain::clock::Clock;
+use latchkey::domain::store::OutboxClaim;
+use latchkey::mail::worker::Step;
 use pb::get_email_status_response::Status as EmailStatus;
 
 const USER: &str = "latchkey";
@@ -62,7 +66,8 @@ async fn wait_for_status(
 /// Lets a retry fall due on the test's clock and wakes the worker.
 fn retry_now(app: &TestApp) {
     app.clock.advance_minutes(1);
-    app.running().domain().mail.outbox.notify_one();
+    let domain = app.running().domain();
+    domain.wakeups.notify(latchkey::domain::wakeups::Topic::Outbox);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,8 +195,11 @@ async fn a_dead_server_delays_mail_but_not_the_api() {
     assert_eq!(server.messages().len(), 2);
 }
 
+/// A worker that stopped mid-send (a crash, a hung process) leaves its email SENDING under a lease:
+/// a restart does not send it at once (another replica's worker may still be sending it), and it
+/// goes out once the lease has run out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_email_caught_mid_send_by_a_stop_goes_out_after_restart() {
+async fn an_email_caught_mid_send_goes_out_once_its_lease_runs_out() {
     let maildir = tempfile::tempdir().unwrap();
     let port = free_port();
     let app = TestApp::spawn_with(|config| {
@@ -202,20 +210,38 @@ async fn an_email_caught_mid_send_by_a_stop_goes_out_after_restart() {
     .await;
     let email_id = queue(&app, "midsend@example.com").await;
     wait_for_status(&app, &email_id, EmailStatus::Queued, 1).await;
-    // What a crash during a send leaves behind: the email claimed, SENDING.
+    // What a worker that died during a send leaves behind: the email claimed, SENDING.
     let store = app.running().domain().store.clone();
     let later = app.clock.now() + 2 * 3_600_000;
-    let claimed = store.claim_email(&email_id, later).await.unwrap();
-    assert!(claimed.is_some());
+    let claim = OutboxClaim {
+        now: later,
+        lease: 60_000,
+        limit: 10,
+    };
+    let claimed = store.claim_emails(claim).await.unwrap();
+    assert_eq!(claimed.iter().map(|email| &email.id).collect::<Vec<_>>(), [&email_id]);
+    assert_eq!(claimed[0].attempts, 2, "a claim counts an attempt");
     drop(store);
-    assert_eq!(status(&app, &email_id).await.status(), EmailStatus::Sending);
     let (dir, clock) = app.stop().await;
 
     let server = SmtpServer::start(maildir.path(), port, &SmtpOptions::default());
     let mut config = test_config(&dir);
     use_smtp(&mut config, port, SmtpTls::None);
     let app = TestApp::start_in(dir, config, clock).await;
-    wait_for_status(&app, &email_id, EmailStatus::Sent, 2).await;
+    let step = app.running().mail_worker().step(10).await.unwrap();
+    assert_eq!(step, Step::default(), "nothing is due while the lease holds");
+    assert_eq!(status(&app, &email_id).await.status(), EmailStatus::Sending);
+    app.clock.advance_minutes(3 * 60);
+    let step = app.running().mail_worker().step(10).await.unwrap();
+    assert_eq!(
+        step,
+        Step {
+            claimed: 1,
+            sent: 1,
+            ..Step::default()
+        }
+    );
+    assert_eq!(status(&app, &email_id).await.attempts, 3);
     assert_eq!(server.messages().len(), 1);
 }
 
@@ -232,6 +258,8 @@ async fn queued_mail_survives_kill_9_and_is_delivered_once() {
         ("LATCHKEY_MAIL__RETRY_BASE_SECONDS", "1"),
         ("LATCHKEY_MAIL__RETRY_MAX_SECONDS", "1"),
         ("LATCHKEY_MAIL__MAX_ATTEMPTS", "100"),
+        // Emails the kill caught mid-send go out again when their lease runs out.
+        ("LATCHKEY_MAIL__LEASE_SECONDS", "3"),
     ];
     let mut server = BinaryServer::start(dir.path(), &[], &env);
     let mut client = pb::passwordless_client::PasswordlessClient::new(connect(server.addr).await);
@@ -264,4 +292,74 @@ async fn queued_mail_survives_kill_9_and_is_delivered_once() {
     let mut expected = recipients.clone();
     expected.sort();
     assert_eq!(delivered, expected, "each accepted email exactly once");
+}
+
+/// kill -9 while an email is on the wire (the SMTP server holds its DATA unanswered): after a
+/// restart the email is not sent at once, since its lease still holds, but once the lease has
+/// run out; and it is delivered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_on_the_wire_at_kill_9_is_delivered_once_after_its_lease_runs_out() {
+    const LEASE: Duration = Duration::from_secs(4);
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let smtp = SmtpServer::start(
+        maildir.path(),
+        port,
+        &SmtpOptions {
+            stall_first: 1,
+            ..SmtpOptions::default()
+        },
+    );
+    let port = port.to_string();
+    let lease = LEASE.as_secs().to_string();
+    let env = [
+        ("LATCHKEY_MAIL__TRANSPORT", "smtp"),
+        ("LATCHKEY_MAIL__SMTP__HOST", "127.0.0.1"),
+        ("LATCHKEY_MAIL__SMTP__PORT", port.as_str()),
+        ("LATCHKEY_MAIL__SMTP__TLS", "none"),
+        ("LATCHKEY_MAIL__SMTP__TIMEOUT_SECONDS", "60"),
+        ("LATCHKEY_MAIL__LEASE_SECONDS", lease.as_str()),
+    ];
+    let mut server = BinaryServer::start(dir.path(), &[], &env);
+    let mut client = pb::passwordless_client::PasswordlessClient::new(connect(server.addr).await);
+    let queued_at = Instant::now();
+    let request = pb::LoginOrCreateRequest {
+        email: "onthewire@example.com".into(),
+        ..Default::default()
+    };
+    let email_id = client.login_or_create(request).await.unwrap().into_inner().email_id;
+    eventually("the SMTP server to hold the message", async || {
+        (smtp.stalled() == 1).then_some(())
+    })
+    .await;
+    let get_status = async |addr| {
+        let mut emails = pb::emails_client::EmailsClient::new(connect(addr).await);
+        let request = pb::GetEmailStatusRequest {
+            email_id: email_id.clone(),
+        };
+        emails.get_email_status(request).await.unwrap().into_inner()
+    };
+    let sending = get_status(server.addr).await;
+    assert_eq!((sending.status(), sending.attempts), (EmailStatus::Sending, 1));
+    server.kill9();
+
+    let server = BinaryServer::start(dir.path(), &[], &env);
+    let sent = eventually("the email to be sent again", async || {
+        let status = get_status(server.addr).await;
+        (status.status() == EmailStatus::Sent).then_some(status)
+    })
+    .await;
+    assert!(
+        queued_at.elapsed() >= LEASE,
+        "sent again after {:?}, before the lease ran out",
+        queued_at.elapsed()
+    );
+    assert_eq!(sent.attempts, 2);
+    let delivered = smtp.messages();
+    assert_eq!(delivered.len(), 1, "exactly once");
+    assert_eq!(
+        header(&delivered[0], "X-Latchkey-Email-Id").as_deref(),
+        Some(email_id.as_str())
+    );
 }

@@ -8,12 +8,17 @@ use std::path::{Path, PathBuf};
 use latchkey::crypto::{Digest32, PLAIN_SECRET_CHARS, STAMPED_SECRET_CHARS, base64url, pkce, stamped_secret};
 use latchkey::domain::error::Reason;
 use latchkey::domain::model::{
-    Attempt, AttemptStatus, AuthCode, Email, EmailKind, EmailLink, EmailStatus, Link, LinkKind, LinkNote, OAuthRequest,
-    RateBucket, Role, Session, SigningKeyRecord, User, UserStatus,
+    Attempt, AttemptStatus, AuthCode, Email, EmailKind, EmailLink, EmailStatus, LinkKind, OAuthRequest, Role,
+    UserStatus,
 };
+// The codec's properties are about the records as sled keeps them.
 use latchkey::domain::redirect::{AllowedRedirect, RedirectPolicy, link_with_token};
 use latchkey::domain::validate;
-use latchkey::store::codec::{decode, encode};
+use latchkey::store::sled_store::codec::{decode, encode};
+use latchkey::store::sled_store::records::{
+    KeyRecord as SigningKeyRecord, LinkNote, LinkRecord as Link, RateBucketRecord as RateBucket,
+    SessionRecord as Session, UserRecord as User,
+};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use serde::Serialize;

@@ -5,8 +5,12 @@
 
 use std::fmt::Debug;
 
-use latchkey::domain::model::{Attempt, AuthCode, Email, Link, RateBucket, Session, SigningKeyRecord, User};
-use latchkey::store::codec::{decode, encode};
+use latchkey::domain::model::{Attempt, AuthCode, Email};
+use latchkey::store::sled_store::codec::{decode, encode};
+use latchkey::store::sled_store::records::{
+    KeyRecord as SigningKeyRecord, LinkRecord as Link, RateBucketRecord as RateBucket, SessionRecord as Session,
+    UserRecord as User,
+};
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -11,8 +11,9 @@ use super::links::{ENCHANTED_TOKEN_PARAMETER, LINK_MAX_MINUTES, LINK_MIN_MINUTES
 use super::magic::rate_key;
 use super::model::{Attempt, AttemptStatus, EmailKind, EmailLink, LinkKind, Millis, User, UserStatus};
 use super::sessions::NewSession;
-use super::store::Collection;
-use super::{Domain, validate};
+use super::store::{Collection, NewEmail, RateCharge};
+use super::wakeups::Topic;
+use super::{Domain, user_may_appear, validate};
 use crate::crypto::{Digest32, new_secret, random_in_range};
 
 const MAX_CUSTOM_CLAIMS_BYTES: usize = 4096;
@@ -142,7 +143,7 @@ impl Domain {
         let rate = (!rate_limit.is_off()).then(|| rate_key(&email));
 
         // A concurrent call may create the same new user first; then this one signs that user in.
-        for _ in 0..2 {
+        user_may_appear!(async {
             let (user, new_user) = match self.store.user_by_email(&email).await? {
                 Some(_) if request.mode == Mode::SignUp => {
                     return Err(Error::new(
@@ -205,29 +206,31 @@ impl Domain {
                 email_links,
                 expires_at,
             );
-            let rate = rate.as_deref().map(|key| (key, &rate_limit));
-            match self
-                .store
-                .insert_email(&links, Some(&attempt), new_user.as_ref(), &queued, rate, now)
-                .await
-            {
-                Ok(()) => {
-                    self.mail.outbox.notify_one();
-                    return Ok(SentEnchantedLink {
-                        link_id: numbers[right].to_string(),
-                        pending_ref,
-                        masked_email: validate::mask_email(&user.email),
-                        expires_at,
-                        user_id: user.id,
-                        user_created: new_user.is_some(),
-                        email_id: queued.id,
-                    });
-                }
-                Err(error) if error.reason() == Reason::USER_EXISTS => continue,
-                Err(error) => return Err(error),
-            }
-        }
-        Err(Error::internal("a new user's email was taken and then not found"))
+            let rate = rate.as_deref().map(|key| RateCharge {
+                key,
+                limit: &rate_limit,
+            });
+            self.store
+                .insert_email(NewEmail {
+                    links: &links,
+                    attempt: Some(&attempt),
+                    new_user: new_user.as_ref(),
+                    email: &queued,
+                    rate,
+                    now,
+                })
+                .await?;
+            self.wakeups.notify(Topic::Outbox);
+            Ok(SentEnchantedLink {
+                link_id: numbers[right].to_string(),
+                pending_ref,
+                masked_email: validate::mask_email(&user.email),
+                expires_at,
+                user_id: user.id,
+                user_created: new_user.is_some(),
+                email_id: queued.id,
+            })
+        })
     }
 
     /// Answers with the attempt's state, holding the call up to `wait_seconds` while it is
@@ -245,12 +248,10 @@ impl Domain {
         let not_found = || Error::new(Reason::PENDING_REF_NOT_FOUND, "no such pending_ref");
         let ref_digest = Digest32::of_secret(pending_ref);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait_seconds));
-        let poll = self.pollers.join(&ref_digest);
+        let _live = LivePoll::new(&self.live_polls);
         loop {
-            // Enabled before the read, so a click between the read and the wait still wakes us.
-            let notified = poll.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            // Armed before the read, so a click between the read and the wait still wakes us.
+            let changed = self.wakeups.watch(Topic::Attempt(ref_digest));
             let attempt = self.store.attempt(&ref_digest).await?.ok_or_else(not_found)?;
             let now = self.clock.now();
             match attempt.status {
@@ -266,12 +267,16 @@ impl Domain {
                 AttemptStatus::Pending => {}
             }
             let until_expiry = Duration::from_millis((attempt.expires_at - now).max(0) as u64);
-            let wake_at = deadline.min(tokio::time::Instant::now() + until_expiry);
-            if tokio::time::Instant::now() >= deadline || self.stopping.is_cancelled() {
+            let started = tokio::time::Instant::now();
+            if started >= deadline || self.stopping.is_cancelled() {
                 return Ok(PollOutcome::Pending);
             }
+            // A wake-up lost between processes costs at most one recheck.
+            let wake_at = deadline
+                .min(started + until_expiry)
+                .min(started + self.wakeups.recheck());
             tokio::select! {
-                () = &mut notified => {}
+                () = changed => {}
                 () = tokio::time::sleep_until(wake_at) => {}
                 () = self.stopping.cancelled() => {}
             }
@@ -286,7 +291,7 @@ impl Domain {
         session.claims = attempt.claims.clone();
         match self.store.collect_attempt(&attempt.ref_digest, &session).await? {
             Some(Collection::Collected(_)) => {
-                self.pollers.wake(&attempt.ref_digest);
+                self.wakeups.notify(Topic::Attempt(attempt.ref_digest));
                 let user = self.store.user(&attempt.user_id).await?;
                 let user = user.ok_or_else(|| Error::new(Reason::PENDING_REF_NOT_FOUND, "the user was deleted"))?;
                 let session = self.issue_session_jwt(session, token, &user, now);
@@ -299,6 +304,22 @@ impl Domain {
             Some(Collection::Unchanged(_)) => Ok(None),
             None => Err(Error::new(Reason::PENDING_REF_NOT_FOUND, "no such pending_ref")),
         }
+    }
+}
+
+/// Counts a PollSession call as waiting until it ends.
+struct LivePoll<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> LivePoll<'a> {
+    fn new(live: &'a std::sync::atomic::AtomicUsize) -> Self {
+        live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(live)
+    }
+}
+
+impl Drop for LivePoll<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

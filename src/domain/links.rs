@@ -1,7 +1,5 @@
 //! Login links: IssueLoginLink, InspectToken and VerifyToken.
 
-use super::Domain;
-use super::UserRef;
 use super::error::{Error, Reason, Result};
 use super::model::{Attempt, AttemptStatus, Link, LinkKind, MINUTE, Millis, Role, Session, User, UserStatus};
 use super::oauth::{OAuthParams, callback_url};
@@ -9,6 +7,8 @@ use super::redirect::link_with_token;
 use super::sessions::NewSession;
 use super::store::{LinkInsert, Redemption};
 use super::validate;
+use super::wakeups::Topic;
+use super::{Domain, UserRef, user_may_appear};
 use crate::crypto::{Digest32, base64url, new_secret, pkce, random_bytes, stamped_secret};
 
 const TOKEN_LABEL: &str = "latchkey/link-token/v1";
@@ -187,7 +187,7 @@ impl Domain {
         let code_challenge = validate::code_challenge("code_challenge", &request.code_challenge)?;
         let user_ref = request.user.clone().ok_or_else(|| Error::missing("user_id"))?;
         // A concurrent call may create the same new user first; then this one links to it.
-        for _ in 0..2 {
+        user_may_appear!(async {
             let (user, new_user) = self.resolve_link_user(&user_ref, &request).await?;
             check_may_use_links(&user)?;
             let now = self.clock.now();
@@ -213,31 +213,26 @@ impl Domain {
             link.reuse_key = Some(reuse_key);
             link.oauth = oauth.clone();
             let created = new_user.is_some();
-            match self.store.insert_link(&link, new_user.as_ref(), now).await {
-                Ok(LinkInsert::Inserted) => {
-                    return Ok(IssuedLink {
-                        link: link_with_token(&link.redirect_url, TOKEN_PARAMETER, &token),
-                        user_id: user.id,
-                        user_created: created,
-                        expires_at: link.expires_at,
-                        reused: false,
-                    });
-                }
-                Ok(LinkInsert::Existing(existing)) => {
+            match self.store.insert_link(&link, new_user.as_ref(), now).await? {
+                LinkInsert::Inserted => Ok(IssuedLink {
+                    link: link_with_token(&link.redirect_url, TOKEN_PARAMETER, &token),
+                    user_id: user.id,
+                    user_created: created,
+                    expires_at: link.expires_at,
+                    reused: false,
+                }),
+                LinkInsert::Existing(existing) => {
                     let token = self.link_token(&existing);
-                    return Ok(IssuedLink {
+                    Ok(IssuedLink {
                         link: link_with_token(&existing.redirect_url, TOKEN_PARAMETER, &token),
                         user_id: user.id,
                         user_created: false,
                         expires_at: existing.expires_at,
                         reused: true,
-                    });
+                    })
                 }
-                Err(error) if error.reason() == Reason::USER_EXISTS => continue,
-                Err(error) => return Err(error),
             }
-        }
-        Err(Error::internal("a new user's email was taken and then not found"))
+        })
     }
 
     /// The link's user, and the user to create with the link when the email is unknown
@@ -291,7 +286,6 @@ impl Domain {
             updated_at: now,
             last_login_at: None,
             sessions_revoked_at: None,
-            links: Vec::new(),
         }
     }
 
@@ -427,7 +421,7 @@ impl Domain {
         };
         let redemption = self.store.redeem_link(&Digest32::of_secret(token), &decide).await?;
         if let Some(attempt) = &redemption.attempt {
-            self.pollers.wake(&attempt.ref_digest);
+            self.wakeups.notify(Topic::Attempt(attempt.ref_digest));
         }
         if let Some(refusal) = redemption.refusal {
             return Err(refusal);

@@ -5,7 +5,9 @@
 use super::error::{Error, Reason, Result};
 use super::links::{LINK_MAX_MINUTES, LINK_MIN_MINUTES, check_may_use_links};
 use super::model::{Email, EmailKind, EmailLink, LinkKind, User, UserStatus, email_key};
-use super::{Domain, validate};
+use super::store::{NewEmail, RateCharge};
+use super::wakeups::Topic;
+use super::{Domain, user_may_appear, validate};
 
 const LOGIN_DEFAULT_MINUTES: u32 = 60;
 const SIGNUP_DEFAULT_MINUTES: u32 = 10_080;
@@ -103,7 +105,7 @@ impl Domain {
         let rate = (!rate_limit.is_off()).then(|| rate_key(&email));
 
         // A concurrent call may create the same new user first; then this one mails that user.
-        for _ in 0..2 {
+        user_may_appear!(async {
             let (user, new_user) = match self.store.user_by_email(&email).await? {
                 Some(user) => {
                     check_may_use_links(&user)?;
@@ -154,29 +156,26 @@ impl Domain {
             );
             let outcome = self
                 .store
-                .insert_email(
-                    std::slice::from_ref(&link),
-                    None,
-                    new_user.as_ref(),
-                    &queued,
-                    rate.as_deref().map(|key| (key, &rate_limit)),
+                .insert_email(NewEmail {
+                    links: std::slice::from_ref(&link),
+                    attempt: None,
+                    new_user: new_user.as_ref(),
+                    email: &queued,
+                    rate: rate.as_deref().map(|key| RateCharge {
+                        key,
+                        limit: &rate_limit,
+                    }),
                     now,
-                )
+                })
                 .await;
-            match outcome {
-                Ok(()) => {
-                    self.mail.outbox.notify_one();
-                    return Ok(QueuedEmail {
-                        user_id: user.id,
-                        user_created: new_user.is_some(),
-                        email_id: queued.id,
-                    });
-                }
-                Err(error) if error.reason() == Reason::USER_EXISTS => continue,
-                Err(error) => return Err(error),
-            }
-        }
-        Err(Error::internal("a new user's email was taken and then not found"))
+            outcome?;
+            self.wakeups.notify(Topic::Outbox);
+            Ok(QueuedEmail {
+                user_id: user.id,
+                user_created: new_user.is_some(),
+                email_id: queued.id,
+            })
+        })
     }
 
     /// An outbox record for `user`, due now.

@@ -1,5 +1,6 @@
-//! The flows of latchkey — login links, sessions, users — free of tonic and sled. The domain owns
-//! the traits it needs (`store::Store`, `clock::Clock`); `crate::store` implements them.
+//! The flows of latchkey — login links, sessions, users — free of tonic and of any storage
+//! backend. The domain owns the ports it needs (`store::Store`, `wakeups::Wakeups`,
+//! `clock::Clock`); `crate::store` implements the first two.
 
 pub mod clock;
 pub mod emails;
@@ -10,21 +11,23 @@ pub mod links;
 pub mod magic;
 pub mod model;
 pub mod oauth;
-pub mod pollers;
 pub mod rate_limit;
 pub mod redirect;
 pub mod sessions;
 pub mod store;
 pub mod users;
 pub mod validate;
+pub mod wakeups;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use clock::Clock;
 use keys::KeyRing;
 use rate_limit::RateLimit;
 use redirect::RedirectPolicy;
 use store::Store;
+use wakeups::Wakeups;
 
 use crate::crypto::ServerKey;
 
@@ -57,12 +60,19 @@ pub trait TemplateCatalog: Send + Sync + 'static {
     fn contains(&self, template_id: &str) -> bool;
 }
 
-/// What the flows that send email need: the template ids, the per-recipient limit, and a way to
-/// wake the mail worker once an email is queued.
+/// What the flows that send email need: the template ids and the per-recipient limit.
 pub struct Mail {
     pub templates: Arc<dyn TemplateCatalog>,
     pub rate_limit: RateLimit,
-    pub outbox: Arc<tokio::sync::Notify>,
+}
+
+/// What the domain is plugged into.
+pub struct Ports {
+    pub store: Arc<dyn Store>,
+    pub wakeups: Arc<dyn Wakeups>,
+    pub clock: Arc<dyn Clock>,
+    /// Cancelled as shutdown starts.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// Everything a flow needs, shared by every RPC.
@@ -71,7 +81,10 @@ pub struct Domain {
     pub clock: Arc<dyn Clock>,
     pub keys: KeyRing,
     pub mail: Mail,
-    pub pollers: pollers::Pollers,
+    /// Reaches long-polls and the mail worker when what they wait for changes.
+    pub wakeups: Arc<dyn Wakeups>,
+    /// PollSession calls waiting now (a metric).
+    pub live_polls: AtomicUsize,
     /// Cancelled as shutdown starts: long-polls answer at once with the current status.
     pub stopping: tokio_util::sync::CancellationToken,
     pub(crate) server_key: ServerKey,
@@ -79,21 +92,16 @@ pub struct Domain {
 }
 
 impl Domain {
-    pub fn new(
-        store: Arc<dyn Store>,
-        clock: Arc<dyn Clock>,
-        keys: KeyRing,
-        mail: Mail,
-        server_key: ServerKey,
-        settings: Settings,
-    ) -> Self {
+    /// `stopping` is the server's shutdown token.
+    pub fn new(ports: Ports, keys: KeyRing, mail: Mail, server_key: ServerKey, settings: Settings) -> Self {
         Self {
-            store,
-            clock,
+            store: ports.store,
+            clock: ports.clock,
             keys,
             mail,
-            pollers: pollers::Pollers::default(),
-            stopping: tokio_util::sync::CancellationToken::new(),
+            wakeups: ports.wakeups,
+            live_polls: AtomicUsize::new(0),
+            stopping: ports.stopping,
             server_key,
             settings,
         }
@@ -106,6 +114,21 @@ pub enum UserRef {
     Id(String),
     Email(String),
 }
+
+/// Runs a flow's body (an `async` block), and once more if it fails `USER_EXISTS`: a concurrent
+/// call may create the same new user between the look-up and the write, and the second run
+/// finds that user. A second `USER_EXISTS` is the answer. (A macro, not a function taking an
+/// async closure: such closures' futures are not provably `Send` for tonic.)
+macro_rules! user_may_appear {
+    ($body:expr) => {{
+        let first: $crate::domain::error::Result<_> = $body.await;
+        match first {
+            Err(error) if error.reason() == $crate::domain::error::Reason::USER_EXISTS => $body.await,
+            outcome => outcome,
+        }
+    }};
+}
+pub(crate) use user_may_appear;
 
 /// Ids that grow with time, so listing by id is listing by creation.
 pub fn new_id(prefix: &str) -> String {

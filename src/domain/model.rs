@@ -23,7 +23,7 @@ pub enum Role {
     Staff,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct User {
     pub id: String,
     /// Trimmed, original case; `email_key` is what matching uses.
@@ -39,32 +39,7 @@ pub struct User {
     pub last_login_at: Option<Millis>,
     /// RevokeUserSessions: every session created up to then is revoked, including one committed
     /// while the revocation ran.
-    #[serde(default)]
     pub sessions_revoked_at: Option<Millis>,
-    /// The store's notes of the user's links that are not yet due for purging (not part of the
-    /// API; the store keeps them, and the domain passes them through untouched). Kept on the user record so that a link for a new
-    /// user costs no index entry of its own: reuse and DeleteUser find the user's links here.
-    #[serde(default)]
-    pub links: Vec<LinkNote>,
-}
-
-/// One of a user's links, as the user record lists it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LinkNote {
-    pub token_digest: Digest32,
-    /// The link's reuse key, if it was issued with one.
-    pub reuse_key: Option<Digest32>,
-    pub expires_at: Millis,
-}
-
-impl LinkNote {
-    pub fn of(link: &Link) -> Self {
-        Self {
-            token_digest: link.token_digest,
-            reuse_key: link.reuse_key,
-            expires_at: link.expires_at,
-        }
-    }
 }
 
 impl User {
@@ -95,12 +70,11 @@ pub enum LinkKind {
     Enchanted,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Link {
     /// SHA-256 of the token: the record's key.
     pub token_digest: Digest32,
     /// Random; the token is HMAC(server key, seed), so only the server key holder can show it again.
-    #[serde(with = "crate::crypto::bytes32")]
     pub seed: [u8; 32],
     pub kind: LinkKind,
     pub user_id: String,
@@ -114,10 +88,8 @@ pub struct Link {
     /// Identifies "the same parameters" for reuse of login links.
     pub reuse_key: Option<Digest32>,
     /// For an enchanted link: its attempt (the digest of the attempt's pending ref).
-    #[serde(default)]
     pub attempt: Option<Digest32>,
     /// For an OAuth login link: the authorization request it completes.
-    #[serde(default)]
     pub oauth: Option<OAuthRequest>,
 }
 
@@ -148,7 +120,7 @@ pub struct AuthCode {
     pub session_id: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Session {
     pub id: String,
     pub user_id: String,
@@ -159,7 +131,6 @@ pub struct Session {
     /// How the session was started.
     pub link_kind: LinkKind,
     /// Put into every JWT of the session (enchanted-link login options, provider ids).
-    #[serde(default)]
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -193,10 +164,9 @@ pub struct Attempt {
 
 /// An Ed25519 signing key, stored as the random salt its private key is derived from under the
 /// server key: the data directory alone cannot sign.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SigningKeyRecord {
     pub kid: String,
-    #[serde(with = "crate::crypto::bytes32")]
     pub salt: [u8; 32],
     /// Published from then on.
     pub created_at: Millis,
@@ -253,13 +223,12 @@ pub struct Email {
 }
 
 /// A recipient's token bucket for the per-recipient rate limit.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RateBucket {
     pub tokens: f64,
     pub updated_at: Millis,
     /// When the bucket is full again: from then on it is the same as no bucket, and the sweeper
-    /// removes it. 0 in buckets from before this field (see `sled_store::expire_old_rate_buckets`).
-    #[serde(default)]
+    /// removes it.
     pub full_at: Millis,
 }
 
@@ -282,7 +251,6 @@ pub mod fixtures {
             updated_at: 1_795_545_279_176,
             last_login_at: Some(1_795_545_279_176),
             sessions_revoked_at: None,
-            links: Vec::new(),
         }
     }
 

@@ -1,18 +1,28 @@
-//! The storage interface the domain needs. `crate::store` implements it on sled; PostgreSQL
-//! implements the same trait for many replicas.
+//! The store: the one port between the flows and storage. The domain owns this trait; each
+//! backend in `crate::store` implements it and is checked by the same behaviour suite
+//! (`tests/store_contract.rs`).
 //!
-//! Contract for every implementation:
-//! - a method that changes state returns only once its writes are durable (README "Durability": flushed and
-//!   fdatasynced, group-committed);
-//! - each method is atomic: it writes all of its records or none;
-//! - decision closures (`RedeemFn`, `UpdateUserFn`) are pure: an implementation may run them more
-//!   than once (a transaction retried on conflict), so they must not have side effects;
-//! - expired links and sessions stay readable for the retention period (to answer
-//!   `TOKEN_EXPIRED`), then `purge_expired` removes them and every index entry pointing at them.
-//!
-//! Later flows add their records the same way: enchanted-link attempts keyed by the digest of the
-//! pending ref, the mail outbox keyed by email id, authorization codes keyed by digest, rate-limit
-//! buckets keyed by recipient — each with an expiry-index entry and an atomic redeem step.
+//! What every backend promises:
+//! - **Atomic.** Each method reads and writes as one step: it writes all of its records or none,
+//!   and no other call sees part of it. Two calls that race for one thing (redeeming a link, a
+//!   code, collecting an attempt, claiming an email, swapping the key set) have one winner.
+//! - **Committed before it returns.** A method that changes state returns only once the change
+//!   is committed as durably as the backend is configured to commit; after that, every call on
+//!   any replica reads it.
+//! - **Decisions may run more than once.** The decision closures (`RedeemFn`, `RedeemCodeFn`,
+//!   `UpdateUserFn`) are pure: a backend may run them again on fresh state (a transaction retried
+//!   on conflict), so they have no side effects. A refusal they return is an error, and nothing
+//!   is written; a `refusal` inside a redemption is written like any outcome, then returned.
+//! - **Retention.** Expired links, sessions, attempts, codes and emails stay readable for the
+//!   configured retention (to answer `TOKEN_EXPIRED`); then `purge_expired` removes each with
+//!   every index entry that points at it. A rate bucket is purged once it is full again. Each
+//!   record removed counts one.
+//! - **The outbox is shared.** Several workers (in one process or many) claim due emails for a
+//!   lease; an email whose lease ran out is due again. Delivery is at least once, and exactly once
+//!   while no worker dies or overruns its lease.
+//! - **Errors.** `STORE_UNAVAILABLE` when the backend cannot be reached or refuses writes (and
+//!   after `close`); the reasons named on each method otherwise. Nothing else leaks backend
+//!   details to callers.
 
 use async_trait::async_trait;
 
@@ -71,6 +81,7 @@ pub enum Collection {
 /// Given the current user, returns the updated user or rejects the update.
 pub type UpdateUserFn<'a> = &'a (dyn Fn(&User) -> Result<User> + Send + Sync);
 
+#[derive(Debug)]
 pub enum LinkInsert {
     Inserted,
     /// A live link with the same reuse key already existed; it is returned instead.
@@ -83,72 +94,94 @@ pub struct UserDeletion {
     pub voided_links: u32,
 }
 
-/// What the store can say about itself (metrics).
+/// A new email and everything that enters the store with it, in one step.
+#[derive(Clone, Copy, Debug)]
+pub struct NewEmail<'a> {
+    /// The links the email carries.
+    pub links: &'a [Link],
+    /// For an enchanted link: its attempt.
+    pub attempt: Option<&'a Attempt>,
+    /// A user to create (`USER_EXISTS` if its email is taken).
+    pub new_user: Option<&'a User>,
+    pub email: &'a Email,
+    /// One send taken from the recipient's bucket first; an empty bucket fails `RATE_LIMITED`.
+    pub rate: Option<RateCharge<'a>>,
+    pub now: Millis,
+}
+
+/// One send charged to the bucket named `key`.
+#[derive(Clone, Copy, Debug)]
+pub struct RateCharge<'a> {
+    pub key: &'a str,
+    pub limit: &'a RateLimit,
+}
+
+/// A worker's claim on due emails.
+#[derive(Clone, Copy, Debug)]
+pub struct OutboxClaim {
+    pub now: Millis,
+    /// How long the claimed emails are the worker's; then they are due again.
+    pub lease: Millis,
+    pub limit: usize,
+}
+
+/// How many emails the outbox holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StoreStats {
-    pub bytes_on_disk: u64,
-    /// Emails waiting in the outbox (QUEUED, due or backing off).
-    pub outbox_queued: u64,
-    /// Emails being sent now.
-    pub outbox_sending: u64,
-    /// Group flushes made durable since start, and the writes they carried.
-    pub flushes: u64,
-    pub writes: u64,
+pub struct OutboxDepth {
+    /// QUEUED: due, or waiting for a retry.
+    pub queued: u64,
+    /// SENDING: claimed by a worker (leases that ran out included).
+    pub sending: u64,
 }
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn user(&self, user_id: &str) -> Result<Option<User>>;
+    /// Matches the canonical, case-insensitive form of `email` (`model::email_key`).
     async fn user_by_email(&self, email: &str) -> Result<Option<User>>;
     /// Users after `after` (exclusive) in user-id order, optionally only those with `status`.
     async fn list_users(&self, after: Option<&str>, limit: usize, status: Option<UserStatus>) -> Result<Vec<User>>;
     /// Read-modify-write of one user; `USER_NOT_FOUND` when it does not exist.
     async fn update_user(&self, user_id: &str, update: UpdateUserFn<'_>) -> Result<User>;
-    /// Deletes the user and its email index entry, revokes its sessions and deletes its links.
+    /// Deletes the user, so its email is free again; revokes its live sessions and deletes its
+    /// links (counting those still usable). `None` when there is no such user.
     async fn delete_user(&self, user_id: &str, now: Millis) -> Result<Option<UserDeletion>>;
 
-    /// Stores a link, creating `new_user` in the same step (`USER_EXISTS` if its email is taken).
-    /// With a reuse key, a live link under the same key is returned instead of storing a new one.
+    /// Stores a link, creating `new_user` in the same step (`USER_EXISTS` if its email is taken;
+    /// `USER_NOT_FOUND` if the link's existing user is gone). With a reuse key, a live (unused,
+    /// unexpired) link of the same user under the same key is returned instead of storing one.
     async fn insert_link(&self, link: &Link, new_user: Option<&User>, now: Millis) -> Result<LinkInsert>;
     async fn link(&self, token_digest: &Digest32) -> Result<Option<Link>>;
-    /// Atomically re-reads the link and its user, lets `decide` rule, and writes the outcome.
-    /// `TOKEN_NOT_FOUND` when the link (or its user) does not exist.
+    /// Atomically re-reads the link, its user and its attempt, lets `decide` rule, and writes
+    /// the outcome. `TOKEN_NOT_FOUND` when the link (or its user, or its attempt) does not exist.
     async fn redeem_link(&self, token_digest: &Digest32, decide: RedeemFn<'_>) -> Result<Redemption>;
 
     async fn session(&self, session_id: &str) -> Result<Option<Session>>;
     async fn session_by_token(&self, token_digest: &Digest32) -> Result<Option<Session>>;
-    /// Marks a session revoked (idempotent); `None` when it does not exist.
+    /// Marks a session revoked (idempotent: a revoked session keeps its first time); `None` when
+    /// it does not exist.
     async fn revoke_session(&self, session_id: &str, now: Millis) -> Result<Option<Session>>;
-    /// Revokes every live session of a user; returns how many.
+    /// Revokes every live session of a user and records the time on the user, so a session
+    /// committed while this ran counts as revoked too; returns how many were revoked.
     async fn revoke_user_sessions(&self, user_id: &str, now: Millis) -> Result<u32>;
 
-    /// Queues an email with its links (creating `new_user`, and storing an enchanted-link
-    /// `attempt`, too) in one step. With a rate limit,
-    /// one send is first taken from the recipient's bucket, named by `rate_key`; an empty bucket
-    /// fails `RATE_LIMITED` and nothing is written.
-    async fn insert_email(
-        &self,
-        links: &[Link],
-        attempt: Option<&Attempt>,
-        new_user: Option<&User>,
-        email: &Email,
-        rate: Option<(&str, &RateLimit)>,
-        now: Millis,
-    ) -> Result<()>;
+    /// Queues an email with its links, attempt and new user in one step (see `NewEmail`).
+    async fn insert_email(&self, new: NewEmail<'_>) -> Result<()>;
     async fn email(&self, email_id: &str) -> Result<Option<Email>>;
-    /// QUEUED emails due at `now`, soonest first.
-    async fn due_emails(&self, now: Millis, limit: usize) -> Result<Vec<Email>>;
-    /// When the next QUEUED email falls due.
+    /// Claims up to `limit` due emails, soonest first: QUEUED ones whose `next_attempt_at` has
+    /// come and SENDING ones whose lease ran out. Each becomes SENDING with `attempts` one higher
+    /// and `next_attempt_at` at the end of its lease. An email is claimed by one caller at a time.
+    async fn claim_emails(&self, claim: OutboxClaim) -> Result<Vec<Email>>;
+    /// Records the outcome of a claimed email's attempt (SENT, FAILED, or QUEUED with its retry
+    /// time) if the claim still holds: the email is SENDING with the same `attempts`. Returns
+    /// false, writing nothing, if its lease ran out and another claim took it, or it was purged.
+    async fn finish_email(&self, email: &Email) -> Result<bool>;
+    /// When the outbox next has something due: a QUEUED email's time or a lease's end.
     async fn next_email_due(&self) -> Result<Option<Millis>>;
-    /// QUEUED → SENDING; `None` if it is no longer queued (another worker took it, or it ended).
-    async fn claim_email(&self, email_id: &str, now: Millis) -> Result<Option<Email>>;
-    /// Stores the outcome of an attempt: SENT, FAILED, or QUEUED again for a retry.
-    async fn finish_email(&self, email: &Email) -> Result<()>;
-    /// Queues again the emails a crash caught SENDING (delivery is at-least-once).
-    async fn requeue_interrupted_emails(&self, now: Millis) -> Result<usize>;
+    async fn outbox_depth(&self) -> Result<OutboxDepth>;
 
-    /// Atomically re-reads the code, lets `decide` rule, and writes the outcome; `CODE_NOT_FOUND`
-    /// when there is no such code.
+    /// Atomically re-reads the code and its user, lets `decide` rule, and writes the outcome;
+    /// `CODE_NOT_FOUND` when there is no such code or its user was deleted.
     async fn redeem_code(&self, code_digest: &Digest32, decide: RedeemCodeFn<'_>) -> Result<CodeRedemption>;
 
     async fn attempt(&self, ref_digest: &Digest32) -> Result<Option<Attempt>>;
@@ -161,11 +194,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes records whose retention ended before `now`, at most `limit`; returns how many.
     async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize>;
-    /// Figures for metrics, cheap enough to read at every scrape.
-    fn stats(&self) -> StoreStats;
-    /// Whether the store refuses writes now (its disk failed), so health reports NOT_SERVING.
-    /// Cheap enough to read every second.
+    /// Adds the backend's own series (sizes, commits, pools) to the metrics.
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry);
+    /// Whether the store refuses writes now (its disk failed, its database is unreachable), so
+    /// health reports NOT_SERVING. Cheap enough to read every second.
     fn refuses_writes(&self) -> bool;
-    /// Makes everything durable and stops background work; later calls fail `STORE_UNAVAILABLE`.
+    /// Commits everything, stops background work and lets go of the backend's resources (files,
+    /// connections); later calls fail `STORE_UNAVAILABLE`. Calls still running may finish first.
     async fn close(&self) -> Result<()>;
 }

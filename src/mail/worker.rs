@@ -1,9 +1,11 @@
-//! The mail worker: takes due emails from the outbox, renders them (re-deriving each link's token
-//! from the server key), and sends a bounded number at once, so one slow SMTP conversation does
-//! not hold up the queue. It is woken when mail is queued and when a retry falls due; it never
-//! polls. Transient failures retry with exponential backoff and jitter; 5xx answers and
-//! exhausted attempts end FAILED. On shutdown it starts nothing new and lets the sends in flight
-//! finish. After a crash, emails caught mid-send go out again (at-least-once).
+//! The mail worker: claims due emails from the outbox for a lease, renders them (re-deriving each
+//! link's token from the server key), and sends a bounded number at once, so one slow SMTP
+//! conversation does not hold up the queue. It is woken when mail is queued, when a retry or a
+//! lease falls due, and at least every `Wakeups::recheck`. Transient failures retry with
+//! exponential backoff and jitter; 5xx answers and exhausted attempts end FAILED. On shutdown it
+//! claims nothing new and lets the sends in flight finish. Several workers (threads or replicas)
+//! may share one outbox: each email is claimed by one at a time, and one whose worker died goes
+//! out again when its lease runs out (at-least-once; exactly once while workers live).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +21,11 @@ use super::templates::{Context, NumberedLink, Templates, describe_minutes};
 use super::transport::{SendFailure, Transport};
 use crate::crypto::random_in_range;
 use crate::domain::Domain;
+use crate::domain::error::Result;
 use crate::domain::model::{Email, EmailStatus, MINUTE, Millis};
+use crate::domain::store::OutboxClaim;
 use crate::domain::validate::mask_email;
+use crate::domain::wakeups::Topic;
 use crate::reload::Shared;
 
 /// Every message names its email id, as GetEmailStatus knows it.
@@ -54,16 +59,45 @@ pub struct SendCounts {
     pub failed: AtomicU64,
 }
 
+/// What became of one claimed email.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Sent,
+    /// Failed for now; queued again for a later attempt.
+    Retry,
+    Failed,
+    /// The outcome could not be recorded (the lease ran out and another claim took the email, it
+    /// was purged, or the store failed); the email stays with whoever holds it.
+    Unrecorded,
+}
+
+/// What one `Worker::step` did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    pub claimed: usize,
+    pub sent: usize,
+    pub retried: usize,
+    pub failed: usize,
+    pub unrecorded: usize,
+}
+
+/// How the worker sends: from whom, how often it retries, how many at once, for how long.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    pub from: Mailbox,
+    pub product: String,
+    pub policy: RetryPolicy,
+    pub concurrency: usize,
+    pub lease: Duration,
+}
+
 pub struct Worker {
     domain: Arc<Domain>,
     counts: Arc<SendCounts>,
     /// Replaced whole when a reload brings a new SMTP password; a send in progress keeps its own.
     transport: Arc<Shared<dyn Transport>>,
     templates: Arc<Templates>,
-    from: Mailbox,
-    product: String,
-    policy: RetryPolicy,
-    concurrency: usize,
+    settings: WorkerSettings,
 }
 
 impl Worker {
@@ -71,20 +105,14 @@ impl Worker {
         domain: Arc<Domain>,
         transport: Arc<Shared<dyn Transport>>,
         templates: Arc<Templates>,
-        from: Mailbox,
-        product: String,
-        policy: RetryPolicy,
-        concurrency: usize,
+        settings: WorkerSettings,
     ) -> Self {
         Self {
             domain,
             counts: Arc::default(),
             transport,
             templates,
-            from,
-            product,
-            policy,
-            concurrency,
+            settings,
         }
     }
 
@@ -95,53 +123,43 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let store = self.domain.store.clone();
         let clock = self.domain.clock.clone();
-        match store.requeue_interrupted_emails(clock.now()).await {
-            Ok(0) => {}
-            Ok(requeued) => tracing::info!(requeued, "queued again the emails a stop interrupted"),
-            Err(error) => tracing::warn!(%error, "cannot requeue interrupted emails"),
-        }
-        tracing::info!(transport = %self.transport.get().describe(), concurrency = self.concurrency, "mail worker running");
+        let concurrency = self.settings.concurrency;
+        tracing::info!(transport = %self.transport.get().describe(), concurrency, "mail worker running");
         let mut sending = JoinSet::new();
         loop {
+            // Armed before looking, so mail queued from here on wakes the wait below.
+            let queued = self.domain.wakeups.watch(Topic::Outbox);
             let mut pause = None;
-            let free = self.concurrency - sending.len();
+            let free = concurrency - sending.len();
             if free > 0 {
-                match store.due_emails(clock.now(), free).await {
-                    Ok(due) => {
-                        for email in due {
-                            match store.claim_email(&email.id, clock.now()).await {
-                                Ok(Some(claimed)) => {
-                                    let worker = self.clone();
-                                    sending.spawn(async move { worker.attempt(claimed).await });
-                                }
-                                Ok(None) => {}
-                                Err(error) => tracing::warn!(%error, "cannot claim an email"),
-                            }
+                match self.claim(free).await {
+                    Ok(claimed) => {
+                        for email in claimed {
+                            let worker = self.clone();
+                            sending.spawn(async move { worker.deliver(email).await });
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "cannot read the outbox; will retry");
+                        tracing::warn!(%error, "cannot claim from the outbox; will retry");
                         pause = Some(STORE_ERROR_PAUSE);
                     }
                 }
             }
-            let next_due = if pause.is_none() && sending.len() < self.concurrency {
+            let recheck = self.domain.wakeups.recheck();
+            let next_due = if pause.is_none() && sending.len() < concurrency {
                 store.next_email_due().await.ok().flatten()
             } else {
                 None
             };
-            let wait = pause.or_else(|| next_due.map(|due| Duration::from_millis((due - clock.now()).max(0) as u64)));
-            let due_or_pause = async {
-                match wait {
-                    Some(wait) => tokio::time::sleep(wait).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let wait = pause
+                .or_else(|| next_due.map(|due| Duration::from_millis((due - clock.now()).max(0) as u64)))
+                .unwrap_or(recheck)
+                .min(recheck);
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.domain.mail.outbox.notified() => {}
+                () = queued => {}
                 Some(_) = sending.join_next(), if !sending.is_empty() => {}
-                () = due_or_pause => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
         // Nothing new starts; the messages being sent finish.
@@ -149,46 +167,112 @@ impl Worker {
         tracing::info!("mail worker stopped");
     }
 
-    /// One delivery attempt, its outcome stored.
-    async fn attempt(&self, mut email: Email) {
-        email.attempts += 1;
-        let outcome = match self.compose(&email).await {
-            Ok(message) => {
-                let transport = self.transport.get();
-                transport.send(message).await
+    /// One turn: claims up to `limit` due emails, sends them at once and records each outcome.
+    /// Tests drain the outbox with it, step by step.
+    pub async fn step(self: &Arc<Self>, limit: usize) -> Result<Step> {
+        let claimed = self.claim(limit).await?;
+        let mut step = Step {
+            claimed: claimed.len(),
+            ..Step::default()
+        };
+        let mut sending = JoinSet::new();
+        for email in claimed {
+            let worker = self.clone();
+            sending.spawn(async move { worker.deliver(email).await });
+        }
+        while let Some(done) = sending.join_next().await {
+            match done.unwrap_or(Delivery::Unrecorded) {
+                Delivery::Sent => step.sent += 1,
+                Delivery::Retry => step.retried += 1,
+                Delivery::Failed => step.failed += 1,
+                Delivery::Unrecorded => step.unrecorded += 1,
             }
-            Err(problem) => Err(SendFailure {
+        }
+        Ok(step)
+    }
+
+    async fn claim(&self, limit: usize) -> Result<Vec<Email>> {
+        let claim = OutboxClaim {
+            now: self.domain.clock.now(),
+            lease: self.settings.lease.as_millis() as Millis,
+            limit,
+        };
+        self.domain.store.claim_emails(claim).await
+    }
+
+    /// One delivery attempt of a claimed email (its `attempts` already counts it), the outcome
+    /// recorded if the claim still holds.
+    async fn deliver(&self, mut email: Email) -> Delivery {
+        let policy = &self.settings.policy;
+        // Four fifths of the lease: the outcome is recorded before anyone else may claim it.
+        let deadline = self.settings.lease.mul_f64(0.8);
+        let outcome = if email.attempts > policy.max_attempts {
+            // Claims whose workers died (or whose sends crashed them) count as attempts too.
+            Err(SendFailure {
                 permanent: true,
-                detail: problem,
-            }),
+                detail: format!("gave up after {} interrupted attempts", email.attempts - 1),
+            })
+        } else {
+            match self.compose(&email).await {
+                Ok(message) => {
+                    let transport = self.transport.get();
+                    match tokio::time::timeout(deadline, transport.send(message)).await {
+                        Ok(sent) => sent,
+                        Err(_) => Err(SendFailure {
+                            permanent: false,
+                            detail: format!("the send took longer than {deadline:?} (4/5 of mail.lease_seconds)"),
+                        }),
+                    }
+                }
+                Err(problem) => Err(SendFailure {
+                    permanent: true,
+                    detail: problem,
+                }),
+            }
         };
         let now = self.domain.clock.now();
         let recipient = mask_email(&email.recipient);
-        match outcome {
+        let delivery = match outcome {
             Ok(()) => {
                 email.status = EmailStatus::Sent;
                 email.sent_at = Some(now);
-                self.counts.sent.fetch_add(1, Ordering::Relaxed);
+                email.next_attempt_at = now;
                 tracing::info!(email_id = %email.id, %recipient, attempts = email.attempts, "email sent");
+                Delivery::Sent
             }
-            Err(failure) if failure.permanent || email.attempts >= self.policy.max_attempts => {
+            Err(failure) if failure.permanent || email.attempts >= policy.max_attempts => {
                 email.status = EmailStatus::Failed;
-                self.counts.failed.fetch_add(1, Ordering::Relaxed);
+                email.next_attempt_at = now;
                 tracing::warn!(email_id = %email.id, %recipient, attempts = email.attempts, error = %failure.detail, "email failed");
                 email.last_error = Some(failure.detail);
+                Delivery::Failed
             }
             Err(failure) => {
-                let delay = self.policy.delay(email.attempts);
+                let delay = policy.delay(email.attempts);
                 email.status = EmailStatus::Queued;
                 email.next_attempt_at = now + delay.as_millis() as Millis;
-                self.counts.retried.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(email_id = %email.id, %recipient, attempts = email.attempts, retry_in = ?delay, error = %failure.detail, "email will be retried");
                 email.last_error = Some(failure.detail);
+                Delivery::Retry
             }
-        }
-        if let Err(error) = self.domain.store.finish_email(&email).await {
-            // The email stays SENDING and goes out again after a restart.
-            tracing::error!(email_id = %email.id, %error, "cannot record an email's outcome");
+        };
+        let counter = match delivery {
+            Delivery::Sent => &self.counts.sent,
+            Delivery::Retry => &self.counts.retried,
+            _ => &self.counts.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        match self.domain.store.finish_email(&email).await {
+            Ok(true) => delivery,
+            Ok(false) => {
+                tracing::warn!(email_id = %email.id, "an email's lease ran out before its outcome was recorded; another claim has it");
+                Delivery::Unrecorded
+            }
+            Err(error) => {
+                // The email stays SENDING and goes out again when its lease runs out.
+                tracing::error!(email_id = %email.id, %error, "cannot record an email's outcome");
+                Delivery::Unrecorded
+            }
         }
     }
 
@@ -215,7 +299,7 @@ impl Worker {
         let first = links.first().map(|link| link.url.clone()).unwrap_or_default();
         let lifetime = (email.link_expires_at - email.created_at) / MINUTE;
         let context = Context {
-            product: self.product.clone(),
+            product: self.settings.product.clone(),
             first_name: email.first_name.clone(),
             last_name: email.last_name.clone(),
             email: email.recipient.clone(),
@@ -233,7 +317,7 @@ impl Worker {
         Message::builder()
             // Not a secret: lets a bounce or a support question be matched to GetEmailStatus.
             .raw_header(HeaderValue::new(EMAIL_ID_HEADER, email.id.clone()))
-            .from(self.from.clone())
+            .from(self.settings.from.clone())
             .to(to)
             .subject(rendered.subject)
             .multipart(MultiPart::alternative_plain_html(rendered.text, rendered.html))

@@ -1,6 +1,6 @@
 //! Prometheus metrics for `/metrics` on the HTTP port: gRPC calls by service, method and code with
-//! latency histograms (recorded by the tower layer in `layer.rs`), and figures read at scrape
-//! time — outbox depth, sends by result, live long-polls, store size, group commits.
+//! latency histograms (recorded by the tower layer in `layer.rs`), figures read at scrape time
+//! (outbox depth, sends by result, live long-polls), and the store backend's own series.
 
 mod layer;
 
@@ -12,7 +12,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -52,6 +52,9 @@ pub struct Metrics {
     calls: Family<CallLabels, Counter>,
     latency: LatencyFamily,
     restarts: Family<TaskLabels, Counter>,
+    outbox_queued: Gauge,
+    outbox_sending: Gauge,
+    domain: Arc<Domain>,
 }
 
 impl Metrics {
@@ -75,12 +78,31 @@ impl Metrics {
             "Background tasks (mail worker, sweeper, key rotation) started again after a panic",
             restarts.clone(),
         );
-        registry.register_collector(Box::new(LiveFigures { domain, sends }));
+        let outbox_queued = Gauge::default();
+        registry.register(
+            "latchkey_outbox_queued",
+            "Emails waiting in the outbox",
+            outbox_queued.clone(),
+        );
+        let outbox_sending = Gauge::default();
+        registry.register(
+            "latchkey_outbox_sending",
+            "Emails claimed by a mail worker",
+            outbox_sending.clone(),
+        );
+        registry.register_collector(Box::new(LiveFigures {
+            domain: domain.clone(),
+            sends,
+        }));
+        domain.store.register_metrics(&mut registry);
         Arc::new(Self {
             registry,
             calls,
             latency,
             restarts,
+            outbox_queued,
+            outbox_sending,
+            domain,
         })
     }
 
@@ -96,8 +118,13 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// The OpenMetrics text exposition.
-    pub fn render(&self) -> String {
+    /// The OpenMetrics text exposition, with the outbox depth read now.
+    pub async fn render(&self) -> String {
+        if let Ok(depth) = self.domain.store.outbox_depth().await {
+            self.outbox_queued.set(i64::try_from(depth.queued).unwrap_or(i64::MAX));
+            self.outbox_sending
+                .set(i64::try_from(depth.sending).unwrap_or(i64::MAX));
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
@@ -128,20 +155,7 @@ fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) 
 
 impl Collector for LiveFigures {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let stats = self.domain.store.stats();
         let e = &mut encoder;
-        gauge(
-            e,
-            "latchkey_outbox_queued",
-            "Emails waiting in the outbox",
-            stats.outbox_queued,
-        )?;
-        gauge(
-            e,
-            "latchkey_outbox_sending",
-            "Emails being sent now",
-            stats.outbox_sending,
-        )?;
         let sends = &self.sends;
         counter(
             e,
@@ -165,25 +179,7 @@ impl Collector for LiveFigures {
             e,
             "latchkey_long_polls_live",
             "PollSession calls waiting now",
-            self.domain.pollers.live() as u64,
-        )?;
-        gauge(
-            e,
-            "latchkey_store_bytes",
-            "Bytes the store occupies on disk",
-            stats.bytes_on_disk,
-        )?;
-        counter(
-            e,
-            "latchkey_store_flushes",
-            "Group commits made durable (flush, and fdatasync when configured)",
-            stats.flushes,
-        )?;
-        counter(
-            e,
-            "latchkey_store_writes",
-            "Writes acknowledged by group commits; writes per flush shows how well commits group",
-            stats.writes,
+            self.domain.live_polls.load(Ordering::Relaxed) as u64,
         )?;
         Ok(())
     }

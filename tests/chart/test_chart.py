@@ -63,7 +63,8 @@ CONFIG_KEYS: dict[str, set[str]] = {
         "enchanted_expiration_minutes",
     },
     "sessions": {"default_duration_minutes", "jwt_minutes", "audience", "signing_key_rotation_days"},
-    "store": {"cache_capacity_mib", "durability", "commit_linger_micros", "retention_hours", "sweep_interval_seconds"},
+    "store": {"backend", "retention_hours", "sweep_interval_seconds", "sled"},
+    "store.sled": {"cache_capacity_mib", "durability", "commit_linger_micros"},
     "mail": {
         "transport",
         "from",
@@ -472,7 +473,7 @@ def test_config_toml_parses_and_uses_only_known_keys(scenario):
     ] == config["auth"]["api_keys"]
     for section in ("links", "sessions", "store", "mail", "oauth"):
         assert section in config, section
-    assert config["store"]["durability"] in ("fsync", "flush")
+    assert config["store"]["sled"]["durability"] in ("fsync", "flush")
     assert isinstance(config["sessions"]["jwt_minutes"], int)
 
 
@@ -488,11 +489,10 @@ def test_default_config_has_the_expected_values():
         "signing_key_rotation_days": 30,
     }
     assert config["store"] == {
-        "cache_capacity_mib": 64,
-        "durability": "fsync",
-        "commit_linger_micros": 1000,
+        "backend": "sled",
         "retention_hours": 24,
         "sweep_interval_seconds": 60,
+        "sled": {"cache_capacity_mib": 64, "durability": "fsync", "commit_linger_micros": 1000},
     }
     assert config["mail"]["transport"] == "smtp"
     assert config["mail"]["from"] == "latchkey <no-reply@localhost>"
@@ -536,7 +536,7 @@ def test_full_config_renders_every_value():
         }
         for c in values["oauth"]["clients"]
     ]
-    assert config["store"]["durability"] == "flush"
+    assert config["store"]["sled"]["durability"] == "flush"
     assert "password" not in config["mail"]["smtp"], "the password stays in the Secret"
 
 

@@ -41,6 +41,8 @@ pub struct SmtpOptions {
     /// Answer the first N messages with `fail_code` (-1: all of them).
     pub fail_first: i32,
     pub fail_code: String,
+    /// Never answer the first N messages' DATA (see `SmtpServer::stalled`).
+    pub stall_first: u32,
 }
 
 pub struct SmtpServer {
@@ -74,6 +76,9 @@ impl SmtpServer {
                 &options.fail_code,
             ]);
         }
+        if options.stall_first > 0 {
+            command.args(["--stall-first", &options.stall_first.to_string()]);
+        }
         let mut child = command.spawn().expect("the SMTP server starts");
         let mut ready = String::new();
         BufReader::new(child.stdout.take().unwrap())
@@ -89,6 +94,17 @@ impl SmtpServer {
 
     pub fn messages(&self) -> Vec<String> {
         eml_files(&self.maildir)
+    }
+
+    /// How many messages the server holds unanswered (`stall_first`).
+    pub fn stalled(&self) -> usize {
+        std::fs::read_dir(&self.maildir)
+            .unwrap()
+            .filter(|entry| {
+                let name = entry.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("stalled-")
+            })
+            .count()
     }
 }
 

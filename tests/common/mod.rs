@@ -7,6 +7,7 @@ pub mod h2raw;
 pub mod mail;
 pub mod mime;
 pub mod process;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,6 +69,7 @@ pub fn test_config(dir: &TempDir) -> Config {
     }
     config.server_key_file = Some(key_file);
     config.log.level = "warn".into();
+    store::configure(&mut config);
     config
 }
 

@@ -1,11 +1,13 @@
 """A real SMTP server for latchkey's tests (aiosmtpd): STARTTLS, AUTH, and scripted failures.
 
 Each accepted message is written to MAILDIR/<n>.eml (atomically). Prints READY once listening
-and runs until stdin closes or SIGTERM.
+and runs until stdin closes or SIGTERM. With --stall-first N, the first N messages are never
+answered (the client waits after its DATA): each writes MAILDIR/stalled-<n> and is not kept.
 
   smtp_server.py --port P --maildir D [--tls-cert C --tls-key K] [--auth USER:PASS]
-                 [--fail-first N] [--fail-code CODE]
+                 [--fail-first N] [--fail-code CODE] [--stall-first N]
 """
+import asyncio
 import argparse
 import os
 import signal
@@ -22,10 +24,11 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Handler:
-    def __init__(self, maildir, fail_first, fail_code):
+    def __init__(self, maildir, fail_first, fail_code, stall_first):
         self.maildir = maildir
         self.fail_first = fail_first
         self.fail_code = fail_code
+        self.stall_first = stall_first
         self.seen = 0
         self.lock = threading.Lock()
 
@@ -33,6 +36,9 @@ class Handler:
         with self.lock:
             self.seen += 1
             seen = self.seen
+        if seen <= self.stall_first:
+            open(os.path.join(self.maildir, f"stalled-{seen:06d}"), "w").close()
+            await asyncio.sleep(3600)
         if self.fail_code and (self.fail_first < 0 or seen <= self.fail_first):
             text = "try again later" if self.fail_code.startswith("4") else "mailbox unavailable"
             return f"{self.fail_code} {self.fail_code[0]}.0.0 {text}"
@@ -52,6 +58,7 @@ def main():
     parser.add_argument("--auth")
     parser.add_argument("--fail-first", type=int, default=0, help="-1: always")
     parser.add_argument("--fail-code", default="")
+    parser.add_argument("--stall-first", type=int, default=0)
     args = parser.parse_args()
     os.makedirs(args.maildir, exist_ok=True)
 
@@ -71,7 +78,7 @@ def main():
 
         options.update(authenticator=authenticate, auth_required=True, auth_require_tls=bool(args.tls_cert))
 
-    handler = Handler(args.maildir, args.fail_first, args.fail_code)
+    handler = Handler(args.maildir, args.fail_first, args.fail_code, args.stall_first)
     controller = Controller(handler, hostname="127.0.0.1", port=args.port, **options)
     controller.start()
     print("READY", flush=True)

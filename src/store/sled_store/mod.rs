@@ -1,9 +1,11 @@
 //! The embedded store: sled trees, written by one writer at a time (see `writer`: atomic without
-//! sled transactions), each change acknowledged after the group commit.
+//! sled transactions), each change acknowledged after the group commit. One process opens a data
+//! directory; its wake-ups are in-process (`LocalWakeups`). Closing it waits for sled to let go of
+//! the directory and checkpoints it (see `checkpoint`).
 //!
-//! Trees (keys → values):
-//! - `users`: user id → User; `user_emails`: lower-case email → user id
-//! - `links`: token digest → Link. The user record notes the user's live links (`User::links`, at
+//! Trees (keys → values; records as in `records`, encoded as in `codec`):
+//! - `users`: user id → UserRecord; `user_emails`: canonical lower-case email → user id
+//! - `links`: token digest → Link. The user record notes the user's live links (`UserRecord::links`, at
 //!   most `NOTED_LINKS`), so that a link for a new user writes no index entry of its own: each
 //!   sled insert costs log space and start-up time (see bench/RESULTS.md). Reuse and DeleteUser
 //!   look there, then in `user_links`: user id \0 token digest → the link's reuse key (empty
@@ -12,32 +14,42 @@
 //! - `sessions`: session id → Session; `session_tokens`: token digest → session id;
 //!   `user_sessions`: user id \0 session id → ()
 //! - `expiry`: purge time | kind | record key → () (see `codec::expiry_key`)
-//! - `emails`: email id → Email; `outbox`: due time | email id → () for QUEUED emails;
-//!   `emails_sending`: email id → () for emails a worker has claimed
+//! - `emails`: email id → Email; `outbox`: due time | email id → () for QUEUED emails (due at
+//!   their next attempt) and SENDING ones (due when their lease runs out); `emails_sending`:
+//!   email id → () for SENDING emails, so the depth of both is cheap to count
 //! - `rate_limits`: recipient key → RateBucket (its expiry entry is at `full_at`, moved on each send)
 //! - `attempts`: pending-ref digest → Attempt (enchanted links)
 //! - `codes`: authorization-code digest → AuthCode
 //! - `meta`: named singletons (the signing key set, markers of one-time migrations)
 
+pub mod codec;
+pub mod commit;
+mod metrics;
+pub mod records;
+pub mod writer;
+
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
+pub use commit::Durability;
 
-use super::codec::{self, Expiring, child_key, child_prefix, decode, encode, expiry_key, outbox_key};
-use super::commit::{Durability, GroupCommit};
-use super::writer::{TxTree, Writer, storage};
+use self::codec::{Expiring, child_key, child_prefix, decode, encode, expiry_key, outbox_key};
+use self::commit::GroupCommit;
+use self::records::{KeyRecord, LinkNote, LinkRecord, RateBucketRecord, SessionRecord, UserRecord};
+use self::writer::{TxTree, Writer, storage};
 use crate::crypto::Digest32;
 use crate::domain::error::{Error, Reason, Result};
 use crate::domain::model::{
-    Attempt, AttemptStatus, AuthCode, Email, EmailStatus, Link, LinkNote, Millis, RateBucket, Session,
-    SigningKeyRecord, User, UserStatus,
+    Attempt, AttemptStatus, AuthCode, Email, EmailStatus, Link, Millis, RateBucket, Session, SigningKeyRecord, User,
+    UserStatus,
 };
-use crate::domain::rate_limit::RateLimit;
 use crate::domain::store::{
-    CodeRedemption, Collection, LinkInsert, RedeemCodeFn, RedeemFn, Redemption, Store, StoreStats, UpdateUserFn,
-    UserDeletion,
+    CodeRedemption, Collection, LinkInsert, NewEmail, OutboxClaim, OutboxDepth, RedeemCodeFn, RedeemFn, Redemption,
+    Store, UpdateUserFn, UserDeletion,
 };
 
 const SIGNING_KEYS: &[u8] = b"signing_keys";
@@ -55,6 +67,18 @@ pub struct SledOptions {
     pub commit_linger: std::time::Duration,
     /// How long expired records stay readable (to answer TOKEN_EXPIRED) before they are purged.
     pub retention: Millis,
+}
+
+impl SledOptions {
+    pub fn new(config: &crate::config::StoreConfig, data_dir: &Path) -> Self {
+        Self {
+            path: data_dir.to_path_buf(),
+            cache_capacity_bytes: config.sled.cache_capacity_mib * 1024 * 1024,
+            durability: config.sled.durability,
+            commit_linger: Duration::from_micros(config.sled.commit_linger_micros.into()),
+            retention: Millis::from(config.retention_hours) * crate::domain::model::HOUR,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +111,14 @@ struct Trees {
     meta: sled::Tree,
 }
 
+/// The store: an open sled database until `close` takes it.
 pub struct SledStore {
+    path: PathBuf,
+    open: RwLock<Option<Arc<Inner>>>,
+}
+
+/// The open database. Every handle of it must be gone before sled lets go of the directory.
+struct Inner {
     db: sled::Db,
     trees: Trees,
     writer: Writer,
@@ -96,7 +127,26 @@ pub struct SledStore {
 }
 
 impl SledStore {
+    /// Opens (and recovers) the store; blocking.
     pub fn open(options: &SledOptions) -> std::result::Result<Self, OpenError> {
+        let inner = Inner::open(options)?;
+        Ok(Self {
+            path: options.path.clone(),
+            open: RwLock::new(Some(Arc::new(inner))),
+        })
+    }
+
+    fn inner(&self) -> Result<Arc<Inner>> {
+        self.open
+            .read()
+            .expect("store lock")
+            .clone()
+            .ok_or_else(|| Error::new(Reason::STORE_UNAVAILABLE, "the store is closed"))
+    }
+}
+
+impl Inner {
+    fn open(options: &SledOptions) -> std::result::Result<Self, OpenError> {
         let db = sled::Config::new()
             .path(&options.path)
             .cache_capacity(options.cache_capacity_bytes)
@@ -125,6 +175,7 @@ impl SledStore {
         migrate_reuse_index(&db, &trees).map_err(|source| open_error(&options.path, source))?;
         expire_old_rate_buckets(&trees).map_err(|source| open_error(&options.path, source))?;
         canonicalize_email_index(&trees).map_err(|source| open_error(&options.path, source))?;
+        lease_interrupted_sends(&trees).map_err(|source| open_error(&options.path, source))?;
         let data_file = match options.durability {
             Durability::Fsync => {
                 let path = options.path.join("db");
@@ -173,7 +224,7 @@ impl SledStore {
             .write(|tx| {
                 let (links, user_links, expiry) = (tx.on(&t.links), tx.on(&t.user_links), tx.on(&t.expiry));
                 if let Some(bytes) = links.remove(digest)? {
-                    let link: Link = decode(&bytes)?;
+                    let link: LinkRecord = decode(&bytes)?;
                     // Its note on the user record stays until a link is next filed for that user:
                     // reuse skips it (expired), and DeleteUser finds no link under it.
                     user_links.remove(child_key(&link.user_id, digest))?;
@@ -191,7 +242,7 @@ impl SledStore {
         self.writer
             .write(|tx| {
                 let (rate_limits, expiry) = (tx.on(&t.rate_limits), tx.on(&t.expiry));
-                if read::<RateBucket>(&rate_limits, recipient)?.is_some_and(|bucket| bucket.full_at <= now) {
+                if read::<RateBucketRecord>(&rate_limits, recipient)?.is_some_and(|bucket| bucket.full_at <= now) {
                     rate_limits.remove(recipient)?;
                 }
                 expiry.remove(expiry_entry)?;
@@ -232,7 +283,7 @@ impl SledStore {
                     tx.on(&t.expiry),
                 );
                 if let Some(bytes) = sessions.remove(session_id)? {
-                    let session: Session = decode(&bytes)?;
+                    let session: SessionRecord = decode(&bytes)?;
                     tokens.remove(session.token_digest.as_bytes())?;
                     user_sessions.remove(child_key(&session.user_id, session_id))?;
                 }
@@ -245,7 +296,7 @@ impl SledStore {
 
 /// Whether no handle (in this process or another) holds sled's lock on the data directory: sled
 /// takes an exclusive `flock` on its `db` file, which this tries to take and gives back at once.
-pub fn lock_is_free(data_dir: &Path) -> bool {
+fn lock_is_free(data_dir: &Path) -> bool {
     match std::fs::File::open(data_dir.join("db")) {
         Ok(file) => file.try_lock().is_ok(),
         Err(_) => true,
@@ -257,7 +308,7 @@ pub fn lock_is_free(data_dir: &Path) -> bool {
 /// previous start (seconds at a million users); after it, the next start reads the snapshot. The
 /// same idea as PostgreSQL's shutdown checkpoint. A crash during it costs nothing: the next start
 /// recovers from the log as it would have anyway.
-pub fn checkpoint(data_dir: &Path) -> sled::Result<()> {
+fn checkpoint(data_dir: &Path) -> sled::Result<()> {
     // Recovery builds the page table, not the cache; a small cache keeps this pass lean.
     let db = sled::Config::new().path(data_dir).cache_capacity(8 << 20).open()?;
     db.flush()?;
@@ -293,7 +344,7 @@ fn ensure_email_free(emails: &TxTree<'_>, users: &TxTree<'_>, user: &User) -> Re
 /// entry in `user_links` when the record is full. Notes of links due for purging (expired more
 /// than `retention` ago) go first; an expired link keeps its note until then, so that DeleteUser
 /// still finds and deletes it.
-fn index_link(user: &mut User, user_links: &TxTree<'_>, link: &Link, now: Millis, retention: Millis) {
+fn index_link(user: &mut UserRecord, user_links: &TxTree<'_>, link: &Link, now: Millis, retention: Millis) {
     user.links.retain(|note| note.expires_at + retention > now);
     if user.links.len() < NOTED_LINKS {
         user.links.push(LinkNote::of(link));
@@ -305,7 +356,7 @@ fn index_link(user: &mut User, user_links: &TxTree<'_>, link: &Link, now: Millis
 
 /// The digests of every link filed under `user` (noted on the record or in `user_links`),
 /// including ones that have expired or been purged since.
-fn filed_links(user: &User, user_links: &sled::Tree) -> Result<Vec<Digest32>> {
+fn filed_links(user: &UserRecord, user_links: &sled::Tree) -> Result<Vec<Digest32>> {
     let mut digests: Vec<Digest32> = user.links.iter().map(|note| note.token_digest).collect();
     let prefix = child_prefix(&user.id);
     for key in user_links.scan_prefix(&prefix).keys() {
@@ -320,7 +371,7 @@ fn filed_links(user: &User, user_links: &sled::Tree) -> Result<Vec<Digest32>> {
 /// The user's live link issued with `reuse_key`, if any. Reads committed state of `user_links`:
 /// the caller holds the writer and has staged nothing there yet.
 fn live_link_with_reuse_key(
-    user: &User,
+    user: &UserRecord,
     user_links: &sled::Tree,
     links: &TxTree<'_>,
     reuse_key: &Digest32,
@@ -330,7 +381,7 @@ fn live_link_with_reuse_key(
     for note in &user.links {
         if note.reuse_key.as_ref() == Some(reuse_key)
             && note.expires_at > now
-            && let Some(link) = live(read::<Link>(links, note.token_digest.as_bytes())?)
+            && let Some(link) = live(read_link(links, note.token_digest.as_bytes())?)
         {
             return Ok(Some(link));
         }
@@ -341,7 +392,7 @@ fn live_link_with_reuse_key(
         if value != reuse_key.as_bytes()[..] {
             continue;
         }
-        if let Some(link) = live(read::<Link>(links, &key[prefix.len()..])?) {
+        if let Some(link) = live(read_link(links, &key[prefix.len()..])?) {
             return Ok(Some(link));
         }
     }
@@ -359,7 +410,10 @@ fn migrate_reuse_index(db: &sled::Db, trees: &Trees) -> sled::Result<()> {
     let old = db.open_tree(OLD_TREE)?;
     for entry in old.iter() {
         let (reuse_key, digest) = entry?;
-        let link = trees.links.get(&digest)?.and_then(|bytes| decode::<Link>(&bytes).ok());
+        let link = trees
+            .links
+            .get(&digest)?
+            .and_then(|bytes| decode::<LinkRecord>(&bytes).ok());
         if let Some(link) = link {
             let key = child_key(&link.user_id, &digest);
             if trees.user_links.get(&key)?.is_some() {
@@ -384,7 +438,7 @@ fn expire_old_rate_buckets(trees: &Trees) -> sled::Result<()> {
     }
     for entry in trees.rate_limits.iter() {
         let (recipient, bytes) = entry?;
-        if let Ok(bucket) = decode::<RateBucket>(&bytes)
+        if let Ok(bucket) = decode::<RateBucketRecord>(&bytes)
             && bucket.full_at == 0
         {
             let purge_at = bucket.updated_at + 24 * crate::domain::model::HOUR;
@@ -437,6 +491,43 @@ fn read<T: serde::de::DeserializeOwned>(tree: &TxTree<'_>, key: impl AsRef<[u8]>
     tree.get(key)?.map(|bytes| decode(&bytes)).transpose()
 }
 
+fn read_link(tree: &TxTree<'_>, key: impl AsRef<[u8]>) -> Result<Option<Link>> {
+    Ok(read::<LinkRecord>(tree, key)?.map(Link::from))
+}
+
+fn encode_link(link: &Link) -> Vec<u8> {
+    encode(&LinkRecord::from(link))
+}
+
+/// Emails a version before leases caught SENDING were left out of `outbox` (it requeued them at
+/// start): each goes back in at its old due time, which has passed, so it is due at once. Once,
+/// marked in `meta`; repeating it after a crash rewrites the same entries.
+fn lease_interrupted_sends(trees: &Trees) -> sled::Result<()> {
+    const DONE: &[u8] = b"outbox_leases";
+    if trees.meta.contains_key(DONE)? {
+        return Ok(());
+    }
+    for email_id in trees.emails_sending.iter().keys() {
+        let email_id = email_id?;
+        match trees
+            .emails
+            .get(&email_id)?
+            .and_then(|bytes| decode::<Email>(&bytes).ok())
+        {
+            Some(email) if email.status == EmailStatus::Sending => {
+                let id = String::from_utf8_lossy(&email_id);
+                trees.outbox.insert(outbox_key(email.next_attempt_at, &id), &[])?;
+            }
+            _ => {
+                trees.emails_sending.remove(&email_id)?;
+            }
+        }
+    }
+    trees.meta.insert(DONE, &[])?;
+    trees.meta.flush()?;
+    Ok(())
+}
+
 /// Marks a session revoked at `at` unless it already is; with `only_live`, also leaves a session
 /// that has expired by `at`. Returns the session as it now stands and whether this revoked it.
 fn revoke_session_in(
@@ -445,7 +536,7 @@ fn revoke_session_in(
     at: Millis,
     only_live: bool,
 ) -> Result<Option<(Session, bool)>> {
-    let Some(mut session) = read::<Session>(sessions, session_id)? else {
+    let Some(mut session) = read::<SessionRecord>(sessions, session_id)? else {
         return Ok(None);
     };
     let revocable = session.revoked_at.is_none() && (!only_live || session.expires_at > at);
@@ -453,7 +544,7 @@ fn revoke_session_in(
         session.revoked_at = Some(at);
         sessions.insert(session_id, encode(&session));
     }
-    Ok(Some((session, revocable)))
+    Ok(Some((session.into(), revocable)))
 }
 
 /// Revokes the live sessions named by `user_sessions` index keys; returns how many.
@@ -481,27 +572,26 @@ fn insert_session(
     retention: Millis,
 ) {
     let id = session.id.as_bytes();
-    sessions.insert(id, encode(session));
+    sessions.insert(id, encode(&SessionRecord::from(session)));
     tokens.insert(session.token_digest.as_bytes(), id);
     user_sessions.insert(child_key(&session.user_id, id), &[]);
     expiry.insert(expiry_key(session.expires_at + retention, Expiring::Session, id), &[]);
 }
 
-#[async_trait]
-impl Store for SledStore {
-    async fn user(&self, user_id: &str) -> Result<Option<User>> {
-        Self::get(&self.trees.users, user_id)
+impl Inner {
+    fn user(&self, user_id: &str) -> Result<Option<User>> {
+        Ok(Self::get::<UserRecord>(&self.trees.users, user_id)?.map(|record| record.user()))
     }
 
-    async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
+    fn user_by_email(&self, email: &str) -> Result<Option<User>> {
         let index = &self.trees.user_emails;
         match index.get(crate::domain::model::email_key(email)).map_err(storage)? {
-            Some(user_id) => Self::get(&self.trees.users, user_id),
+            Some(user_id) => Ok(Self::get::<UserRecord>(&self.trees.users, user_id)?.map(|record| record.user())),
             None => Ok(None),
         }
     }
 
-    async fn list_users(&self, after: Option<&str>, limit: usize, status: Option<UserStatus>) -> Result<Vec<User>> {
+    fn list_users(&self, after: Option<&str>, limit: usize, status: Option<UserStatus>) -> Result<Vec<User>> {
         let start = match after {
             Some(after) => Bound::Excluded(after.as_bytes().to_vec()),
             None => Bound::Unbounded,
@@ -509,7 +599,7 @@ impl Store for SledStore {
         let mut users = Vec::with_capacity(limit.min(1024));
         for entry in self.trees.users.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
             let (_, bytes) = entry.map_err(storage)?;
-            let user: User = decode(&bytes)?;
+            let user = decode::<UserRecord>(&bytes)?.user();
             if status.is_none_or(|status| user.status == status) {
                 users.push(user);
                 if users.len() == limit {
@@ -525,13 +615,11 @@ impl Store for SledStore {
             .writer
             .write(|tx| {
                 let users = tx.on(&self.trees.users);
-                let Some(current) = read::<User>(&users, user_id)? else {
+                let Some(current) = read::<UserRecord>(&users, user_id)? else {
                     return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this id"));
                 };
-                let mut updated = update(&current)?;
-                // The notes are the store's: whatever the update did, they stay as they were.
-                updated.links = current.links;
-                users.insert(user_id, encode(&updated));
+                let updated = update(&current.user())?;
+                users.insert(user_id, encode(&UserRecord::new(&updated, current.links)));
                 Ok(updated)
             })
             .await?;
@@ -556,14 +644,14 @@ impl Store for SledStore {
                 let Some(bytes) = users.remove(user_id.as_bytes())? else {
                     return Ok(None);
                 };
-                let user: User = decode(&bytes)?;
+                let user: UserRecord = decode(&bytes)?;
                 if emails.get(user.email_key())?.as_deref() == Some(user_id.as_bytes()) {
                     emails.remove(user.email_key().as_bytes())?;
                 }
                 let mut deletion = UserDeletion::default();
                 for digest in filed_links(&user, &t.user_links)? {
                     if let Some(bytes) = links.remove(digest.as_bytes())? {
-                        let link: Link = decode(&bytes)?;
+                        let link: LinkRecord = decode(&bytes)?;
                         if link.used_at.is_none() && link.expires_at > now {
                             deletion.voided_links += 1;
                         }
@@ -595,10 +683,10 @@ impl Store for SledStore {
                 let mut user = match new_user {
                     Some(user) => {
                         ensure_email_free(&emails, &users, user)?;
-                        user.clone()
+                        UserRecord::new(user, Vec::new())
                     }
                     // Deleted while this call ran.
-                    None => read::<User>(&users, link.user_id.as_bytes())?
+                    None => read::<UserRecord>(&users, link.user_id.as_bytes())?
                         .ok_or_else(|| Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"))?,
                 };
                 // A new user has no links yet.
@@ -615,7 +703,7 @@ impl Store for SledStore {
                 // reachable comes last. None of it was acknowledged.
                 tx.in_safe_order();
                 expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[]);
-                links.insert(digest, encode(link));
+                links.insert(digest, encode_link(link));
                 index_link(&mut user, &user_links, link, now, retention);
                 if new_user.is_some() {
                     emails.insert(user.email_key().as_bytes(), user.id.as_bytes());
@@ -629,8 +717,8 @@ impl Store for SledStore {
         Ok(outcome)
     }
 
-    async fn link(&self, token_digest: &Digest32) -> Result<Option<Link>> {
-        Self::get(&self.trees.links, token_digest.as_bytes())
+    fn link(&self, token_digest: &Digest32) -> Result<Option<Link>> {
+        Ok(Self::get::<LinkRecord>(&self.trees.links, token_digest.as_bytes())?.map(Link::from))
     }
 
     async fn redeem_link(&self, token_digest: &Digest32, decide: RedeemFn<'_>) -> Result<Redemption> {
@@ -650,17 +738,17 @@ impl Store for SledStore {
                     tx.on(&t.codes),
                 );
                 let not_found = || Error::new(Reason::TOKEN_NOT_FOUND, "no such token");
-                let Some(link) = read::<Link>(&links, token_digest.as_bytes())? else {
+                let Some(link) = read_link(&links, token_digest.as_bytes())? else {
                     return Err(not_found());
                 };
-                let Some(user) = read::<User>(&users, link.user_id.as_bytes())? else {
+                let Some(user) = read::<UserRecord>(&users, link.user_id.as_bytes())? else {
                     return Err(not_found());
                 };
                 let attempt = match &link.attempt {
                     Some(ref_digest) => Some(read::<Attempt>(&attempts, ref_digest.as_bytes())?.ok_or_else(not_found)?),
                     None => None,
                 };
-                let redemption = decide(&link, &user, attempt.as_ref())?;
+                let redemption = decide(&link, &user.user(), attempt.as_ref())?;
                 if let Some(attempt) = &redemption.attempt {
                     attempts.insert(attempt.ref_digest.as_bytes(), encode(attempt));
                 }
@@ -669,13 +757,9 @@ impl Store for SledStore {
                     codes.insert(key, encode(code));
                     expiry.insert(expiry_key(code.expires_at + retention, Expiring::Code, key), &[]);
                 }
-                links.insert(token_digest.as_bytes(), encode(&redemption.link));
-                // The notes are the store's, and a used link keeps its note until it expires, so
-                // that DeleteUser still removes it.
-                let stored = User {
-                    links: user.links,
-                    ..redemption.user.clone()
-                };
+                links.insert(token_digest.as_bytes(), encode_link(&redemption.link));
+                // A used link keeps its note until it expires, so that DeleteUser still removes it.
+                let stored = UserRecord::new(&redemption.user, user.links);
                 users.insert(stored.id.as_bytes(), encode(&stored));
                 if let Some(session) = &redemption.session {
                     insert_session(&sessions, &tokens, &user_sessions, &expiry, session, retention);
@@ -687,14 +771,14 @@ impl Store for SledStore {
         Ok(redemption)
     }
 
-    async fn session(&self, session_id: &str) -> Result<Option<Session>> {
-        Self::get(&self.trees.sessions, session_id)
+    fn session(&self, session_id: &str) -> Result<Option<Session>> {
+        Ok(Self::get::<SessionRecord>(&self.trees.sessions, session_id)?.map(Session::from))
     }
 
-    async fn session_by_token(&self, token_digest: &Digest32) -> Result<Option<Session>> {
+    fn session_by_token(&self, token_digest: &Digest32) -> Result<Option<Session>> {
         let index = &self.trees.session_tokens;
         match index.get(token_digest.as_bytes()).map_err(storage)? {
-            Some(session_id) => Self::get(&self.trees.sessions, session_id),
+            Some(session_id) => self.session(std::str::from_utf8(&session_id).unwrap_or_default()),
             None => Ok(None),
         }
     }
@@ -719,7 +803,7 @@ impl Store for SledStore {
             .writer
             .write(|tx| {
                 let (users, sessions) = (tx.on(&t.users), tx.on(&t.sessions));
-                if let Some(mut user) = read::<User>(&users, user_id)? {
+                if let Some(mut user) = read::<UserRecord>(&users, user_id)? {
                     user.sessions_revoked_at = Some(now);
                     users.insert(user_id.as_bytes(), encode(&user));
                 }
@@ -730,15 +814,15 @@ impl Store for SledStore {
         Ok(revoked)
     }
 
-    async fn insert_email(
-        &self,
-        links: &[Link],
-        attempt: Option<&Attempt>,
-        new_user: Option<&User>,
-        email: &Email,
-        rate: Option<(&str, &RateLimit)>,
-        now: Millis,
-    ) -> Result<()> {
+    async fn insert_email(&self, new: NewEmail<'_>) -> Result<()> {
+        let NewEmail {
+            links,
+            attempt,
+            new_user,
+            email,
+            rate,
+            now,
+        } = new;
         let t = &self.trees;
         let retention = self.retention;
         self.writer
@@ -754,12 +838,14 @@ impl Store for SledStore {
                     tx.on(&t.rate_limits),
                     tx.on(&t.attempts),
                 );
-                if let Some((key, limit)) = rate {
-                    let old = read::<RateBucket>(&rate_limits, key.as_bytes())?;
-                    let new = limit
+                if let Some(charge) = rate {
+                    let key = charge.key;
+                    let old = read::<RateBucketRecord>(&rate_limits, key.as_bytes())?.map(RateBucket::from);
+                    let new = charge
+                        .limit
                         .take(old.as_ref(), now)
                         .map_err(|retry_after| Error::RateLimited { retry_after })?;
-                    rate_limits.insert(key.as_bytes(), encode(&new));
+                    rate_limits.insert(key.as_bytes(), encode(&RateBucketRecord::from(new)));
                     // One expiry entry per bucket, at the time it is full again.
                     if let Some(old) = old.filter(|old| old.full_at > 0) {
                         expiry.remove(expiry_key(old.full_at, Expiring::RateBucket, key.as_bytes()))?;
@@ -770,14 +856,14 @@ impl Store for SledStore {
                     Some(user) => {
                         ensure_email_free(&emails_index, &users, user)?;
                         emails_index.insert(user.email_key().as_bytes(), user.id.as_bytes());
-                        user.clone()
+                        UserRecord::new(user, Vec::new())
                     }
-                    None => read::<User>(&users, email.user_id.as_bytes())?
+                    None => read::<UserRecord>(&users, email.user_id.as_bytes())?
                         .ok_or_else(|| Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"))?,
                 };
                 for link in links {
                     let digest = link.token_digest.as_bytes();
-                    links_tree.insert(digest, encode(link));
+                    links_tree.insert(digest, encode_link(link));
                     index_link(&mut user, &user_links, link, now, retention);
                     expiry.insert(expiry_key(link.expires_at + retention, Expiring::Link, digest), &[]);
                 }
@@ -799,102 +885,99 @@ impl Store for SledStore {
         self.durable().await
     }
 
-    async fn email(&self, email_id: &str) -> Result<Option<Email>> {
+    fn email(&self, email_id: &str) -> Result<Option<Email>> {
         Self::get(&self.trees.emails, email_id)
     }
 
-    async fn due_emails(&self, now: Millis, limit: usize) -> Result<Vec<Email>> {
-        let bound = codec::expiry_bound(now + 1);
-        let mut due = Vec::new();
-        for key in self.trees.outbox.range(..&bound[..]).keys().take(limit) {
-            let key = key.map_err(storage)?;
-            let Some((_, email_id)) = codec::parse_outbox_key(&key) else {
-                continue;
-            };
-            if let Some(email) = Self::get::<Email>(&self.trees.emails, email_id)? {
-                due.push(email);
-            }
+    async fn claim_emails(&self, claim: OutboxClaim) -> Result<Vec<Email>> {
+        let t = &self.trees;
+        let bound = codec::expiry_bound(claim.now + 1);
+        let claimed = self
+            .writer
+            .write(|tx| {
+                let (emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
+                let mut claimed = Vec::new();
+                // Committed state: this operation holds the writer and stages only claimed keys,
+                // which the scan has already passed.
+                for key in t.outbox.range(..&bound[..]).keys() {
+                    if claimed.len() == claim.limit {
+                        break;
+                    }
+                    let key = key.map_err(storage)?;
+                    let Some((_, email_id)) = codec::parse_outbox_key(&key) else {
+                        outbox.remove(&key)?;
+                        continue;
+                    };
+                    outbox.remove(&key)?;
+                    let Some(mut email) = read::<Email>(&emails, email_id)? else {
+                        continue;
+                    };
+                    if !matches!(email.status, EmailStatus::Queued | EmailStatus::Sending) {
+                        continue;
+                    }
+                    email.status = EmailStatus::Sending;
+                    email.attempts += 1;
+                    email.next_attempt_at = claim.now + claim.lease;
+                    emails.insert(email_id, encode(&email));
+                    outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[]);
+                    sending.insert(email_id, &[]);
+                    claimed.push(email);
+                }
+                Ok(claimed)
+            })
+            .await?;
+        if !claimed.is_empty() {
+            self.durable().await?;
         }
-        Ok(due)
+        Ok(claimed)
     }
 
-    async fn next_email_due(&self) -> Result<Option<Millis>> {
+    async fn finish_email(&self, email: &Email) -> Result<bool> {
+        let t = &self.trees;
+        let recorded = self
+            .writer
+            .write(|tx| {
+                let (emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
+                let Some(stored) = read::<Email>(&emails, email.id.as_bytes())? else {
+                    // Purged while it was being sent: nothing left to record.
+                    return Ok(false);
+                };
+                if stored.status != EmailStatus::Sending || stored.attempts != email.attempts {
+                    return Ok(false);
+                }
+                outbox.remove(outbox_key(stored.next_attempt_at, &stored.id))?;
+                emails.insert(email.id.as_bytes(), encode(email));
+                match email.status {
+                    EmailStatus::Queued | EmailStatus::Sending => {
+                        outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[]);
+                    }
+                    EmailStatus::Sent | EmailStatus::Failed => {}
+                }
+                if email.status != EmailStatus::Sending {
+                    sending.remove(email.id.as_bytes())?;
+                }
+                Ok(true)
+            })
+            .await?;
+        if recorded {
+            self.durable().await?;
+        }
+        Ok(recorded)
+    }
+
+    fn next_email_due(&self) -> Result<Option<Millis>> {
         let first = self.trees.outbox.first().map_err(storage)?;
         Ok(first.and_then(|(key, _)| codec::parse_outbox_key(&key).map(|(due, _)| due)))
     }
 
-    async fn claim_email(&self, email_id: &str, _now: Millis) -> Result<Option<Email>> {
-        let t = &self.trees;
-        // Not waited on: a claim lost in a crash leaves the email QUEUED, which is as good.
-        self.writer
-            .write(|tx| {
-                let (emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
-                let Some(mut email) = read::<Email>(&emails, email_id.as_bytes())? else {
-                    return Ok(None);
-                };
-                outbox.remove(outbox_key(email.next_attempt_at, &email.id))?;
-                if email.status != EmailStatus::Queued {
-                    return Ok(None);
-                }
-                email.status = EmailStatus::Sending;
-                emails.insert(email_id.as_bytes(), encode(&email));
-                sending.insert(email_id.as_bytes(), &[]);
-                Ok(Some(email))
-            })
-            .await
-    }
-
-    async fn finish_email(&self, email: &Email) -> Result<()> {
-        let t = &self.trees;
-        self.writer
-            .write(|tx| {
-                let (emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
-                if emails.get(email.id.as_bytes())?.is_none() {
-                    // Purged while it was being sent: nothing left to record.
-                    sending.remove(email.id.as_bytes())?;
-                    return Ok(());
-                }
-                emails.insert(email.id.as_bytes(), encode(email));
-                sending.remove(email.id.as_bytes())?;
-                if email.status == EmailStatus::Queued {
-                    outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[]);
-                }
-                Ok(())
-            })
-            .await?;
-        self.durable().await
-    }
-
-    async fn requeue_interrupted_emails(&self, now: Millis) -> Result<usize> {
-        let t = &self.trees;
-        let interrupted: Vec<sled::IVec> = t
-            .emails_sending
-            .iter()
-            .keys()
-            .collect::<std::result::Result<_, _>>()
-            .map_err(storage)?;
-        for email_id in &interrupted {
-            self.writer
-                .write(|tx| {
-                    let (emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
-                    sending.remove(email_id)?;
-                    let Some(mut email) = read::<Email>(&emails, email_id)? else {
-                        return Ok(());
-                    };
-                    if email.status == EmailStatus::Sending {
-                        email.status = EmailStatus::Queued;
-                        email.next_attempt_at = now;
-                        emails.insert(email_id, encode(&email));
-                        outbox.insert(outbox_key(now, &email.id), &[]);
-                    }
-                    Ok(())
-                })
-                .await?;
+    fn outbox_depth(&self) -> OutboxDepth {
+        // Both trees hold only emails in flight, so counting them stays cheap.
+        let in_outbox = self.trees.outbox.len() as u64;
+        let sending = self.trees.emails_sending.len() as u64;
+        OutboxDepth {
+            queued: in_outbox.saturating_sub(sending),
+            sending,
         }
-        if !interrupted.is_empty() {
-            self.durable().await?;
-        }
-        Ok(interrupted.len())
     }
 
     async fn redeem_code(&self, code_digest: &Digest32, decide: RedeemCodeFn<'_>) -> Result<CodeRedemption> {
@@ -916,10 +999,10 @@ impl Store for SledStore {
                     return Err(not_found());
                 };
                 // A deleted user's codes are void, as their links are.
-                let Some(user) = read::<User>(&users, code.user_id.as_bytes())? else {
+                let Some(user) = read::<UserRecord>(&users, code.user_id.as_bytes())? else {
                     return Err(not_found());
                 };
-                let redemption = decide(&code, &user)?;
+                let redemption = decide(&code, &user.user())?;
                 codes.insert(code_digest.as_bytes(), encode(&redemption.code));
                 if let Some(session) = &redemption.session {
                     insert_session(&sessions, &tokens, &user_sessions, &expiry, session, retention);
@@ -934,7 +1017,7 @@ impl Store for SledStore {
         Ok(redemption)
     }
 
-    async fn attempt(&self, ref_digest: &Digest32) -> Result<Option<Attempt>> {
+    fn attempt(&self, ref_digest: &Digest32) -> Result<Option<Attempt>> {
         Self::get(&self.trees.attempts, ref_digest.as_bytes())
     }
 
@@ -970,14 +1053,18 @@ impl Store for SledStore {
         Ok(collection)
     }
 
-    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
-        Ok(Self::get(&self.trees.meta, SIGNING_KEYS)?.unwrap_or_default())
+    fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
+        let keys = Self::get::<Vec<KeyRecord>>(&self.trees.meta, SIGNING_KEYS)?.unwrap_or_default();
+        Ok(keys.into_iter().map(SigningKeyRecord::from).collect())
     }
 
     async fn replace_signing_keys(&self, expected: &[SigningKeyRecord], new: &[SigningKeyRecord]) -> Result<bool> {
         let current = self.trees.meta.get(SIGNING_KEYS).map_err(storage)?;
         let current_keys: Vec<SigningKeyRecord> = match &current {
-            Some(bytes) => decode(bytes)?,
+            Some(bytes) => decode::<Vec<KeyRecord>>(bytes)?
+                .into_iter()
+                .map(SigningKeyRecord::from)
+                .collect(),
             None => Vec::new(),
         };
         if current_keys != expected {
@@ -986,7 +1073,11 @@ impl Store for SledStore {
         let swapped = self
             .trees
             .meta
-            .compare_and_swap(SIGNING_KEYS, current, Some(encode(&new.to_vec())))
+            .compare_and_swap(
+                SIGNING_KEYS,
+                current,
+                Some(encode(&new.iter().map(KeyRecord::from).collect::<Vec<_>>())),
+            )
             .map_err(storage)?
             .is_ok();
         self.durable().await?;
@@ -1042,24 +1133,157 @@ impl Store for SledStore {
         Ok(due.len())
     }
 
-    fn stats(&self) -> StoreStats {
-        let (flushes, writes) = self.commit.counts();
-        StoreStats {
-            bytes_on_disk: self.db.size_on_disk().unwrap_or(0),
-            // Both trees hold only emails in flight, so counting them stays cheap.
-            outbox_queued: self.trees.outbox.len() as u64,
-            outbox_sending: self.trees.emails_sending.len() as u64,
-            flushes,
-            writes,
+    fn refuses_writes(&self) -> bool {
+        self.writer.refuses_writes() || self.commit.failing()
+    }
+}
+#[async_trait]
+impl Store for SledStore {
+    async fn user(&self, user_id: &str) -> Result<Option<User>> {
+        self.inner()?.user(user_id)
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
+        self.inner()?.user_by_email(email)
+    }
+
+    async fn list_users(&self, after: Option<&str>, limit: usize, status: Option<UserStatus>) -> Result<Vec<User>> {
+        self.inner()?.list_users(after, limit, status)
+    }
+
+    async fn update_user(&self, user_id: &str, update: UpdateUserFn<'_>) -> Result<User> {
+        self.inner()?.update_user(user_id, update).await
+    }
+
+    async fn delete_user(&self, user_id: &str, now: Millis) -> Result<Option<UserDeletion>> {
+        self.inner()?.delete_user(user_id, now).await
+    }
+
+    async fn insert_link(&self, link: &Link, new_user: Option<&User>, now: Millis) -> Result<LinkInsert> {
+        self.inner()?.insert_link(link, new_user, now).await
+    }
+
+    async fn link(&self, token_digest: &Digest32) -> Result<Option<Link>> {
+        self.inner()?.link(token_digest)
+    }
+
+    async fn redeem_link(&self, token_digest: &Digest32, decide: RedeemFn<'_>) -> Result<Redemption> {
+        self.inner()?.redeem_link(token_digest, decide).await
+    }
+
+    async fn session(&self, session_id: &str) -> Result<Option<Session>> {
+        self.inner()?.session(session_id)
+    }
+
+    async fn session_by_token(&self, token_digest: &Digest32) -> Result<Option<Session>> {
+        self.inner()?.session_by_token(token_digest)
+    }
+
+    async fn revoke_session(&self, session_id: &str, now: Millis) -> Result<Option<Session>> {
+        self.inner()?.revoke_session(session_id, now).await
+    }
+
+    async fn revoke_user_sessions(&self, user_id: &str, now: Millis) -> Result<u32> {
+        self.inner()?.revoke_user_sessions(user_id, now).await
+    }
+
+    async fn insert_email(&self, new: NewEmail<'_>) -> Result<()> {
+        self.inner()?.insert_email(new).await
+    }
+
+    async fn email(&self, email_id: &str) -> Result<Option<Email>> {
+        self.inner()?.email(email_id)
+    }
+
+    async fn claim_emails(&self, claim: OutboxClaim) -> Result<Vec<Email>> {
+        self.inner()?.claim_emails(claim).await
+    }
+
+    async fn finish_email(&self, email: &Email) -> Result<bool> {
+        self.inner()?.finish_email(email).await
+    }
+
+    async fn next_email_due(&self) -> Result<Option<Millis>> {
+        self.inner()?.next_email_due()
+    }
+
+    async fn outbox_depth(&self) -> Result<OutboxDepth> {
+        Ok(self.inner()?.outbox_depth())
+    }
+
+    async fn redeem_code(&self, code_digest: &Digest32, decide: RedeemCodeFn<'_>) -> Result<CodeRedemption> {
+        self.inner()?.redeem_code(code_digest, decide).await
+    }
+
+    async fn attempt(&self, ref_digest: &Digest32) -> Result<Option<Attempt>> {
+        self.inner()?.attempt(ref_digest)
+    }
+
+    async fn collect_attempt(&self, ref_digest: &Digest32, session: &Session) -> Result<Option<Collection>> {
+        self.inner()?.collect_attempt(ref_digest, session).await
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
+        self.inner()?.signing_keys()
+    }
+
+    async fn replace_signing_keys(&self, expected: &[SigningKeyRecord], new: &[SigningKeyRecord]) -> Result<bool> {
+        self.inner()?.replace_signing_keys(expected, new).await
+    }
+
+    async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize> {
+        self.inner()?.purge_expired(now, limit).await
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        if let Some(inner) = self.open.read().expect("store lock").as_ref() {
+            metrics::register(registry, Arc::downgrade(inner));
         }
     }
 
     fn refuses_writes(&self) -> bool {
-        self.writer.refuses_writes() || self.commit.failing()
+        self.inner().is_ok_and(|inner| inner.refuses_writes())
     }
 
+    /// Commits, lets the calls in flight finish, waits for sled to let go of the directory, and
+    /// checkpoints it, so that the next start reads a snapshot and the same process may open the
+    /// directory again at once.
     async fn close(&self) -> Result<()> {
-        self.commit.stop().await.map_err(Error::internal)
+        let Some(inner) = self.open.write().expect("store lock").take() else {
+            return Ok(());
+        };
+        let stopped = inner.commit.stop().await;
+        // A call still running holds the database a moment longer (it fails at its commit).
+        while Arc::strong_count(&inner) > 1 {
+            tokio::time::sleep(LOCK_POLL).await;
+        }
+        drop(inner);
+        release(&self.path).await;
+        stopped.map_err(Error::internal)
+    }
+}
+
+/// How often closing looks again at whether sled let go of the directory.
+const LOCK_POLL: Duration = Duration::from_millis(2);
+
+/// Waits until sled's I/O threads drop their handles (just after the last flush they served),
+/// checkpoints, and waits again. The caller bounds the whole with its shutdown deadline.
+async fn release(path: &Path) {
+    while !lock_is_free(path) {
+        tokio::time::sleep(LOCK_POLL).await;
+    }
+    let dir = path.to_path_buf();
+    let started = std::time::Instant::now();
+    match tokio::task::spawn_blocking(move || checkpoint(&dir)).await {
+        Ok(Ok(())) => tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "store checkpointed; the next start reads a snapshot instead of the whole log"
+        ),
+        Ok(Err(error)) => tracing::warn!(%error, "store checkpoint failed; the next start recovers from the log"),
+        Err(error) => tracing::warn!(%error, "store checkpoint task failed"),
+    }
+    while !lock_is_free(path) {
+        tokio::time::sleep(LOCK_POLL).await;
     }
 }
 
@@ -1078,8 +1302,14 @@ mod tests {
         }
     }
 
+    /// The user record with its notes.
+    fn record(store: &SledStore, user_id: &str) -> UserRecord {
+        let inner = store.inner().unwrap();
+        Inner::get::<UserRecord>(&inner.trees.users, user_id).unwrap().unwrap()
+    }
+
     /// Opens the store once sled's I/O threads have let go of an earlier handle's lock (they drop
-    /// it just after their last flush; see `app::release_store`).
+    /// it just after their last flush; see `release`).
     fn open_when_free(path: &Path) -> SledStore {
         wait_until_free(path);
         SledStore::open(&options(path)).unwrap()
@@ -1114,10 +1344,12 @@ mod tests {
                 LinkInsert::Inserted
             ));
         }
-        let stored = store.user(&user.id).await.unwrap().unwrap();
-        assert_eq!(stored.links.len(), NOTED_LINKS);
+        let stored = record(&store, &user.id);
+        assert_eq!(record(&store, &user.id).links.len(), NOTED_LINKS);
         assert_eq!(
-            SledStore::child_keys(&store.trees.user_links, &user.id).unwrap().len(),
+            Inner::child_keys(&store.inner().unwrap().trees.user_links, &user.id)
+                .unwrap()
+                .len(),
             2
         );
 
@@ -1133,17 +1365,14 @@ mod tests {
             }
         }
 
-        // A verification keeps the notes, whatever the decision returned.
+        // A verification keeps the notes (the domain never sees them).
         let redeem = |link: &Link, user: &User, _: Option<&Attempt>| -> Result<Redemption> {
             Ok(Redemption {
                 link: Link {
                     used_at: Some(now),
                     ..link.clone()
                 },
-                user: User {
-                    links: Vec::new(),
-                    ..user.clone()
-                },
+                user: user.clone(),
                 attempt: None,
                 code: None,
                 refusal: None,
@@ -1152,7 +1381,7 @@ mod tests {
             })
         };
         store.redeem_link(&links[0].token_digest, &redeem).await.unwrap();
-        assert_eq!(store.user(&user.id).await.unwrap().unwrap().links, stored.links);
+        assert_eq!(record(&store, &user.id).links, stored.links);
 
         // DeleteUser removes every link, noted or not, and voids the live ones.
         let deletion = store.delete_user(&user.id, now).await.unwrap().unwrap();
@@ -1161,7 +1390,7 @@ mod tests {
             assert!(store.link(&link.token_digest).await.unwrap().is_none());
         }
         assert!(
-            SledStore::child_keys(&store.trees.user_links, &user.id)
+            Inner::child_keys(&store.inner().unwrap().trees.user_links, &user.id)
                 .unwrap()
                 .is_empty()
         );
@@ -1188,8 +1417,12 @@ mod tests {
             ..fixtures::link()
         };
         let noted = async |user_id: &str| -> Vec<Digest32> {
-            let user = store.user(user_id).await.unwrap().unwrap();
-            user.links.iter().map(|note| note.token_digest).collect()
+            let _ = &store;
+            record(&store, user_id)
+                .links
+                .iter()
+                .map(|note| note.token_digest)
+                .collect()
         };
 
         // Expired, within retention: the note stays, and DeleteUser deletes the link.
@@ -1246,17 +1479,31 @@ mod tests {
         let store = open_when_free(dir.path());
         let day = 24 * crate::domain::model::HOUR;
         assert_eq!(store.purge_expired(last_use + day - 1, 10).await.unwrap(), 0);
-        assert!(store.trees.rate_limits.contains_key("ann@example.com").unwrap());
+        assert!(
+            store
+                .inner()
+                .unwrap()
+                .trees
+                .rate_limits
+                .contains_key("ann@example.com")
+                .unwrap()
+        );
         assert_eq!(store.purge_expired(last_use + day + 1, 10).await.unwrap(), 1);
-        assert!(store.trees.rate_limits.is_empty(), "the old bucket stayed");
-        assert!(store.trees.expiry.is_empty());
+        assert!(
+            store.inner().unwrap().trees.rate_limits.is_empty(),
+            "the old bucket stayed"
+        );
+        assert!(store.inner().unwrap().trees.expiry.is_empty());
         // Once done, a later open does not scan the buckets again.
         store.close().await.unwrap();
         drop(store);
         wait_until_free(dir.path());
         write_old_bucket(dir.path(), "bob@example.com", last_use);
         let store = open_when_free(dir.path());
-        assert!(store.trees.expiry.is_empty(), "the buckets were scanned at every open");
+        assert!(
+            store.inner().unwrap().trees.expiry.is_empty(),
+            "the buckets were scanned at every open"
+        );
     }
 
     #[tokio::test]
@@ -1271,9 +1518,12 @@ mod tests {
             let digest = link.token_digest.as_bytes();
             db.open_tree("users")
                 .unwrap()
-                .insert(user.id.as_bytes(), encode(&user))
+                .insert(user.id.as_bytes(), encode(&UserRecord::new(&user, Vec::new())))
                 .unwrap();
-            db.open_tree("links").unwrap().insert(digest, encode(&link)).unwrap();
+            db.open_tree("links")
+                .unwrap()
+                .insert(digest, encode(&LinkRecord::from(&link)))
+                .unwrap();
             db.open_tree("user_links")
                 .unwrap()
                 .insert(child_key(&user.id, digest), &[])
@@ -1285,7 +1535,15 @@ mod tests {
             db.flush().unwrap();
         }
         let store = open_when_free(dir.path());
-        assert!(!store.db.tree_names().iter().any(|name| name == b"link_reuse"));
+        assert!(
+            !store
+                .inner()
+                .unwrap()
+                .db
+                .tree_names()
+                .iter()
+                .any(|name| name == b"link_reuse")
+        );
 
         let mut again = fixtures::link();
         again.token_digest = Digest32::of("another token");
@@ -1295,14 +1553,16 @@ mod tests {
         }
         // Once the link is used, the same parameters make a new link.
         store
+            .inner()
+            .unwrap()
             .trees
             .links
             .insert(
                 link.token_digest.as_bytes(),
-                encode(&Link {
+                encode(&LinkRecord::from(&Link {
                     used_at: Some(now),
                     ..link.clone()
-                }),
+                })),
             )
             .unwrap();
         assert!(matches!(
@@ -1339,12 +1599,14 @@ mod tests {
             {
                 let store = SledStore::open(&options(dir.path())).unwrap();
                 store
+                    .inner()
+                    .unwrap()
                     .writer
                     .crash_after
                     .store(crash_after, std::sync::atomic::Ordering::Relaxed);
                 let outcome = store.insert_link(&link, Some(&user), now).await;
                 assert_eq!(outcome.is_ok(), crash_after == WRITES, "after {crash_after} writes");
-                store.db.flush().unwrap();
+                store.inner().unwrap().db.flush().unwrap();
                 store.close().await.unwrap();
             }
             let store = open_when_free(dir.path());

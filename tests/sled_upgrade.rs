@@ -1,4 +1,4 @@
-//! A data directory written by an earlier version keeps working: JSON records, links filed in
+//! sled only: a data directory written by an earlier version keeps working: JSON records, links filed in
 //! `user_links` instead of noted on the user record, reuse keys in a separate `link_reuse` tree
 //! (reuse key → token digest) with empty `user_links` values, and secrets handed out before they
 //! were stamped with their creation time (keyed by their plain SHA-256).
@@ -7,8 +7,9 @@ mod common;
 
 use common::*;
 use latchkey::crypto::Digest32;
-use latchkey::domain::model::{Link, Session, User};
-use latchkey::store::codec::{decode, encode};
+use latchkey::store::sled_store::codec::{decode, encode};
+// sled's own records, as they are on disk.
+use latchkey::store::sled_store::records::{LinkRecord as Link, SessionRecord as Session, UserRecord as User};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
