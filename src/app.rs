@@ -182,7 +182,10 @@ impl Running {
         // The store closes in its own way (sled: lets go of the directory and checkpoints), so the
         // same process may open it again once this returns.
         match tokio::time::timeout_at(deadline, self.domain.store.close()).await {
-            Ok(closed) => closed.map_err(|error| error.to_string())?,
+            Ok(closed) => {
+                closed.map_err(|error| error.to_string())?;
+                tracing::info!("store closed");
+            }
             Err(_) => {
                 return Err(
                     "the store did not close within the shutdown grace period; the next start recovers it".into(),

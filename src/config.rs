@@ -12,6 +12,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{ServerKey, api_key_digest};
+use crate::domain::links::{LINK_MAX_MINUTES, LINK_MIN_MINUTES, SESSION_MAX_MINUTES, SESSION_MIN_MINUTES};
 use crate::domain::redirect::{AllowedRedirect, RedirectPolicy};
 use crate::store::sled_store::Durability;
 
@@ -631,20 +632,20 @@ impl Config {
                     .map_err(|error| invalid(key, error.to_string()))?;
             }
         }
-        if !(5..=10_080).contains(&self.links.enchanted_expiration_minutes) {
+        if !(LINK_MIN_MINUTES..=LINK_MAX_MINUTES).contains(&self.links.enchanted_expiration_minutes) {
             return Err(invalid(
                 "links.enchanted_expiration_minutes",
-                "must be between 5 and 10080",
+                format!("must be between {LINK_MIN_MINUTES} and {LINK_MAX_MINUTES}"),
             ));
         }
         self.validate_oauth()?;
         let smtp_password = self.validate_mail()?;
         let tls = self.validate_tls()?;
         let sessions = &self.sessions;
-        if !(5..=525_600).contains(&sessions.default_duration_minutes) {
+        if !(SESSION_MIN_MINUTES..=SESSION_MAX_MINUTES).contains(&sessions.default_duration_minutes) {
             return Err(invalid(
                 "sessions.default_duration_minutes",
-                "must be between 5 and 525600",
+                format!("must be between {SESSION_MIN_MINUTES} and {SESSION_MAX_MINUTES}"),
             ));
         }
         if !(1..=1440).contains(&sessions.jwt_minutes) {

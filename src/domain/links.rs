@@ -23,10 +23,12 @@ pub(crate) fn token_parameter(kind: LinkKind) -> &'static str {
     }
 }
 const LOGIN_LINK_DEFAULT_MINUTES: u32 = 120;
-pub(crate) const LINK_MIN_MINUTES: u32 = 5;
-pub(crate) const LINK_MAX_MINUTES: u32 = 10_080;
-const SESSION_MIN_MINUTES: u32 = 5;
-const SESSION_MAX_MINUTES: u32 = 525_600;
+/// A link's lifetime, whether a request or the config sets it.
+pub const LINK_MIN_MINUTES: u32 = 5;
+pub const LINK_MAX_MINUTES: u32 = 10_080;
+/// A session's lifetime, whether a request or the config sets it.
+pub const SESSION_MIN_MINUTES: u32 = 5;
+pub const SESSION_MAX_MINUTES: u32 = 525_600;
 
 #[derive(Debug, Default)]
 pub struct IssueLoginLink {

@@ -7,6 +7,7 @@
 //! may share one outbox: each email is claimed by one at a time, and one whose worker died goes
 //! out again when its lease runs out (at-least-once; exactly once while workers live).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -33,6 +34,18 @@ pub const EMAIL_ID_HEADER: HeaderName = HeaderName::new_from_ascii_str("X-Latchk
 
 /// Pause after the store fails to answer, before the worker asks again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// The worker claims up to this many times `mail.concurrency` emails at once.
+const CLAIM_AHEAD: usize = 8;
+
+/// A claimed email whose lease leaves less than this for the send goes back to the outbox.
+const MIN_SEND_TIME: Duration = Duration::from_millis(500);
+
+/// An email this worker claimed, and when.
+struct Claimed {
+    email: Email,
+    at: tokio::time::Instant,
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
@@ -126,27 +139,31 @@ impl Worker {
         let concurrency = self.settings.concurrency;
         tracing::info!(transport = %self.transport.get().describe(), concurrency, "mail worker running");
         let mut sending = JoinSet::new();
+        // Claimed, waiting for a free slot. A claim is a durable write, so the worker claims in
+        // batches and keeps a few ahead of its slots rather than paying one commit per email.
+        let mut claimed: VecDeque<Claimed> = VecDeque::new();
         loop {
             // Armed before looking, so mail queued from here on wakes the wait below.
             let queued = self.domain.wakeups.watch(Topic::Outbox);
             let mut pause = None;
-            let free = concurrency - sending.len();
-            if free > 0 {
-                match self.claim(free).await {
-                    Ok(claimed) => {
-                        for email in claimed {
-                            let worker = self.clone();
-                            sending.spawn(async move { worker.deliver(email).await });
-                        }
-                    }
+            if claimed.len() < concurrency {
+                let at = tokio::time::Instant::now();
+                match self.claim(concurrency * CLAIM_AHEAD - claimed.len()).await {
+                    Ok(emails) => claimed.extend(emails.into_iter().map(|email| Claimed { email, at })),
                     Err(error) => {
                         tracing::warn!(%error, "cannot claim from the outbox; will retry");
                         pause = Some(STORE_ERROR_PAUSE);
                     }
                 }
             }
+            while sending.len() < concurrency
+                && let Some(next) = claimed.pop_front()
+            {
+                let worker = self.clone();
+                sending.spawn(async move { worker.deliver(next).await });
+            }
             let recheck = self.domain.wakeups.recheck();
-            let next_due = if pause.is_none() && sending.len() < concurrency {
+            let next_due = if pause.is_none() && claimed.is_empty() {
                 store.next_email_due().await.ok().flatten()
             } else {
                 None
@@ -157,12 +174,16 @@ impl Worker {
                 .min(recheck);
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = queued => {}
+                () = queued, if claimed.is_empty() => {}
                 Some(_) = sending.join_next(), if !sending.is_empty() => {}
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(wait), if claimed.is_empty() => {}
             }
         }
-        // Nothing new starts; the messages being sent finish.
+        // Nothing new starts: the claims not started go back to the outbox (due now; the claim
+        // counted an attempt), and the messages being sent finish.
+        for Claimed { email, .. } in claimed {
+            self.release(email).await;
+        }
         while sending.join_next().await.is_some() {}
         tracing::info!("mail worker stopped");
     }
@@ -170,6 +191,7 @@ impl Worker {
     /// One turn: claims up to `limit` due emails, sends them at once and records each outcome.
     /// Tests drain the outbox with it, step by step.
     pub async fn step(self: &Arc<Self>, limit: usize) -> Result<Step> {
+        let at = tokio::time::Instant::now();
         let claimed = self.claim(limit).await?;
         let mut step = Step {
             claimed: claimed.len(),
@@ -178,7 +200,7 @@ impl Worker {
         let mut sending = JoinSet::new();
         for email in claimed {
             let worker = self.clone();
-            sending.spawn(async move { worker.deliver(email).await });
+            sending.spawn(async move { worker.deliver(Claimed { email, at }).await });
         }
         while let Some(done) = sending.join_next().await {
             match done.unwrap_or(Delivery::Unrecorded) {
@@ -200,12 +222,34 @@ impl Worker {
         self.domain.store.claim_emails(claim).await
     }
 
+    /// Gives a claimed email back to the outbox, due now.
+    async fn release(&self, email: Email) -> Delivery {
+        let email = Email {
+            status: EmailStatus::Queued,
+            next_attempt_at: self.domain.clock.now(),
+            ..email
+        };
+        match self.domain.store.finish_email(&email).await {
+            Ok(true) => Delivery::Retry,
+            Ok(false) => Delivery::Unrecorded,
+            Err(error) => {
+                tracing::warn!(email_id = %email.id, %error, "cannot give an email back to the outbox; it goes out when its lease runs out");
+                Delivery::Unrecorded
+            }
+        }
+    }
+
     /// One delivery attempt of a claimed email (its `attempts` already counts it), the outcome
     /// recorded if the claim still holds.
-    async fn deliver(&self, mut email: Email) -> Delivery {
+    async fn deliver(&self, claimed: Claimed) -> Delivery {
+        let Claimed { mut email, at } = claimed;
         let policy = &self.settings.policy;
-        // Four fifths of the lease: the outcome is recorded before anyone else may claim it.
-        let deadline = self.settings.lease.mul_f64(0.8);
+        // Four fifths of the lease from the claim: the outcome is recorded before anyone else may
+        // claim the email.
+        let deadline = (at + self.settings.lease.mul_f64(0.8)).saturating_duration_since(tokio::time::Instant::now());
+        if deadline < MIN_SEND_TIME {
+            return self.release(email).await;
+        }
         let outcome = if email.attempts > policy.max_attempts {
             // Claims whose workers died (or whose sends crashed them) count as attempts too.
             Err(SendFailure {
@@ -220,7 +264,7 @@ impl Worker {
                         Ok(sent) => sent,
                         Err(_) => Err(SendFailure {
                             permanent: false,
-                            detail: format!("the send took longer than {deadline:?} (4/5 of mail.lease_seconds)"),
+                            detail: "the send took longer than its claim allows (4/5 of mail.lease_seconds)".into(),
                         }),
                     }
                 }

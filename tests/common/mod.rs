@@ -183,6 +183,24 @@ pub async fn connect(addr: SocketAddr) -> Channel {
         .expect("connects")
 }
 
+/// Login links for `count` new users `{prefix}{n}@example.com`; their tokens.
+pub async fn issue_tokens(
+    passwordless: &mut pb::passwordless_client::PasswordlessClient<tonic::transport::Channel>,
+    prefix: &str,
+    count: usize,
+) -> Vec<String> {
+    let mut tokens = Vec::new();
+    for n in 0..count {
+        let issued = passwordless
+            .issue_login_link(issue_request(&format!("{prefix}{n}@example.com")))
+            .await
+            .unwrap()
+            .into_inner();
+        tokens.push(token_of(&issued.link));
+    }
+    tokens
+}
+
 pub fn issue_request(email: &str) -> pb::IssueLoginLinkRequest {
     pb::IssueLoginLinkRequest {
         user: Some(pb::issue_login_link_request::User::Email(email.into())),
