@@ -61,6 +61,12 @@ impl Secret {
     }
 }
 
+impl From<String> for Secret {
+    fn from(secret: String) -> Self {
+        Self(secret)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
@@ -272,6 +278,7 @@ pub struct StoreConfig {
     pub retention_hours: u32,
     pub sweep_interval_seconds: u64,
     pub sled: SledConfig,
+    pub postgres: PostgresConfig,
     /// `store.sled.cache_capacity_mib` before the backends had sections; still read, with a warning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_capacity_mib: Option<u64>,
@@ -288,6 +295,97 @@ pub struct StoreConfig {
 pub enum StoreBackend {
     /// The embedded store in `data_dir`: one process.
     Sled,
+    /// A PostgreSQL database: any number of replicas.
+    Postgres,
+}
+
+/// The PostgreSQL store's settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:5432/db`, several hosts as `h1:5432,h2:5432`; usually from
+    /// `LATCHKEY_STORE__POSTGRES__URL`. Never logged.
+    pub url: Option<Secret>,
+    /// A file holding the URL (a Kubernetes Secret).
+    pub url_file: Option<PathBuf>,
+    /// Connections each replica keeps at most.
+    pub pool_size: usize,
+    pub connect_timeout_seconds: u64,
+    /// A statement running longer fails; a call waits at most about this long for the database.
+    pub statement_timeout_seconds: u64,
+    /// CA certificates (PEM) the database's certificate must chain to. Turns TLS on, with the host
+    /// name verified (libpq's `sslmode=verify-full`).
+    pub ca_file: Option<PathBuf>,
+    /// LISTEN/NOTIFY carries wake-ups between replicas; turn it off for engines or poolers
+    /// without it (CockroachDB, PgBouncer in transaction mode): waiters then poll.
+    pub notify: bool,
+    /// How often a waiter reads again in case a wake-up was lost (with `notify` off: how soon it
+    /// sees another replica's change).
+    pub recheck_millis: u64,
+}
+
+impl PostgresConfig {
+    /// The URL, from `url` or `url_file`.
+    pub fn resolve_url(&self) -> Result<Secret, ConfigError> {
+        match (&self.url, &self.url_file) {
+            (Some(_), Some(_)) => Err(invalid("store.postgres.url_file", "set url or url_file, not both")),
+            (Some(url), None) => Ok(url.clone()),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file).map_err(|error| {
+                    invalid(
+                        "store.postgres.url_file",
+                        format!("cannot read {}: {error}", file.display()),
+                    )
+                })?;
+                Ok(Secret(text.trim().to_string()))
+            }
+            (None, None) => Err(invalid(
+                "store.postgres.url",
+                "backend \"postgres\" needs url or url_file (or LATCHKEY_STORE__POSTGRES__URL)",
+            )),
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let url = self.resolve_url()?;
+        // The parser's message could quote the URL, and with it the password: say only where.
+        if url.expose().parse::<tokio_postgres::Config>().is_err() {
+            return Err(invalid(
+                "store.postgres.url",
+                "is not a PostgreSQL URL (postgres://user:password@host:port/database); the value is not shown",
+            ));
+        }
+        if !(1..=256).contains(&self.pool_size) {
+            return Err(invalid("store.postgres.pool_size", "must be between 1 and 256"));
+        }
+        if !(1..=300).contains(&self.connect_timeout_seconds) {
+            return Err(invalid(
+                "store.postgres.connect_timeout_seconds",
+                "must be between 1 and 300",
+            ));
+        }
+        if !(1..=300).contains(&self.statement_timeout_seconds) {
+            return Err(invalid(
+                "store.postgres.statement_timeout_seconds",
+                "must be between 1 and 300",
+            ));
+        }
+        if !(100..=60_000).contains(&self.recheck_millis) {
+            return Err(invalid(
+                "store.postgres.recheck_millis",
+                "must be between 100 and 60000",
+            ));
+        }
+        if let Some(ca_file) = &self.ca_file
+            && let Err(error) = std::fs::read(ca_file)
+        {
+            return Err(invalid(
+                "store.postgres.ca_file",
+                format!("cannot read {}: {error}", ca_file.display()),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The embedded store's own settings.
@@ -419,6 +517,16 @@ impl Config {
                     durability: Durability::Fsync,
                     commit_linger_micros: 1000,
                 },
+                postgres: PostgresConfig {
+                    url: None,
+                    url_file: None,
+                    pool_size: 16,
+                    connect_timeout_seconds: 5,
+                    statement_timeout_seconds: 5,
+                    ca_file: None,
+                    notify: true,
+                    recheck_millis: 2000,
+                },
                 cache_capacity_mib: None,
                 durability: None,
                 commit_linger_micros: None,
@@ -451,11 +559,18 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
 }
 
 /// `LATCHKEY_*` variables, minus the ones Kubernetes injects for Services named `latchkey` or
-/// `latchkey-*` (`LATCHKEY_PORT`, `LATCHKEY_SERVICE_HOST`, `LATCHKEY_HEADLESS_PORT_50051_TCP`, ...).
+/// `latchkey-*` (`LATCHKEY_PORT`, `LATCHKEY_SERVICE_HOST`, `LATCHKEY_HEADLESS_PORT_50051_TCP`, ...)
+/// and the test harness's own `LATCHKEY_TEST_*` (which backend the suites run on).
 fn environment() -> Env {
     Env::prefixed("LATCHKEY_")
-        .filter(|key| !is_kubernetes_service_variable(key.as_str()))
+        .filter(|key| !is_kubernetes_service_variable(key.as_str()) && !is_test_harness_variable(key.as_str()))
         .split("__")
+}
+
+/// `LATCHKEY_TEST_STORE`, `LATCHKEY_TEST_POSTGRES_URL`: no key of latchkey's is named `test_*`.
+fn is_test_harness_variable(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.starts_with("test_") && !name.contains("__")
 }
 
 /// Whether `name` (after `LATCHKEY_`) has the shape of a Kubernetes service-link variable:
@@ -695,6 +810,9 @@ impl Config {
         }
         if self.store.sweep_interval_seconds == 0 {
             return Err(invalid("store.sweep_interval_seconds", "must be at least 1"));
+        }
+        if self.store.backend == StoreBackend::Postgres {
+            self.store.postgres.check()?;
         }
         let (server_key, generated_key_file) = self.resolve_server_key(working_dir)?;
         Ok(Validated {
@@ -1172,7 +1290,11 @@ mod tests {
             "SERVICE",
         ] {
             assert!(!is_kubernetes_service_variable(ours), "{ours}");
+            assert!(!is_test_harness_variable(ours), "{ours}");
         }
+        assert!(is_test_harness_variable("TEST_STORE"));
+        assert!(is_test_harness_variable("test_postgres_url"));
+        assert!(!is_test_harness_variable("STORE__BACKEND"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod common;
 
 use common::mail::eventually;
 use common::*;
+use latchkey::config::StoreBackend;
 use tonic::Code;
 
 impl TestApp {
@@ -73,13 +74,27 @@ async fn calls_are_counted_by_service_method_and_code_with_latency() {
     assert_eq!(sample(&text, &count), Some(3.0), "every call is timed, failed ones too");
     let all = format!("{histogram}_bucket{{le=\"+Inf\",service=\"{passwordless}\",method=\"IssueLoginLink\"}}");
     assert_eq!(sample(&text, &all), Some(3.0), "the +Inf bucket holds every call");
-    assert!(sample(&text, "latchkey_store_bytes").unwrap() > 0.0);
-    let flushes = sample(&text, "latchkey_store_flushes_total").unwrap();
-    let writes = sample(&text, "latchkey_store_writes_total").unwrap();
-    assert!(
-        flushes >= 1.0 && writes >= flushes,
-        "{flushes} flushes, {writes} writes"
-    );
+    // The backend's own series.
+    match common::store::backend() {
+        StoreBackend::Sled => {
+            assert!(sample(&text, "latchkey_store_bytes").unwrap() > 0.0);
+            let flushes = sample(&text, "latchkey_store_flushes_total").unwrap();
+            let writes = sample(&text, "latchkey_store_writes_total").unwrap();
+            assert!(
+                flushes >= 1.0 && writes >= flushes,
+                "{flushes} flushes, {writes} writes"
+            );
+        }
+        StoreBackend::Postgres => {
+            let connections = sample(&text, "latchkey_postgres_connections").unwrap();
+            let idle = sample(&text, "latchkey_postgres_connections_idle").unwrap();
+            assert!(
+                connections >= 1.0 && idle <= connections,
+                "{connections} connections, {idle} idle"
+            );
+            assert_eq!(sample(&text, "latchkey_postgres_waiting"), Some(0.0));
+        }
+    }
     assert!(text.ends_with("# EOF\n"), "OpenMetrics text");
 
     // A made-up method gets no labels of its own.

@@ -297,20 +297,6 @@ fn sigterm_right_after_the_serving_line_still_exits_zero() {
     }
 }
 
-/// Every file under `dir`, as bytes.
-fn all_bytes(dir: &Path) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            bytes.extend(all_bytes(&path));
-        } else {
-            bytes.extend(std::fs::read(&path).unwrap());
-        }
-    }
-    bytes
-}
-
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|window| window == needle.as_bytes())
 }
@@ -370,18 +356,18 @@ async fn no_secret_reaches_the_data_directory_or_the_log() {
     let server_key = std::fs::read_to_string(dir.path().join("latchkey-server.key")).unwrap();
     secrets.push(server_key.trim().to_string());
     secrets.push(VERIFIER.to_string());
-    let data = all_bytes(&dir.path().join("data"));
-    assert!(data.len() > 1000, "the data directory holds the records");
+    let data = common::store::stored_bytes(dir.path());
+    assert!(data.len() > 1000, "the store holds the records");
     let log = server.log();
     assert!(log.lines().count() > 10, "trace logging produced output");
     for secret in &secrets {
-        assert!(!contains(&data, secret), "a secret is in the data directory");
+        assert!(!contains(&data, secret), "a secret is in the store");
         assert!(!log.contains(secret.as_str()), "a secret is in the log");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn environment_overrides_flags_and_a_second_process_is_refused() {
+async fn environment_overrides_flags() {
     let dir = dir();
     // --listen points at a port that cannot be bound; the environment wins and picks a free one.
     let mut command = command(dir.path());
@@ -407,16 +393,6 @@ async fn environment_overrides_flags_and_a_second_process_is_refused() {
         .check(tonic_health::pb::HealthCheckRequest::default())
         .await
         .expect("serving where the environment said");
-
-    // Even on the same address, the store's lock is what a second process reports.
-    let address = server.addr.to_string();
-    let second = command_output(dir.path(), &["serve", "--listen", &address, "--data-dir", "data"], &[]);
-    assert!(!second.status.success());
-    assert!(
-        second.stderr.contains("in use by another latchkey process"),
-        "{}",
-        second.stderr
-    );
 }
 
 struct Output {

@@ -124,7 +124,12 @@ async fn a_full_disk_turns_health_not_serving_and_shutdown_still_ends() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let _tmpfs = Tmpfs::mount(&data, "24m");
-    let mut server = BinaryServer::start(dir.path(), &[], &[("LATCHKEY_SHUTDOWN_GRACE_SECONDS", "5")]);
+    // sled's disk (a database server's full disk is the database's to report).
+    let env = [
+        ("LATCHKEY_SHUTDOWN_GRACE_SECONDS", "5"),
+        ("LATCHKEY_STORE__BACKEND", "sled"),
+    ];
+    let mut server = BinaryServer::start(dir.path(), &[], &env);
     let channel = connect(server.addr).await;
     let mut passwordless = pb::passwordless_client::PasswordlessClient::new(channel.clone());
     let before = passwordless
@@ -174,7 +179,7 @@ async fn a_full_disk_turns_health_not_serving_and_shutdown_still_ends() {
 
     // What the README says to do: free space, then restart. Every acknowledged write is there.
     std::fs::remove_file(filler).unwrap();
-    let server = BinaryServer::start(dir.path(), &[], &[]);
+    let server = BinaryServer::start(dir.path(), &[], &env);
     let channel = connect(server.addr).await;
     assert_eq!(health_status(channel.clone()).await, Some(ServingStatus::Serving));
     let verified = pb::passwordless_client::PasswordlessClient::new(channel)

@@ -1,4 +1,4 @@
-//! sled only: a data directory written by an earlier version keeps working: JSON records, links filed in
+//! sled only (whatever `LATCHKEY_TEST_STORE` says): a data directory written by an earlier version keeps working: JSON records, links filed in
 //! `user_links` instead of noted on the user record, reuse keys in a separate `link_reuse` tree
 //! (reuse key → token digest) with empty `user_links` values, and secrets handed out before they
 //! were stamped with their creation time (keyed by their plain SHA-256).
@@ -12,6 +12,10 @@ use latchkey::store::sled_store::codec::{decode, encode};
 use latchkey::store::sled_store::records::{LinkRecord as Link, SessionRecord as Session, UserRecord as User};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+fn sled(config: &mut latchkey::config::Config) {
+    config.store.backend = latchkey::config::StoreBackend::Sled;
+}
 
 /// Rewrites every record of `tree` as JSON, as versions before the MessagePack records wrote them.
 fn rewrite_as_json<T: Serialize + DeserializeOwned>(db: &sled::Db, tree: &str) -> usize {
@@ -116,7 +120,7 @@ fn rekey_session_as_before_stamps(db: &sled::Db, token: &str) {
 
 #[tokio::test]
 async fn a_store_from_an_earlier_version_serves_its_users_links_reuse_and_sessions() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(sled).await;
     let pending = app.issue_for_email("pending@example.com").await;
     let (signed_in, session) = app.signed_in("signed-in@example.com").await;
     let (dir, clock) = app.stop().await;
@@ -132,7 +136,8 @@ async fn a_store_from_an_earlier_version_serves_its_users_links_reuse_and_sessio
         db.flush().unwrap();
     }
 
-    let config = test_config(&dir);
+    let mut config = test_config(&dir);
+    sled(&mut config);
     let app = TestApp::start_in(dir, config, clock).await;
     // JSON records read.
     let lookup = pb::GetUserRequest {

@@ -20,6 +20,15 @@ pub struct LocalWakeups {
 }
 
 impl LocalWakeups {
+    /// Wakes every watch (after a gap in which notifications may have been missed).
+    pub fn wake_all(&self) {
+        self.outbox.notify_waiters();
+        let attempts = self.attempts.lock().expect("wake-ups lock");
+        for notify in attempts.values().filter_map(Weak::upgrade) {
+            notify.notify_waiters();
+        }
+    }
+
     fn armed(notify: Arc<Notify>) -> Watch {
         let mut notified = Box::pin(notify.notified_owned());
         notified.as_mut().enable();

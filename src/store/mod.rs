@@ -1,8 +1,10 @@
 //! Storage: the backends of the `domain::store::Store` port and what they share. `open` picks the
 //! backend the config names and returns it with its wake-ups; closing the store (`Store::close`)
-//! does whatever that backend needs. Today: sled, embedded, one process (`sled_store`).
+//! does whatever that backend needs: sled, embedded, one process (`sled_store`); PostgreSQL, any
+//! number of replicas (`postgres`).
 
 pub mod local_wakeups;
+pub mod postgres;
 pub mod sled_store;
 pub mod sweeper;
 
@@ -23,6 +25,8 @@ pub struct Opened {
 pub enum OpenError {
     #[error(transparent)]
     Sled(#[from] sled_store::OpenError),
+    #[error(transparent)]
+    Postgres(#[from] postgres::OpenError),
 }
 
 /// Opens the configured backend; `data_dir` is where an embedded backend keeps its files.
@@ -36,6 +40,13 @@ pub async fn open(config: &StoreConfig, data_dir: &Path) -> Result<Opened, OpenE
             Ok(Opened {
                 store: Arc::new(store),
                 wakeups: Arc::new(local_wakeups::LocalWakeups::default()),
+            })
+        }
+        StoreBackend::Postgres => {
+            let (store, wakeups) = postgres::open(config).await?;
+            Ok(Opened {
+                store: Arc::new(store),
+                wakeups: Arc::new(wakeups),
             })
         }
     }

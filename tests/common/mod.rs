@@ -69,7 +69,7 @@ pub fn test_config(dir: &TempDir) -> Config {
     }
     config.server_key_file = Some(key_file);
     config.log.level = "warn".into();
-    store::configure(&mut config);
+    store::configure(&mut config, dir.path());
     config
 }
 

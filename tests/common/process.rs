@@ -27,7 +27,7 @@ pub fn command(dir: &Path) -> Command {
         .current_dir(dir)
         .env_remove("RUST_LOG")
         .env("LATCHKEY_LOG__FORMAT", "json")
-        .env("LATCHKEY_STORE__BACKEND", super::store::backend_name())
+        .envs(super::store::binary_env(dir))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

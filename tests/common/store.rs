@@ -1,10 +1,14 @@
-//! The store the suites run on. `LATCHKEY_TEST_STORE` picks the backend (`sled`, the default), so
-//! every end-to-end suite can run unchanged on another backend; an unknown name fails, never
-//! falls back.
+//! The store the suites run on. `LATCHKEY_TEST_STORE` picks the backend (`sled`, the default, or
+//! `postgres`), so every end-to-end suite runs unchanged on either; an unknown name fails, never
+//! falls back. On PostgreSQL (`LATCHKEY_TEST_POSTGRES_URL`, set by scripts/test with the server it
+//! starts) each test directory gets a schema of its own, named after the directory, so a restart
+//! on the same directory finds the same data.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use latchkey::config::{Config, Profile, StoreBackend};
+use latchkey::crypto::Digest32;
 use latchkey::domain::store::Store;
 use latchkey::domain::wakeups::Wakeups;
 use tempfile::TempDir;
@@ -13,7 +17,8 @@ use tempfile::TempDir;
 pub fn backend() -> StoreBackend {
     match std::env::var("LATCHKEY_TEST_STORE").as_deref() {
         Err(_) | Ok("" | "sled") => StoreBackend::Sled,
-        Ok(other) => panic!("LATCHKEY_TEST_STORE={other}: no such store backend (sled)"),
+        Ok("postgres") => StoreBackend::Postgres,
+        Ok(other) => panic!("LATCHKEY_TEST_STORE={other}: no such store backend (sled, postgres)"),
     }
 }
 
@@ -21,12 +26,74 @@ pub fn backend() -> StoreBackend {
 pub fn backend_name() -> &'static str {
     match backend() {
         StoreBackend::Sled => "sled",
+        StoreBackend::Postgres => "postgres",
     }
 }
 
-/// Points `config` at the test backend.
-pub fn configure(config: &mut Config) {
+/// The database URL for the test directory `dir` (its own schema, created if new).
+pub fn postgres_url(dir: &Path) -> String {
+    let base = std::env::var("LATCHKEY_TEST_POSTGRES_URL")
+        .expect("LATCHKEY_TEST_STORE=postgres needs LATCHKEY_TEST_POSTGRES_URL (scripts/test sets both)");
+    let digest = Digest32::of(&dir.display().to_string());
+    let schema = format!("t_{}", hex::encode(&digest.as_bytes()[..8]));
+    let created = std::process::Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", &base, "-c"])
+        .arg(format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .status()
+        .expect("psql runs");
+    assert!(created.success(), "cannot create the test schema {schema}");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}options=-c%20search_path%3D{schema}")
+}
+
+/// Points `config` at the test backend; `dir` is the test's directory.
+pub fn configure(config: &mut Config, dir: &Path) {
     config.store.backend = backend();
+    if backend() == StoreBackend::Postgres {
+        config.store.postgres.url = Some(postgres_url(dir).into());
+    }
+}
+
+/// The environment that points the binary at the test backend, for the test directory `dir`.
+pub fn binary_env(dir: &Path) -> Vec<(&'static str, String)> {
+    let mut env = vec![("LATCHKEY_STORE__BACKEND", backend_name().to_string())];
+    if backend() == StoreBackend::Postgres {
+        env.push(("LATCHKEY_STORE__POSTGRES__URL", postgres_url(dir)));
+    }
+    env
+}
+
+/// Everything the store holds for the test directory `dir`, as bytes: sled's files, or a dump of
+/// the test's PostgreSQL schema (to check that no secret is stored).
+pub fn stored_bytes(dir: &Path) -> Vec<u8> {
+    match backend() {
+        StoreBackend::Sled => all_bytes(&dir.join("data")),
+        StoreBackend::Postgres => {
+            let url = postgres_url(dir);
+            let (base, options) = url.split_once("?options=").expect("the test URL names its schema");
+            let schema = options.rsplit("%3D").next().unwrap();
+            let dump = std::process::Command::new("pg_dump")
+                .args(["--data-only", "--schema", schema, base])
+                .output()
+                .expect("pg_dump runs");
+            assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+            dump.stdout
+        }
+    }
+}
+
+/// Every file under `dir`, as bytes.
+pub fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            bytes.extend(all_bytes(&path));
+        } else {
+            bytes.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    bytes
 }
 
 /// A store of the test backend, empty, opened as the server opens it.
@@ -39,7 +106,7 @@ pub struct TestStore {
 pub async fn open_test_store() -> TestStore {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::defaults(Profile::Development);
-    configure(&mut config);
+    configure(&mut config, dir.path());
     let opened = latchkey::store::open(&config.store, &dir.path().join("data"))
         .await
         .expect("the test store opens");

@@ -1,0 +1,883 @@
+//! The PostgreSQL store: any number of replicas over one database, each method one transaction
+//! (or one statement). What makes it correct across replicas:
+//! - a redemption locks its rows (`FOR UPDATE`) and runs the domain's decision on them, so one of
+//!   many concurrent redemptions wins; a serialization failure or deadlock retries the whole step;
+//! - the outbox is claimed with `FOR UPDATE SKIP LOCKED` plus a lease, so each email has one
+//!   claimant;
+//! - a rate bucket is created if missing, then locked, so the budget holds across replicas;
+//! - the signing-key set is replaced by compare-and-swap on its one row;
+//! - purging takes small batches with `SKIP LOCKED`, so replicas sweeping together never wait on
+//!   each other or on the API.
+//!
+//! Wake-ups cross replicas with LISTEN/NOTIFY (`wakeups`). A call is answered only after its
+//! transaction committed. The URL's password never reaches a log line or an error.
+
+mod connect;
+pub mod migrations;
+mod rows;
+mod wakeups;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Pool};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_util::sync::CancellationToken;
+
+pub use self::connect::OpenError;
+pub use self::wakeups::PgWakeups;
+use crate::config::StoreConfig;
+use crate::crypto::Digest32;
+use crate::domain::error::{Error, Reason, Result};
+use crate::domain::model::{
+    Attempt, AttemptStatus, Email, HOUR, Link, Millis, RateBucket, Session, SigningKeyRecord, User, UserStatus,
+};
+use crate::domain::store::{
+    CodeRedemption, Collection, LinkInsert, NewEmail, OutboxClaim, OutboxDepth, RedeemCodeFn, RedeemFn, Redemption,
+    Store, UpdateUserFn, UserDeletion,
+};
+
+/// How often a replica checks that the database answers (health follows it).
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// A step that keeps meeting serialization failures or deadlocks gives up after this many tries.
+const TRIES: u32 = 8;
+
+pub struct PgStore {
+    pool: Pool,
+    retention: Millis,
+    /// A call waits no longer than this for the database (the statement timeout, and a margin).
+    deadline: Duration,
+    unreachable: Arc<AtomicBool>,
+    stop: CancellationToken,
+}
+
+/// Opens the pool, migrates the schema, and starts the health probe and the wake-ups.
+pub async fn open(config: &StoreConfig) -> std::result::Result<(PgStore, PgWakeups), OpenError> {
+    let settings = &config.postgres;
+    let connector = connect::Connector::new(settings)?;
+    let pool = connector.pool(settings.pool_size)?;
+    let applied = {
+        let mut client = pool.get().await.map_err(|error| connector.unreachable(&error))?;
+        migrations::migrate(&mut client).await?
+    };
+    if !applied.is_empty() {
+        tracing::info!(?applied, target = %connector.target(), "migrated the database's schema");
+    }
+    let stop = CancellationToken::new();
+    let unreachable = Arc::new(AtomicBool::new(false));
+    tokio::spawn(probe(pool.clone(), unreachable.clone(), stop.clone()));
+    let wakeups = PgWakeups::start(
+        connector,
+        pool.clone(),
+        settings.notify,
+        Duration::from_millis(settings.recheck_millis),
+        stop.clone(),
+    );
+    let store = PgStore {
+        pool,
+        retention: Millis::from(config.retention_hours) * HOUR,
+        deadline: Duration::from_secs(settings.statement_timeout_seconds) + Duration::from_secs(1),
+        unreachable,
+        stop,
+    };
+    Ok((store, wakeups))
+}
+
+/// Health: the database answers a trivial query within a few seconds, or the store refuses writes.
+async fn probe(pool: Pool, unreachable: Arc<AtomicBool>, stop: CancellationToken) {
+    loop {
+        let answered = tokio::time::timeout(Duration::from_secs(3), async {
+            let client = pool.get().await.ok()?;
+            client.simple_query("SELECT 1").await.ok()
+        })
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+        if unreachable.swap(!answered, Ordering::Relaxed) == answered {
+            if answered {
+                tracing::info!("PostgreSQL answers again");
+            } else {
+                tracing::error!("PostgreSQL does not answer; calls fail with STORE_UNAVAILABLE until it does");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(PROBE_INTERVAL) => {}
+        }
+    }
+}
+
+/// Why a step failed: the domain said no (answered as is), or the database failed (retried when
+/// it was a conflict, else `STORE_UNAVAILABLE`).
+enum Failure {
+    Domain(Error),
+    Database(tokio_postgres::Error),
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure::Domain(error)
+    }
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Failure::Database(error)
+    }
+}
+
+type Step<T> = std::result::Result<T, Failure>;
+
+fn is_conflict(error: &tokio_postgres::Error) -> bool {
+    matches!(
+        error.code(),
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE | &SqlState::T_R_DEADLOCK_DETECTED)
+    )
+}
+
+fn unavailable(error: &dyn std::fmt::Display) -> Error {
+    tracing::warn!(%error, "PostgreSQL call failed");
+    Error::new(Reason::STORE_UNAVAILABLE, "the store is unavailable; try again")
+}
+
+fn failed(failure: Failure) -> Error {
+    match failure {
+        Failure::Domain(error) => error,
+        Failure::Database(error) => unavailable(&error),
+    }
+}
+
+/// Runs `$body` (an async block using the transaction `$tx`) in a transaction, committed when it
+/// returns Ok; retried from the start on a serialization failure or deadlock.
+macro_rules! in_transaction {
+    ($store:expr, |$tx:ident| $body:expr) => {{
+        let store: &PgStore = $store;
+        let work = async {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let mut client = store.pool.get().await.map_err(|error| unavailable(&error))?;
+                let outcome: Step<_> = async {
+                    let $tx = client.transaction().await?;
+                    let value = $body.await?;
+                    $tx.commit().await?;
+                    Ok(value)
+                }
+                .await;
+                match outcome {
+                    Ok(value) => return Ok(value),
+                    Err(Failure::Database(error)) if is_conflict(&error) && tries < TRIES => continue,
+                    Err(failure) => return Err(failed(failure)),
+                }
+            }
+        };
+        store.bounded(work).await
+    }};
+}
+
+/// One statement (or a few without a transaction) on a pooled connection.
+macro_rules! on_connection {
+    ($store:expr, |$client:ident| $body:expr) => {{
+        let store: &PgStore = $store;
+        let work = async {
+            let $client = store.pool.get().await.map_err(|error| unavailable(&error))?;
+            let outcome: Step<_> = $body.await;
+            outcome.map_err(failed)
+        };
+        store.bounded(work).await
+    }};
+}
+
+impl PgStore {
+    /// Bounds a call by the deadline: past it, the call fails `STORE_UNAVAILABLE` (the statement
+    /// timeout ends the statement on the server).
+    async fn bounded<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.deadline, work).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(unavailable(&"the database did not answer in time")),
+        }
+    }
+
+    fn purge_at(&self, expires_at: Millis) -> Millis {
+        expires_at + self.retention
+    }
+}
+
+/// A user's values in the column order of `INSERT INTO users` and `UPDATE users` below.
+struct UserValues<'a> {
+    user: &'a User,
+    email_key: String,
+    status: i16,
+    role: i16,
+}
+
+impl<'a> UserValues<'a> {
+    fn of(user: &'a User) -> Self {
+        Self {
+            user,
+            email_key: user.email_key(),
+            status: rows::user_status(user.status),
+            role: rows::role(user.role),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 13] {
+        let user = self.user;
+        [
+            &user.id,
+            &user.email,
+            &self.email_key,
+            &user.first_name,
+            &user.last_name,
+            &self.status,
+            &self.role,
+            &user.mfa_enabled,
+            &user.email_verified,
+            &user.created_at,
+            &user.updated_at,
+            &user.last_login_at,
+            &user.sessions_revoked_at,
+        ]
+    }
+}
+
+async fn insert_user(tx: &impl GenericClient, user: &User) -> Step<()> {
+    let inserted = tx
+        .execute(
+            "INSERT INTO users (id, email, email_key, first_name, last_name, status, role, mfa_enabled, \
+             email_verified, created_at, updated_at, last_login_at, sessions_revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (email_key) DO NOTHING",
+            &UserValues::of(user).params(),
+        )
+        .await?;
+    if inserted == 0 {
+        return Err(Error::new(Reason::USER_EXISTS, "a user with this email exists").into());
+    }
+    Ok(())
+}
+
+async fn update_user_row(tx: &impl GenericClient, user: &User) -> Step<()> {
+    tx.execute(
+        "UPDATE users SET email = $2, email_key = $3, first_name = $4, last_name = $5, status = $6, role = $7, \
+         mfa_enabled = $8, email_verified = $9, created_at = $10, updated_at = $11, last_login_at = $12, \
+         sessions_revoked_at = $13 WHERE id = $1",
+        &UserValues::of(user).params(),
+    )
+    .await
+    .map_err(|error| match error.code() {
+        Some(&SqlState::UNIQUE_VIOLATION) => {
+            Failure::Domain(Error::new(Reason::USER_EXISTS, "a user with this email exists"))
+        }
+        _ => Failure::Database(error),
+    })?;
+    Ok(())
+}
+
+async fn insert_link_row(tx: &impl GenericClient, link: &Link, purge_at: Millis) -> Step<()> {
+    tx.execute(
+        "INSERT INTO links (token_digest, seed, kind, user_id, redirect_url, created_at, expires_at, used_at, \
+         code_challenge, reuse_key, attempt, oauth, purge_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        &[
+            &&link.token_digest.0[..],
+            &&link.seed[..],
+            &rows::link_kind(link.kind),
+            &link.user_id,
+            &link.redirect_url,
+            &link.created_at,
+            &link.expires_at,
+            &link.used_at,
+            &link.code_challenge,
+            &link.reuse_key.as_ref().map(|key| &key.0[..]),
+            &link.attempt.as_ref().map(|key| &key.0[..]),
+            &link.oauth.as_ref().map(rows::to_json),
+            &purge_at,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn insert_session_row(tx: &impl GenericClient, session: &Session, purge_at: Millis) -> Step<()> {
+    tx.execute(
+        "INSERT INTO sessions (id, user_id, token_digest, created_at, expires_at, revoked_at, link_kind, claims, \
+         purge_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &session.id,
+            &session.user_id,
+            &&session.token_digest.0[..],
+            &session.created_at,
+            &session.expires_at,
+            &session.revoked_at,
+            &rows::link_kind(session.link_kind),
+            &serde_json::Value::Object(session.claims.clone()),
+            &purge_at,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn insert_attempt_row(tx: &impl GenericClient, attempt: &Attempt, purge_at: Millis) -> Step<()> {
+    tx.execute(
+        "INSERT INTO attempts (ref_digest, user_id, status, right_link, created_at, expires_at, verified_at, \
+         claims, session_id, purge_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &&attempt.ref_digest.0[..],
+            &attempt.user_id,
+            &rows::attempt_status(attempt.status),
+            &&attempt.right_link.0[..],
+            &attempt.created_at,
+            &attempt.expires_at,
+            &attempt.verified_at,
+            &serde_json::Value::Object(attempt.claims.clone()),
+            &attempt.session_id,
+            &purge_at,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn update_attempt_row(tx: &impl GenericClient, attempt: &Attempt) -> Step<()> {
+    tx.execute(
+        "UPDATE attempts SET status = $2, verified_at = $3, claims = $4, session_id = $5 WHERE ref_digest = $1",
+        &[
+            &&attempt.ref_digest.0[..],
+            &rows::attempt_status(attempt.status),
+            &attempt.verified_at,
+            &serde_json::Value::Object(attempt.claims.clone()),
+            &attempt.session_id,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn write_email_row(tx: &impl GenericClient, email: &Email, purge_at: Millis) -> Step<()> {
+    tx.execute(
+        "INSERT INTO emails (id, recipient, user_id, first_name, last_name, kind, template_id, links, \
+         link_expires_at, status, attempts, last_error, created_at, next_attempt_at, sent_at, purge_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        &[
+            &email.id,
+            &email.recipient,
+            &email.user_id,
+            &email.first_name,
+            &email.last_name,
+            &rows::email_kind(email.kind),
+            &email.template_id,
+            &rows::to_json(&email.links),
+            &email.link_expires_at,
+            &rows::email_status(email.status),
+            &(email.attempts as i32),
+            &email.last_error,
+            &email.created_at,
+            &email.next_attempt_at,
+            &email.sent_at,
+            &purge_at,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Revokes the user's live sessions at `now`; returns how many.
+async fn revoke_live_sessions(tx: &impl GenericClient, user_id: &str, now: Millis) -> Step<u32> {
+    let revoked = tx
+        .execute(
+            "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2",
+            &[&user_id, &now],
+        )
+        .await?;
+    Ok(revoked as u32)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn user(&self, user_id: &str) -> Result<Option<User>> {
+        let sql = format!("SELECT {} FROM users WHERE id = $1", rows::USER);
+        on_connection!(self, |client| async {
+            let row = client.query_opt(&sql, &[&user_id]).await?;
+            Ok(row.as_ref().map(rows::user).transpose()?)
+        })
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
+        let sql = format!("SELECT {} FROM users WHERE email_key = $1", rows::USER);
+        let key = crate::domain::model::email_key(email);
+        on_connection!(self, |client| async {
+            let row = client.query_opt(&sql, &[&key]).await?;
+            Ok(row.as_ref().map(rows::user).transpose()?)
+        })
+    }
+
+    async fn list_users(&self, after: Option<&str>, limit: usize, status: Option<UserStatus>) -> Result<Vec<User>> {
+        let sql = format!(
+            "SELECT {} FROM users WHERE ($1::text IS NULL OR id > $1) AND ($2::smallint IS NULL OR status = $2) \
+             ORDER BY id LIMIT $3",
+            rows::USER
+        );
+        let status = status.map(rows::user_status);
+        let limit = limit as i64;
+        on_connection!(self, |client| async {
+            let found = client.query(&sql, &[&after, &status, &limit]).await?;
+            Ok(found.iter().map(rows::user).collect::<Result<Vec<_>>>()?)
+        })
+    }
+
+    async fn update_user(&self, user_id: &str, update: UpdateUserFn<'_>) -> Result<User> {
+        let sql = format!("SELECT {} FROM users WHERE id = $1 FOR NO KEY UPDATE", rows::USER);
+        in_transaction!(self, |tx| async {
+            let Some(row) = tx.query_opt(&sql, &[&user_id]).await? else {
+                return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this id").into());
+            };
+            let updated = update(&rows::user(&row)?)?;
+            update_user_row(&tx, &updated).await?;
+            Step::Ok(updated)
+        })
+    }
+
+    async fn delete_user(&self, user_id: &str, now: Millis) -> Result<Option<UserDeletion>> {
+        in_transaction!(self, |tx| async {
+            if tx.execute("DELETE FROM users WHERE id = $1", &[&user_id]).await? == 0 {
+                return Step::Ok(None);
+            }
+            let voided = tx
+                .query_one(
+                    "WITH gone AS (DELETE FROM links WHERE user_id = $1 RETURNING used_at, expires_at) \
+                     SELECT count(*) FILTER (WHERE used_at IS NULL AND expires_at > $2) FROM gone",
+                    &[&user_id, &now],
+                )
+                .await?;
+            let voided: i64 = voided.get(0);
+            let revoked = revoke_live_sessions(&tx, user_id, now).await?;
+            Ok(Some(UserDeletion {
+                revoked_sessions: revoked,
+                voided_links: voided as u32,
+            }))
+        })
+    }
+
+    async fn insert_link(&self, link: &Link, new_user: Option<&User>, now: Millis) -> Result<LinkInsert> {
+        let reuse_sql = format!(
+            "SELECT {} FROM links WHERE user_id = $1 AND reuse_key = $2 AND used_at IS NULL AND expires_at > $3 \
+             LIMIT 1",
+            rows::LINK
+        );
+        let purge_at = self.purge_at(link.expires_at);
+        in_transaction!(self, |tx| async {
+            match new_user {
+                Some(user) => insert_user(&tx, user).await?,
+                None => {
+                    // Locked against a concurrent DeleteUser and, with a reuse key, against a
+                    // concurrent insert under the same key.
+                    let lock = if link.reuse_key.is_some() {
+                        "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE"
+                    } else {
+                        "SELECT 1 FROM users WHERE id = $1 FOR KEY SHARE"
+                    };
+                    if tx.query_opt(lock, &[&link.user_id]).await?.is_none() {
+                        return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id").into());
+                    }
+                    if let Some(reuse_key) = &link.reuse_key
+                        && let Some(row) = tx
+                            .query_opt(&reuse_sql, &[&link.user_id, &&reuse_key.0[..], &now])
+                            .await?
+                    {
+                        return Step::Ok(LinkInsert::Existing(Box::new(rows::link(&row)?)));
+                    }
+                }
+            }
+            insert_link_row(&tx, link, purge_at).await?;
+            Ok(LinkInsert::Inserted)
+        })
+    }
+
+    async fn link(&self, token_digest: &Digest32) -> Result<Option<Link>> {
+        let sql = format!("SELECT {} FROM links WHERE token_digest = $1", rows::LINK);
+        on_connection!(self, |client| async {
+            let row = client.query_opt(&sql, &[&&token_digest.0[..]]).await?;
+            Ok(row.as_ref().map(rows::link).transpose()?)
+        })
+    }
+
+    async fn redeem_link(&self, token_digest: &Digest32, decide: RedeemFn<'_>) -> Result<Redemption> {
+        let link_sql = format!("SELECT {} FROM links WHERE token_digest = $1 FOR UPDATE", rows::LINK);
+        let user_sql = format!("SELECT {} FROM users WHERE id = $1 FOR NO KEY UPDATE", rows::USER);
+        let attempt_sql = format!(
+            "SELECT {} FROM attempts WHERE ref_digest = $1 FOR UPDATE",
+            rows::ATTEMPT
+        );
+        let retention = self.retention;
+        in_transaction!(self, |tx| async {
+            let not_found = || Failure::Domain(Error::new(Reason::TOKEN_NOT_FOUND, "no such token"));
+            let link = match tx.query_opt(&link_sql, &[&&token_digest.0[..]]).await? {
+                Some(row) => rows::link(&row)?,
+                None => return Err(not_found()),
+            };
+            let user = match tx.query_opt(&user_sql, &[&link.user_id]).await? {
+                Some(row) => rows::user(&row)?,
+                None => return Err(not_found()),
+            };
+            let attempt = match &link.attempt {
+                Some(ref_digest) => match tx.query_opt(&attempt_sql, &[&&ref_digest.0[..]]).await? {
+                    Some(row) => Some(rows::attempt(&row)?),
+                    None => return Err(not_found()),
+                },
+                None => None,
+            };
+            let redemption = decide(&link, &user, attempt.as_ref())?;
+            if let Some(attempt) = &redemption.attempt {
+                update_attempt_row(&tx, attempt).await?;
+            }
+            if let Some(code) = &redemption.code {
+                tx.execute(
+                    "INSERT INTO codes (code_digest, user_id, request, created_at, expires_at, auth_time, used_at, \
+                     session_id, purge_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    &[
+                        &&code.code_digest.0[..],
+                        &code.user_id,
+                        &rows::to_json(&code.request),
+                        &code.created_at,
+                        &code.expires_at,
+                        &code.auth_time,
+                        &code.used_at,
+                        &code.session_id,
+                        &(code.expires_at + retention),
+                    ],
+                )
+                .await?;
+            }
+            tx.execute(
+                "UPDATE links SET used_at = $2 WHERE token_digest = $1",
+                &[&&token_digest.0[..], &redemption.link.used_at],
+            )
+            .await?;
+            update_user_row(&tx, &redemption.user).await?;
+            if let Some(session) = &redemption.session {
+                insert_session_row(&tx, session, session.expires_at + retention).await?;
+            }
+            Step::Ok(redemption)
+        })
+    }
+
+    async fn session(&self, session_id: &str) -> Result<Option<Session>> {
+        let sql = format!("SELECT {} FROM sessions WHERE id = $1", rows::SESSION);
+        on_connection!(self, |client| async {
+            let row = client.query_opt(&sql, &[&session_id]).await?;
+            Ok(row.as_ref().map(rows::session).transpose()?)
+        })
+    }
+
+    async fn session_by_token(&self, token_digest: &Digest32) -> Result<Option<Session>> {
+        let sql = format!("SELECT {} FROM sessions WHERE token_digest = $1", rows::SESSION);
+        on_connection!(self, |client| async {
+            let row = client.query_opt(&sql, &[&&token_digest.0[..]]).await?;
+            Ok(row.as_ref().map(rows::session).transpose()?)
+        })
+    }
+
+    async fn revoke_session(&self, session_id: &str, now: Millis) -> Result<Option<Session>> {
+        let sql = format!(
+            "UPDATE sessions SET revoked_at = coalesce(revoked_at, $2) WHERE id = $1 RETURNING {}",
+            rows::SESSION
+        );
+        on_connection!(self, |client| async {
+            let row = client.query_opt(&sql, &[&session_id, &now]).await?;
+            Ok(row.as_ref().map(rows::session).transpose()?)
+        })
+    }
+
+    async fn revoke_user_sessions(&self, user_id: &str, now: Millis) -> Result<u32> {
+        in_transaction!(self, |tx| async {
+            tx.execute(
+                "UPDATE users SET sessions_revoked_at = $2 WHERE id = $1",
+                &[&user_id, &now],
+            )
+            .await?;
+            revoke_live_sessions(&tx, user_id, now).await
+        })
+    }
+
+    async fn insert_email(&self, new: NewEmail<'_>) -> Result<()> {
+        let NewEmail {
+            links,
+            attempt,
+            new_user,
+            email,
+            rate,
+            now,
+        } = new;
+        let retention = self.retention;
+        in_transaction!(self, |tx| async {
+            if let Some(charge) = rate {
+                // Created if missing, then locked: concurrent sends on every replica queue here.
+                tx.execute(
+                    "INSERT INTO rate_buckets (key, tokens, updated_at, full_at) VALUES ($1, $2, $3, $3) \
+                     ON CONFLICT (key) DO NOTHING",
+                    &[&charge.key, &f64::from(charge.limit.burst), &now],
+                )
+                .await?;
+                let row = tx
+                    .query_one(
+                        "SELECT tokens, updated_at, full_at FROM rate_buckets WHERE key = $1 FOR UPDATE",
+                        &[&charge.key],
+                    )
+                    .await?;
+                let old = RateBucket {
+                    tokens: row.get(0),
+                    updated_at: row.get(1),
+                    full_at: row.get(2),
+                };
+                let new = charge
+                    .limit
+                    .take(Some(&old), now)
+                    .map_err(|retry_after| Error::RateLimited { retry_after })?;
+                tx.execute(
+                    "UPDATE rate_buckets SET tokens = $2, updated_at = $3, full_at = $4 WHERE key = $1",
+                    &[&charge.key, &new.tokens, &new.updated_at, &new.full_at],
+                )
+                .await?;
+            }
+            match new_user {
+                Some(user) => insert_user(&tx, user).await?,
+                None => {
+                    let exists = tx
+                        .query_opt("SELECT 1 FROM users WHERE id = $1 FOR KEY SHARE", &[&email.user_id])
+                        .await?;
+                    if exists.is_none() {
+                        return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id").into());
+                    }
+                }
+            }
+            for link in links {
+                insert_link_row(&tx, link, link.expires_at + retention).await?;
+            }
+            if let Some(attempt) = attempt {
+                insert_attempt_row(&tx, attempt, attempt.expires_at + retention).await?;
+            }
+            write_email_row(&tx, email, email.link_expires_at + retention).await?;
+            Step::Ok(())
+        })
+    }
+
+    async fn email(&self, email_id: &str) -> Result<Option<Email>> {
+        let sql = format!("SELECT {} FROM emails WHERE id = $1", rows::EMAIL);
+        on_connection!(self, |client| async {
+            let row = client.query_opt(&sql, &[&email_id]).await?;
+            Ok(row.as_ref().map(rows::email).transpose()?)
+        })
+    }
+
+    async fn claim_emails(&self, claim: OutboxClaim) -> Result<Vec<Email>> {
+        let sql = format!(
+            "UPDATE emails SET status = 1, attempts = attempts + 1, next_attempt_at = $2 \
+             WHERE id IN (SELECT id FROM emails WHERE status IN (0, 1) AND next_attempt_at <= $1 \
+                          ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING {}",
+            rows::EMAIL
+        );
+        let lease_end = claim.now + claim.lease;
+        let limit = claim.limit as i64;
+        on_connection!(self, |client| async {
+            let claimed = client.query(&sql, &[&claim.now, &lease_end, &limit]).await?;
+            let mut claimed = claimed.iter().map(rows::email).collect::<Result<Vec<_>>>()?;
+            claimed.sort_by_key(|email| (email.created_at, email.id.clone()));
+            Ok(claimed)
+        })
+    }
+
+    async fn finish_email(&self, email: &Email) -> Result<bool> {
+        on_connection!(self, |client| async {
+            let recorded = client
+                .execute(
+                    "UPDATE emails SET status = $3, last_error = $4, next_attempt_at = $5, sent_at = $6 \
+                     WHERE id = $1 AND status = 1 AND attempts = $2",
+                    &[
+                        &email.id,
+                        &(email.attempts as i32),
+                        &rows::email_status(email.status),
+                        &email.last_error,
+                        &email.next_attempt_at,
+                        &email.sent_at,
+                    ],
+                )
+                .await?;
+            Ok(recorded == 1)
+        })
+    }
+
+    async fn next_email_due(&self) -> Result<Option<Millis>> {
+        on_connection!(self, |client| async {
+            let row = client
+                .query_one("SELECT min(next_attempt_at) FROM emails WHERE status IN (0, 1)", &[])
+                .await?;
+            Ok(row.get::<_, Option<Millis>>(0))
+        })
+    }
+
+    async fn outbox_depth(&self) -> Result<OutboxDepth> {
+        on_connection!(self, |client| async {
+            let row = client
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE status = 0), count(*) FILTER (WHERE status = 1) \
+                     FROM emails WHERE status IN (0, 1)",
+                    &[],
+                )
+                .await?;
+            Ok(OutboxDepth {
+                queued: row.get::<_, i64>(0) as u64,
+                sending: row.get::<_, i64>(1) as u64,
+            })
+        })
+    }
+
+    async fn redeem_code(&self, code_digest: &Digest32, decide: RedeemCodeFn<'_>) -> Result<CodeRedemption> {
+        let code_sql = format!("SELECT {} FROM codes WHERE code_digest = $1 FOR UPDATE", rows::CODE);
+        let user_sql = format!("SELECT {} FROM users WHERE id = $1 FOR KEY SHARE", rows::USER);
+        let retention = self.retention;
+        in_transaction!(self, |tx| async {
+            let not_found = || Failure::Domain(Error::new(Reason::CODE_NOT_FOUND, "no such authorization code"));
+            let code = match tx.query_opt(&code_sql, &[&&code_digest.0[..]]).await? {
+                Some(row) => rows::code(&row)?,
+                None => return Err(not_found()),
+            };
+            // A deleted user's codes are void, as their links are.
+            let user = match tx.query_opt(&user_sql, &[&code.user_id]).await? {
+                Some(row) => rows::user(&row)?,
+                None => return Err(not_found()),
+            };
+            let redemption = decide(&code, &user)?;
+            tx.execute(
+                "UPDATE codes SET used_at = $2, session_id = $3 WHERE code_digest = $1",
+                &[
+                    &&code_digest.0[..],
+                    &redemption.code.used_at,
+                    &redemption.code.session_id,
+                ],
+            )
+            .await?;
+            if let Some(session) = &redemption.session {
+                insert_session_row(&tx, session, session.expires_at + retention).await?;
+            }
+            if let Some((session_id, at)) = &redemption.revoke_session {
+                tx.execute(
+                    "UPDATE sessions SET revoked_at = coalesce(revoked_at, $2) WHERE id = $1",
+                    &[session_id, at],
+                )
+                .await?;
+            }
+            Step::Ok(redemption)
+        })
+    }
+
+    async fn attempt(&self, ref_digest: &Digest32) -> Result<Option<Attempt>> {
+        let sql = format!("SELECT {} FROM attempts WHERE ref_digest = $1", rows::ATTEMPT);
+        on_connection!(self, |client| async {
+            let row = client.query_opt(&sql, &[&&ref_digest.0[..]]).await?;
+            Ok(row.as_ref().map(rows::attempt).transpose()?)
+        })
+    }
+
+    async fn collect_attempt(&self, ref_digest: &Digest32, session: &Session) -> Result<Option<Collection>> {
+        let collect_sql = format!(
+            "UPDATE attempts SET status = $2, session_id = $3 WHERE ref_digest = $1 AND status = $4 RETURNING {}",
+            rows::ATTEMPT
+        );
+        let read_sql = format!("SELECT {} FROM attempts WHERE ref_digest = $1", rows::ATTEMPT);
+        let purge_at = self.purge_at(session.expires_at);
+        in_transaction!(self, |tx| async {
+            let collected = tx
+                .query_opt(
+                    &collect_sql,
+                    &[
+                        &&ref_digest.0[..],
+                        &rows::attempt_status(AttemptStatus::Collected),
+                        &session.id,
+                        &rows::attempt_status(AttemptStatus::Verified),
+                    ],
+                )
+                .await?;
+            if let Some(row) = collected {
+                insert_session_row(&tx, session, purge_at).await?;
+                return Step::Ok(Some(Collection::Collected(rows::attempt(&row)?)));
+            }
+            let current = tx.query_opt(&read_sql, &[&&ref_digest.0[..]]).await?;
+            Ok(current
+                .as_ref()
+                .map(rows::attempt)
+                .transpose()?
+                .map(Collection::Unchanged))
+        })
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
+        on_connection!(self, |client| async {
+            let row = client
+                .query_one("SELECT keys FROM signing_keys WHERE id = 1", &[])
+                .await?;
+            Ok(rows::keys_of(row.get(0))?)
+        })
+    }
+
+    async fn replace_signing_keys(&self, expected: &[SigningKeyRecord], new: &[SigningKeyRecord]) -> Result<bool> {
+        let (expected, new) = (rows::keys_to_json(expected), rows::keys_to_json(new));
+        on_connection!(self, |client| async {
+            let swapped = client
+                .execute(
+                    "UPDATE signing_keys SET keys = $2 WHERE id = 1 AND keys = $1",
+                    &[&expected, &new],
+                )
+                .await?;
+            Ok(swapped == 1)
+        })
+    }
+
+    async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize> {
+        // Each table in turn, a batch at a time; rows another replica is purging are skipped.
+        const TABLES: [(&str, &str, &str); 6] = [
+            ("links", "token_digest", "purge_at"),
+            ("sessions", "id", "purge_at"),
+            ("emails", "id", "purge_at"),
+            ("attempts", "ref_digest", "purge_at"),
+            ("codes", "code_digest", "purge_at"),
+            ("rate_buckets", "key", "full_at"),
+        ];
+        let mut purged = 0;
+        for (table, key, due) in TABLES {
+            if purged >= limit {
+                break;
+            }
+            let sql = format!(
+                "DELETE FROM {table} WHERE {key} IN \
+                 (SELECT {key} FROM {table} WHERE {due} < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            );
+            let batch = (limit - purged) as i64;
+            let removed = on_connection!(self, |client| async {
+                let removed = client.execute(&sql, &[&now, &batch]).await?;
+                Step::Ok(removed as usize)
+            })?;
+            purged += removed;
+        }
+        Ok(purged)
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        connect::register_metrics(registry, self.pool.clone());
+    }
+
+    fn refuses_writes(&self) -> bool {
+        self.unreachable.load(Ordering::Relaxed)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.stop.cancel();
+        self.pool.close();
+        Ok(())
+    }
+}
