@@ -17,30 +17,6 @@ fn send_request(email: &str) -> pb::SendEnchantedLinkRequest {
     }
 }
 
-/// The three (number, token) pairs of an enchanted email, read from its text part and checked
-/// against the HTML part.
-fn numbered_links(message: &str) -> Vec<(String, String)> {
-    let text = part(message, "text/plain");
-    let html = part(message, "text/html");
-    let links: Vec<(String, String)> = text
-        .lines()
-        .filter_map(|line| {
-            let (number, url) = line.split_once(": ")?;
-            (number.len() == 2 && number.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| (number.to_string(), token_in(url, "t")))
-        })
-        .collect();
-    assert_eq!(links.len(), 3, "three numbered links in:\n{text}");
-    for (number, token) in &links {
-        assert!(html.contains(token.as_str()), "the HTML part has link {number}");
-        assert!(
-            html.contains(&format!(">{number}<")),
-            "the HTML part shows number {number}"
-        );
-    }
-    links
-}
-
 impl TestApp {
     async fn send_enchanted(
         &self,

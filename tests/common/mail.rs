@@ -222,3 +222,71 @@ pub fn token_in(text: &str, name: &str) -> String {
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
         .collect()
 }
+
+/// The three (number, token) pairs of an enchanted email, read from its text part and checked
+/// against the HTML part.
+pub fn numbered_links(message: &str) -> Vec<(String, String)> {
+    let text = part(message, "text/plain");
+    let html = part(message, "text/html");
+    let links: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|line| {
+            let (number, url) = line.split_once(": ")?;
+            (number.len() == 2 && number.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| (number.to_string(), token_in(url, "t")))
+        })
+        .collect();
+    assert_eq!(links.len(), 3, "three numbered links in:\n{text}");
+    for (number, token) in &links {
+        assert!(html.contains(token.as_str()), "the HTML part has link {number}");
+        assert!(
+            html.contains(&format!(">{number}<")),
+            "the HTML part shows number {number}"
+        );
+    }
+    links
+}
+
+/// The environment that sends the binary's mail to the plaintext SMTP server on `port`, giving a
+/// send up to a minute and claims a lease of `lease_seconds`.
+pub fn smtp_env<'a>(port: &'a str, lease_seconds: &'a str) -> [(&'static str, &'a str); 6] {
+    [
+        ("LATCHKEY_MAIL__TRANSPORT", "smtp"),
+        ("LATCHKEY_MAIL__SMTP__HOST", "127.0.0.1"),
+        ("LATCHKEY_MAIL__SMTP__PORT", port),
+        ("LATCHKEY_MAIL__SMTP__TLS", "none"),
+        ("LATCHKEY_MAIL__SMTP__TIMEOUT_SECONDS", "60"),
+        ("LATCHKEY_MAIL__LEASE_SECONDS", lease_seconds),
+    ]
+}
+
+/// An SMTP server that holds the first message unanswered (see `SmtpOptions::stall_first`).
+pub fn stalling_smtp_server(maildir: &Path, port: u16) -> SmtpServer {
+    SmtpServer::start(
+        maildir,
+        port,
+        &SmtpOptions {
+            stall_first: 1,
+            ..SmtpOptions::default()
+        },
+    )
+}
+
+/// GetEmailStatus of `email_id`, asked of the server at `addr`.
+pub async fn email_status(addr: std::net::SocketAddr, email_id: &str) -> super::pb::GetEmailStatusResponse {
+    let mut emails = super::pb::emails_client::EmailsClient::new(super::connect(addr).await);
+    let request = super::pb::GetEmailStatusRequest {
+        email_id: email_id.into(),
+    };
+    emails.get_email_status(request).await.unwrap().into_inner()
+}
+
+/// Waits until `email_id` is SENT, asking the server at `addr`; its status then.
+pub async fn sent(addr: std::net::SocketAddr, email_id: &str) -> super::pb::GetEmailStatusResponse {
+    use super::pb::get_email_status_response::Status;
+    eventually("the email to be sent", async || {
+        let status = email_status(addr, email_id).await;
+        (status.status() == Status::Sent).then_some(status)
+    })
+    .await
+}

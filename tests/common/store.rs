@@ -37,6 +37,7 @@ pub fn postgres_url(dir: &Path) -> String {
     let digest = Digest32::of(&dir.display().to_string());
     let schema = format!("t_{}", hex::encode(&digest.as_bytes()[..8]));
     let created = std::process::Command::new("psql")
+        .env("PGOPTIONS", "--client-min-messages=warning")
         .args(["-q", "-v", "ON_ERROR_STOP=1", &base, "-c"])
         .arg(format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
         .status()

@@ -1,0 +1,117 @@
+//! PostgreSQL stopped and started again under a running replica (a database of the test's own,
+//! started with scripts/postgres): calls fail fast with `STORE_UNAVAILABLE` instead of hanging,
+//! health turns `NOT_SERVING`, and once the database is back the replica serves again without a
+//! restart, with every link it acknowledged before the outage.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::mail::eventually;
+use common::process::BinaryServer;
+use common::*;
+use pb::passwordless_client::PasswordlessClient;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Far longer than a call may take with a 2 s statement timeout: a bound, not a measurement.
+const NO_HANG: Duration = Duration::from_secs(20);
+
+struct Database(PathBuf);
+
+impl Database {
+    fn run(command: &str, dir: &Path) -> String {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres");
+        let output = Command::new("bash").arg(script).arg(command).arg(dir).output().unwrap();
+        assert!(
+            output.status.success(),
+            "scripts/postgres {command}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    }
+
+    fn start(dir: PathBuf) -> (Self, String) {
+        let url = Self::run("start", &dir);
+        (Self(dir), url)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        Self::run("stop", &self.0);
+    }
+}
+
+async fn health(channel: tonic::transport::Channel) -> Option<ServingStatus> {
+    let answer = HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await;
+    answer.ok().map(|answer| answer.into_inner().status())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_fails_calls_fast_and_the_replica_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg_dir = tempfile::Builder::new().prefix("latchkey-pg-outage").tempdir().unwrap();
+    let (database, url) = Database::start(pg_dir.path().join("cluster"));
+    let env = [
+        ("LATCHKEY_STORE__BACKEND", "postgres"),
+        ("LATCHKEY_STORE__POSTGRES__URL", url.as_str()),
+        ("LATCHKEY_STORE__POSTGRES__STATEMENT_TIMEOUT_SECONDS", "2"),
+        ("LATCHKEY_STORE__POSTGRES__CONNECT_TIMEOUT_SECONDS", "2"),
+    ];
+    let server = BinaryServer::start(dir.path(), &[], &env);
+    let channel = connect(server.addr).await;
+    let mut client = PasswordlessClient::new(channel.clone());
+    let mut before = Vec::new();
+    for n in 0..5 {
+        let issued = client
+            .issue_login_link(issue_request(&format!("before{n}@example.com")))
+            .await
+            .unwrap()
+            .into_inner();
+        before.push(token_of(&issued.link));
+    }
+
+    Database::run("stop", &database.0);
+    let failed = tokio::time::timeout(NO_HANG, client.issue_login_link(issue_request("during@example.com")))
+        .await
+        .expect("the call fails instead of hanging");
+    let status = assert_error(failed, Code::Unavailable, "STORE_UNAVAILABLE");
+    assert!(
+        !status.message().contains("latchkey-test-password"),
+        "{}",
+        status.message()
+    );
+    eventually("health to turn NOT_SERVING", async || {
+        (health(channel.clone()).await == Some(ServingStatus::NotServing)).then_some(())
+    })
+    .await;
+
+    Database::run("resume", &database.0);
+    eventually("health to turn SERVING again", async || {
+        (health(channel.clone()).await == Some(ServingStatus::Serving)).then_some(())
+    })
+    .await;
+    client
+        .issue_login_link(issue_request("after@example.com"))
+        .await
+        .expect("served again without a restart");
+    for token in before {
+        client
+            .verify_token(pb::VerifyTokenRequest {
+                token,
+                ..Default::default()
+            })
+            .await
+            .expect("a link acknowledged before the outage verifies after it");
+    }
+    assert!(
+        !server.log().contains("latchkey-test-password"),
+        "the database password is in the log"
+    );
+}
