@@ -346,7 +346,7 @@ def test_more_than_one_replica_fails_with_the_reason():
     message = expect_render_failure(default_with({"replicaCount": 2}), "replicaCount is 2")
     assert "the sled store holds an exclusive lock" in message
     assert "one replica only" in message
-    assert "many replicas need the PostgreSQL store (not yet available)" in message
+    assert "many replicas need the PostgreSQL store, which this chart does not render yet" in message
 
 
 def test_zero_replicas_stops_the_server_and_keeps_the_data():

@@ -99,7 +99,7 @@ Checks that fail rendering with a clear message; included once, by the StatefulS
 */}}
 {{- define "latchkey.validate" -}}
 {{- if gt (int .Values.replicaCount) 1 }}
-{{- fail (printf "replicaCount is %d: the sled store holds an exclusive lock on its data directory: one replica only; many replicas need the PostgreSQL store (not yet available)" (int .Values.replicaCount)) }}
+{{- fail (printf "replicaCount is %d: the sled store holds an exclusive lock on its data directory: one replica only; many replicas need the PostgreSQL store, which this chart does not render yet" (int .Values.replicaCount)) }}
 {{- end }}
 {{- if not .Values.auth.apiKeys }}
 {{- fail "auth.apiKeys is empty: the production profile requires at least one API key, e.g. --set-json 'auth.apiKeys=[{\"name\":\"web\",\"sha256\":\"<latchkey hash-key KEY>\",\"scopes\":[\"links\",\"sessions\"]}]'" }}
