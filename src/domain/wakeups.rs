@@ -1,6 +1,6 @@
 //! Wake-ups: how a committed change reaches whoever waits for it. PollSession's long-poll waits
 //! for its attempt, the mail worker for the outbox. The domain owns this interface; the backend
-//! supplies it (in-process for sled; across replicas for a shared database). A notification may
+//! supplies it (in-process for the embedded store; across replicas for a shared database). A notification may
 //! be lost on the way between processes, so every waiter also reads state again at least every
 //! `recheck()`: a lost notification can delay an answer, never lose it.
 
