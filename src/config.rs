@@ -1200,6 +1200,69 @@ mod tests {
         );
     }
 
+    /// A PostgreSQL store needs exactly one URL, one that parses; a bad one is refused without
+    /// being shown, and the pool and lease settings are bounded.
+    #[test]
+    fn postgres_and_lease_settings_are_checked_and_a_bad_url_is_not_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |adjust: &dyn Fn(&mut Config)| {
+            let mut config = Config::defaults(Profile::Development);
+            config.store.backend = StoreBackend::Postgres;
+            adjust(&mut config);
+            config.validate(dir.path()).map(drop).map_err(|error| error.to_string())
+        };
+        let url = |config: &mut Config| {
+            config.store.postgres.url = Some("postgres://u:hunter2@db:5432/app".to_string().into())
+        };
+        assert!(check(&url).is_ok());
+        assert!(check(&|_| {}).unwrap_err().contains("store.postgres.url"));
+        let error = check(&|config| {
+            config.store.postgres.url = Some("postgres://u:hunter2@db:99999999/app".to_string().into())
+        })
+        .unwrap_err();
+        assert!(
+            error.contains("store.postgres.url") && !error.contains("hunter2"),
+            "{error}"
+        );
+        let file = dir.path().join("url");
+        std::fs::write(&file, "postgres://u:hunter2@db/app\n").unwrap();
+        assert!(check(&|config| config.store.postgres.url_file = Some(file.clone())).is_ok());
+        let both = check(&|config| {
+            url(config);
+            config.store.postgres.url_file = Some(file.clone());
+        });
+        assert!(both.unwrap_err().contains("store.postgres.url_file"));
+        let missing = check(&|config| config.store.postgres.url_file = Some(dir.path().join("nope")));
+        assert!(missing.unwrap_err().contains("store.postgres.url_file"));
+        for (adjust, key) in [
+            (
+                &(|c: &mut Config| c.store.postgres.pool_size = 0) as &dyn Fn(&mut Config),
+                "pool_size",
+            ),
+            (
+                &|c: &mut Config| c.store.postgres.statement_timeout_seconds = 0,
+                "statement_timeout_seconds",
+            ),
+            (&|c: &mut Config| c.store.postgres.recheck_millis = 50, "recheck_millis"),
+            (
+                &|c: &mut Config| c.store.postgres.ca_file = Some("/nonexistent/ca.pem".into()),
+                "ca_file",
+            ),
+        ] {
+            let error = check(&|config: &mut Config| {
+                url(config);
+                adjust(config);
+            })
+            .unwrap_err();
+            assert!(error.contains(&format!("store.postgres.{key}")), "{error}");
+        }
+        let lease = check(&|config: &mut Config| {
+            url(config);
+            config.mail.lease_seconds = 1;
+        });
+        assert!(lease.unwrap_err().contains("mail.lease_seconds"));
+    }
+
     /// Config files from before `[store.sled]` keep working: their keys move there.
     #[test]
     fn store_keys_from_before_the_sled_section_still_apply() {

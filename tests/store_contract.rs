@@ -126,6 +126,22 @@ async fn queue(store: &dyn Store, links: &[Link], new_user: Option<&User>, email
         .await
 }
 
+/// Queues an enchanted-link email for a new `user` with its links and attempt.
+async fn queue_enchanted(store: &dyn Store, user: &User, links: &[Link], attempt: &Attempt) {
+    let queued = email(&attempt.user_id, user, links);
+    store
+        .insert_email(NewEmail {
+            links,
+            attempt: Some(attempt),
+            new_user: Some(user),
+            email: &queued,
+            rate: None,
+            now: NOW,
+        })
+        .await
+        .unwrap();
+}
+
 /// A user with one link, stored.
 async fn stored_user(store: &dyn Store, n: usize) -> (User, Link) {
     let user = user(n);
@@ -380,18 +396,7 @@ async fn a_refusal_is_written_then_returned() {
         attempt: Some(attempt.ref_digest),
         ..link
     });
-    let queued = email("enchanted", &ada, &links);
-    store
-        .insert_email(NewEmail {
-            links: &links,
-            attempt: Some(&attempt),
-            new_user: Some(&ada),
-            email: &queued,
-            rate: None,
-            now: NOW,
-        })
-        .await
-        .unwrap();
+    queue_enchanted(store.as_ref(), &ada, &links, &attempt).await;
     // The wrong link: the attempt fails, and the caller hears why.
     let fail = |link: &Link, user: &User, attempt: Option<&Attempt>| -> Result<Redemption> {
         Ok(Redemption {
@@ -517,18 +522,7 @@ async fn one_of_64_concurrent_collections_of_an_attempt_gets_the_session() {
         attempt: Some(attempt.ref_digest),
         ..right
     };
-    let queued = email("collect", &ada, std::slice::from_ref(&right));
-    store
-        .insert_email(NewEmail {
-            links: std::slice::from_ref(&right),
-            attempt: Some(&attempt),
-            new_user: Some(&ada),
-            email: &queued,
-            rate: None,
-            now: NOW,
-        })
-        .await
-        .unwrap();
+    queue_enchanted(store.as_ref(), &ada, std::slice::from_ref(&right), &attempt).await;
     let pending = session("too early", &ada.id);
     assert!(matches!(
         store.collect_attempt(&attempt.ref_digest, &pending).await.unwrap(),
