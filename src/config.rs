@@ -346,15 +346,57 @@ impl PostgresConfig {
         }
     }
 
-    fn check(&self) -> Result<(), ConfigError> {
+    /// The client's config from the URL, with TLS required when `ca_file` is set. libpq's
+    /// `sslmode=verify-full` and `verify-ca`, which the client library does not parse, mean
+    /// `require` (TLS is then verified against `ca_file`, host name included, so `verify-ca` gets
+    /// the stricter check).
+    pub fn client_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
+        use tokio_postgres::config::SslMode;
+
         let url = self.resolve_url()?;
+        let mut url = url.expose().to_owned();
+        let mut asked = "sslmode=require";
+        for mode in ["sslmode=verify-full", "sslmode=verify-ca"] {
+            if url.contains(mode) {
+                asked = mode;
+                url = url.replace(mode, "sslmode=require");
+            }
+        }
         // The parser's message could quote the URL, and with it the password: say only where.
-        if url.expose().parse::<tokio_postgres::Config>().is_err() {
-            return Err(invalid(
+        let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
+            invalid(
                 "store.postgres.url",
                 "is not a PostgreSQL URL (postgres://user:password@host:port/database); the value is not shown",
-            ));
+            )
+        })?;
+        // With a CA file latchkey verifies the server, so a server that offers no TLS is refused
+        // rather than spoken to in plain text (the client's default, `prefer`, would fall back).
+        match (&self.ca_file, config.get_ssl_mode()) {
+            (Some(_), SslMode::Disable) => {
+                return Err(invalid(
+                    "store.postgres.ca_file",
+                    "is set but the url says sslmode=disable; drop one of them",
+                ));
+            }
+            (Some(_), _) => {
+                config.ssl_mode(SslMode::Require);
+            }
+            (None, SslMode::Require) => {
+                return Err(invalid(
+                    "store.postgres.ca_file",
+                    format!(
+                        "is needed: the url says {asked}, and latchkey verifies the database's certificate \
+                         and host name against the CA in ca_file"
+                    ),
+                ));
+            }
+            (None, _) => {}
         }
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        self.client_config()?;
         if !(1..=256).contains(&self.pool_size) {
             return Err(invalid("store.postgres.pool_size", "must be between 1 and 256"));
         }

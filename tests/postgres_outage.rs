@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::mail::eventually;
 use common::process::BinaryServer;
+use common::store::Database;
 use common::*;
 use pb::passwordless_client::PasswordlessClient;
 use tonic::Code;
@@ -19,32 +18,6 @@ use tonic_health::pb::health_client::HealthClient;
 
 /// Far longer than a call may take with a 2 s statement timeout: a bound, not a measurement.
 const NO_HANG: Duration = Duration::from_secs(20);
-
-struct Database(PathBuf);
-
-impl Database {
-    fn run(command: &str, dir: &Path) -> String {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres");
-        let output = Command::new("bash").arg(script).arg(command).arg(dir).output().unwrap();
-        assert!(
-            output.status.success(),
-            "scripts/postgres {command}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap().trim().to_string()
-    }
-
-    fn start(dir: PathBuf) -> (Self, String) {
-        let url = Self::run("start", &dir);
-        (Self(dir), url)
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        Self::run("stop", &self.0);
-    }
-}
 
 async fn health(channel: tonic::transport::Channel) -> Option<ServingStatus> {
     let answer = HealthClient::new(channel)
@@ -57,7 +30,7 @@ async fn health(channel: tonic::transport::Channel) -> Option<ServingStatus> {
 async fn a_database_outage_fails_calls_fast_and_the_replica_recovers_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let pg_dir = tempfile::Builder::new().prefix("latchkey-pg-outage").tempdir().unwrap();
-    let (database, url) = Database::start(pg_dir.path().join("cluster"));
+    let (database, url) = Database::start(pg_dir.path().join("cluster"), &[]);
     let env = [
         ("LATCHKEY_STORE__BACKEND", "postgres"),
         ("LATCHKEY_STORE__POSTGRES__URL", url.as_str()),
@@ -77,7 +50,7 @@ async fn a_database_outage_fails_calls_fast_and_the_replica_recovers_by_itself()
         before.push(token_of(&issued.link));
     }
 
-    Database::run("stop", &database.0);
+    database.stop();
     let failed = tokio::time::timeout(NO_HANG, client.issue_login_link(issue_request("during@example.com")))
         .await
         .expect("the call fails instead of hanging");
@@ -92,7 +65,7 @@ async fn a_database_outage_fails_calls_fast_and_the_replica_recovers_by_itself()
     })
     .await;
 
-    Database::run("resume", &database.0);
+    database.resume();
     eventually("health to turn SERVING again", async || {
         (health(channel.clone()).await == Some(ServingStatus::Serving)).then_some(())
     })

@@ -118,6 +118,11 @@ impl Drop for SmtpServer {
 /// A CA and a leaf certificate for `localhost`/127.0.0.1 signed by it, made with openssl.
 /// Returns (ca.pem, leaf chain, leaf key).
 pub fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    test_certificates_for(dir, "DNS:localhost,IP:127.0.0.1")
+}
+
+/// As `test_certificates`, with the leaf valid for the names `subject_alt_names` (openssl's form).
+pub fn test_certificates_for(dir: &Path, subject_alt_names: &str) -> (PathBuf, PathBuf, PathBuf) {
     let run = |args: &[&str]| {
         let output = Command::new("openssl")
             .args(args)
@@ -159,7 +164,7 @@ pub fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     ]);
     std::fs::write(
         dir.join("leaf.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        format!("subjectAltName={subject_alt_names}\nbasicConstraints=CA:FALSE\n"),
     )
     .unwrap();
     run(&[

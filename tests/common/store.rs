@@ -117,3 +117,58 @@ pub async fn open_test_store() -> TestStore {
         dir,
     }
 }
+
+/// A PostgreSQL of a test's own, started with scripts/postgres in `dir` (for tests that stop it or
+/// start it with settings of their own); stopped when dropped.
+pub struct Database {
+    dir: std::path::PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Database {
+    /// Starts it with scripts/postgres' environment `env` (e.g. `POSTGRES_TLS_CERT`); returns it
+    /// and the URL of its `latchkey` database.
+    pub fn start(dir: std::path::PathBuf, env: &[(&str, &Path)]) -> (Self, String) {
+        let database = Self {
+            dir,
+            env: env
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.display().to_string()))
+                .collect(),
+        };
+        let url = database.run("start");
+        (database, url)
+    }
+
+    pub fn stop(&self) {
+        self.run("stop");
+    }
+
+    /// Starts it again after `stop`, on the same port.
+    pub fn resume(&self) {
+        self.run("resume");
+    }
+
+    fn run(&self, command: &str) -> String {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres");
+        let output = std::process::Command::new("bash")
+            .arg(script)
+            .arg(command)
+            .arg(&self.dir)
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "scripts/postgres {command}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        self.run("stop");
+    }
+}

@@ -24,6 +24,8 @@ pub enum OpenError {
     #[error("cannot reach PostgreSQL at {target}: {reason}")]
     Unreachable { target: String, reason: String },
     #[error(transparent)]
+    Settings(#[from] crate::config::ConfigError),
+    #[error(transparent)]
     Migrate(#[from] MigrateError),
 }
 
@@ -36,13 +38,7 @@ pub struct Connector {
 
 impl Connector {
     pub fn new(settings: &PostgresConfig) -> Result<Self, OpenError> {
-        let url = settings
-            .resolve_url()
-            .map_err(|error| OpenError::Config(error.to_string()))?;
-        let mut config: tokio_postgres::Config = url
-            .expose()
-            .parse()
-            .map_err(|_| OpenError::Config("url is not a PostgreSQL URL; the value is not shown".into()))?;
+        let mut config = settings.client_config()?;
         config.connect_timeout(Duration::from_secs(settings.connect_timeout_seconds));
         config.application_name("latchkey");
         // A statement that runs longer fails on the server too, so a call never hangs on it.
@@ -76,10 +72,21 @@ impl Connector {
         )
     }
 
-    pub fn unreachable(&self, error: &dyn fmt::Display) -> OpenError {
+    /// The error with its causes, which carry the useful part (a TLS handshake fails because of
+    /// the certificate, which only the innermost error says). None of them holds the password.
+    pub fn unreachable(&self, error: &(dyn std::error::Error + 'static)) -> OpenError {
+        let mut reason = error.to_string();
+        let mut cause = error.source();
+        while let Some(inner) = cause {
+            let said = inner.to_string();
+            if !reason.contains(&said) {
+                reason = format!("{reason}: {said}");
+            }
+            cause = inner.source();
+        }
         OpenError::Unreachable {
             target: self.target(),
-            reason: error.to_string(),
+            reason,
         }
     }
 
@@ -196,5 +203,75 @@ impl Collector for PoolFigures {
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::config::SslMode;
+
+    fn settings(url: &str, ca_file: Option<&std::path::Path>) -> PostgresConfig {
+        let mut settings = crate::config::Config::defaults(crate::config::Profile::Production)
+            .store
+            .postgres;
+        settings.url = Some(url.to_owned().into());
+        settings.ca_file = ca_file.map(Into::into);
+        settings
+    }
+
+    fn refusal(url: &str, ca_file: Option<&std::path::Path>) -> String {
+        match Connector::new(&settings(url, ca_file)) {
+            Ok(_) => panic!("{url} was accepted"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    /// Any well-formed CA certificate will do for building the client config.
+    fn ca_file() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart/fixtures/ca.crt")
+    }
+
+    #[test]
+    fn a_ca_file_makes_tls_required_and_libpq_verify_modes_are_understood() {
+        let ca = ca_file();
+        for url in [
+            "postgres://u:pw@db.internal/app",
+            "postgres://u:pw@db.internal/app?sslmode=prefer",
+            "postgres://u:pw@db.internal/app?sslmode=verify-full",
+            "postgres://u:pw@db.internal/app?sslmode=verify-ca",
+        ] {
+            let connector = Connector::new(&settings(url, Some(&ca))).unwrap();
+            assert_eq!(connector.config.get_ssl_mode(), SslMode::Require, "{url}");
+        }
+        let plain = Connector::new(&settings("postgres://u:pw@db.internal/app", None)).unwrap();
+        assert_eq!(plain.config.get_ssl_mode(), SslMode::Prefer);
+    }
+
+    #[test]
+    fn contradictory_tls_settings_are_refused_without_showing_the_url() {
+        let ca = ca_file();
+        let message = refusal("postgres://u:hunter2@db.internal/app?sslmode=disable", Some(&ca));
+        assert!(
+            message.contains("ca_file`: is set but the url says sslmode=disable"),
+            "{message}"
+        );
+        for (url, asked) in [
+            (
+                "postgres://u:hunter2@db.internal/app?sslmode=require",
+                "sslmode=require",
+            ),
+            (
+                "postgres://u:hunter2@db.internal/app?sslmode=verify-full",
+                "sslmode=verify-full",
+            ),
+        ] {
+            let message = refusal(url, None);
+            assert!(
+                message.contains(asked) && message.contains("ca_file`: is needed"),
+                "{message}"
+            );
+            assert!(!message.contains("hunter2"), "{message}");
+        }
     }
 }
