@@ -4,16 +4,22 @@ building the files a pod would see from the rendered manifests, and running the 
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,8 +104,20 @@ class Rendered:
         return self.one("ConfigMap")["data"]["config.toml"]
 
     @property
+    def workload(self) -> dict[str, Any]:
+        """The one workload: the StatefulSet (sled) or the Deployment (PostgreSQL), never both."""
+        found = self.maybe("StatefulSet") + self.maybe("Deployment")
+        assert len(found) == 1, f"expected one StatefulSet or Deployment, found {self.kinds()}"
+        return found[0]
+
+    @property
     def pod_spec(self) -> dict[str, Any]:
-        return self.one("StatefulSet")["spec"]["template"]["spec"]
+        return self.workload["spec"]["template"]["spec"]
+
+    @property
+    def volumes(self) -> dict[str, dict[str, Any]]:
+        """The pod's volumes, by name."""
+        return {volume["name"]: volume for volume in self.pod_spec.get("volumes", [])}
 
     @property
     def container(self) -> dict[str, Any]:
@@ -149,9 +167,8 @@ def materialise_pod(rendered: Rendered, root: Path, external_secrets: dict[str, 
         for doc in rendered.maybe("Secret")
     }
     secrets.update(external_secrets)
-    statefulset = rendered.one("StatefulSet")
-    claims = {claim["metadata"]["name"] for claim in statefulset["spec"]["volumeClaimTemplates"]}
-    volumes = {volume["name"]: volume for volume in rendered.pod_spec.get("volumes", [])}
+    claims = {claim["metadata"]["name"] for claim in rendered.workload["spec"].get("volumeClaimTemplates", [])}
+    volumes = rendered.volumes
     for mount in rendered.container["volumeMounts"]:
         target = root / mount["mountPath"].lstrip("/")
         if mount["name"] in claims:
@@ -192,6 +209,93 @@ def rebase_paths(config_toml: str, root: Path) -> str:
     for prefix in ('"/etc/latchkey', '"/var/lib/latchkey'):
         config_toml = config_toml.replace(prefix, f'"{root}{prefix[1:]}')
     return config_toml
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+
+POSTGRES_SCRIPT = REPO / "scripts" / "postgres"
+
+
+@dataclass
+class Postgres:
+    """A PostgreSQL server whose database (`url`) the tests make schemas in. `directory` is set when
+    the tests started it themselves (scripts/postgres), and then `stop` stops it."""
+
+    url: str
+    directory: Path | None = None
+
+    @property
+    def password(self) -> str:
+        return urllib.parse.urlsplit(self.url).password or ""
+
+    def psql(self, sql: str) -> str:
+        result = subprocess.run(
+            ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", self.url, "-c", sql],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PGOPTIONS": "--client-min-messages=warning"},
+        )
+        assert result.returncode == 0, f"psql failed on {sql!r}: {result.stderr}"
+        return result.stdout.strip()
+
+    @contextlib.contextmanager
+    def schema(self) -> Iterator[tuple[str, str]]:
+        """A new schema of its own (so tests never share state, however often they run): yields its
+        name and the URL whose `search_path` is it; dropped afterwards."""
+        name = f"chart_{uuid.uuid4().hex[:12]}"
+        self.psql(f"CREATE SCHEMA {name}")
+        separator = "&" if "?" in self.url else "?"
+        try:
+            yield name, f"{self.url}{separator}options=-c%20search_path%3D{name}"
+        finally:
+            self.psql(f"DROP SCHEMA {name} CASCADE")
+
+    def tables(self, schema: str) -> list[str]:
+        listed = self.psql(
+            f"SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}' ORDER BY 1"
+        )
+        return listed.splitlines()
+
+    def stop(self) -> None:
+        if self.directory is not None:
+            subprocess.run(["bash", str(POSTGRES_SCRIPT), "stop", str(self.directory)], check=True)
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+
+def start_postgres(tls_from: Path | None = None) -> Postgres:
+    """Starts a throwaway PostgreSQL with scripts/postgres (as the postgres user, on a free loopback
+    port). With `tls_from` (a folder holding tls.crt and tls.key) it then serves that certificate and
+    refuses every connection that is not TLS (`hostssl` only)."""
+    # Not under pytest's tmp_path: the postgres user must be able to reach the folder.
+    directory = Path(tempfile.mkdtemp(prefix="latchkey-chart-pg."))
+    started = subprocess.run(
+        ["bash", str(POSTGRES_SCRIPT), "start", str(directory)], capture_output=True, text=True
+    )
+    server = Postgres(started.stdout.strip(), directory)
+    try:
+        assert started.returncode == 0, f"scripts/postgres start failed: {started.stderr}"
+        if tls_from is not None:
+            _require_tls(directory, tls_from)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _require_tls(directory: Path, tls_from: Path) -> None:
+    subprocess.run(["bash", str(POSTGRES_SCRIPT), "stop", str(directory)], check=True)
+    data = directory / "data"
+    for source, target in (("tls.crt", "server.crt"), ("tls.key", "server.key")):
+        shutil.copyfile(tls_from / source, data / target)
+        shutil.chown(data / target, user="postgres")
+        (data / target).chmod(0o600)
+    with (data / "postgresql.conf").open("a") as conf:
+        conf.write("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+    hba = data / "pg_hba.conf"
+    lines = hba.read_text().splitlines()
+    hba.write_text("".join(f"hostssl{line[4:]}\n" if line.startswith("host ") else f"{line}\n" for line in lines))
+    subprocess.run(["bash", str(POSTGRES_SCRIPT), "resume", str(directory)], check=True)
 
 
 # --- the real binary ------------------------------------------------------------------------

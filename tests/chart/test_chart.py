@@ -6,10 +6,13 @@ real binary. Run by scripts/test-chart."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
+import os
 import re
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from chart_support import CHART, render, render_scenario, scenario_values
 KUBERNETES_VERSIONS = ["1.27", kubernetes_validate_utils.major_minor(kubernetes_validate.latest_version())]
 # Custom resources kubernetes-validate has no schema for: their key fields are asserted instead.
 CUSTOM_RESOURCES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
-REQUIRED_SCENARIOS = {"default", "smtp-existing-secret", "tls", "metrics-on"}
+REQUIRED_SCENARIOS = {"default", "smtp-existing-secret", "tls", "metrics-on", "postgres", "postgres-hpa"}
 
 # The config model of src/config.rs: the only keys the chart may render (the server rejects
 # unknown keys), by table. Lists of tables are given by their item keys.
@@ -63,8 +66,18 @@ CONFIG_KEYS: dict[str, set[str]] = {
         "enchanted_expiration_minutes",
     },
     "sessions": {"default_duration_minutes", "jwt_minutes", "audience", "signing_key_rotation_days"},
-    "store": {"backend", "retention_hours", "sweep_interval_seconds", "sled"},
+    "store": {"backend", "retention_hours", "sweep_interval_seconds", "sled", "postgres"},
     "store.sled": {"cache_capacity_mib", "durability", "commit_linger_micros"},
+    "store.postgres": {
+        "url",
+        "url_file",
+        "pool_size",
+        "connect_timeout_seconds",
+        "statement_timeout_seconds",
+        "ca_file",
+        "notify",
+        "recheck_millis",
+    },
     "mail": {
         "transport",
         "from",
@@ -107,7 +120,11 @@ EXTERNAL_SECRETS = {
         "ca.crt": (FIXTURES / "ca.crt").read_text(),
     },
     "latchkey-client-ca": {"ca.crt": (FIXTURES / "ca.crt").read_text()},
+    # The database's CA (the fixture CA signed the certificate the tests' TLS PostgreSQL serves).
+    "latchkey-database-ca": {"ca.crt": (FIXTURES / "ca.crt").read_text()},
 }
+# The password of the URL in ci/postgres-hpa-values.yaml, which the chart keeps in its Secret.
+PLACEHOLDER_DATABASE_PASSWORD = "ci-placeholder-password"
 
 ALL_SCENARIOS = sorted(support.scenarios())
 
@@ -132,6 +149,42 @@ def expect_render_failure(values: dict[str, Any], *fragments: str) -> str:
 
 def default_with(override: dict[str, Any]) -> dict[str, Any]:
     return support.merged(scenario_values("default"), override)
+
+
+def postgres_with(override: dict[str, Any]) -> dict[str, Any]:
+    return support.merged(scenario_values("postgres"), override)
+
+
+def is_postgres(rendered: support.Rendered) -> bool:
+    return config_of(rendered)["store"]["backend"] == "postgres"
+
+
+# --- PostgreSQL for the runs of the real binary -----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[support.Postgres]:
+    """The PostgreSQL the test command started (LATCHKEY_TEST_POSTGRES_URL), else one of our own."""
+    given = os.environ.get("LATCHKEY_TEST_POSTGRES_URL")
+    if given:
+        yield support.Postgres(given)
+        return
+    server = support.start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_postgres() -> Iterator[support.Postgres]:
+    """Always one of our own: it accepts TLS connections only, with the fixture certificate for
+    127.0.0.1 (signed by fixtures/ca.crt), so a server that connects proves `ca_file` works."""
+    server = support.start_postgres(tls_from=FIXTURES)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 # --- scenarios, lint, Kubernetes validation -------------------------------------------------
@@ -242,6 +295,8 @@ def test_ports():
     headless = rendered.one("Service", "latchkey-headless")
     assert headless["spec"]["clusterIP"] == "None"
     assert rendered.one("StatefulSet")["spec"]["serviceName"] == "latchkey-headless"
+    # A Deployment governs no pod names: no headless Service with PostgreSQL.
+    assert [service["metadata"]["name"] for service in render_scenario("postgres").maybe("Service")] == ["latchkey"]
 
 
 def test_hardened_security_contexts(scenario):
@@ -346,7 +401,7 @@ def test_more_than_one_replica_fails_with_the_reason():
     message = expect_render_failure(default_with({"replicaCount": 2}), "replicaCount is 2")
     assert "the sled store holds an exclusive lock" in message
     assert "one replica only" in message
-    assert "many replicas need the PostgreSQL store, which this chart does not render yet" in message
+    assert "for many replicas set store.backend=postgres" in message
 
 
 def test_zero_replicas_stops_the_server_and_keeps_the_data():
@@ -403,6 +458,11 @@ def test_the_file_transport_needs_no_smtp_host():
         ({"auth": {"apiKeys": [{"name": "w", "sha256": "ab" * 32, "scopes": ["everything"]}]}}, "/auth/apiKeys/0/scopes/0"),
         ({"serverKey": {"value": "short"}}, "/serverKey/value"),
         ({"mail": {"templates": {"bad id": {"subject": "s", "html": "h", "text": "t"}}}}, "invalid propertyName 'bad id'"),
+        ({"store": {"backend": "mysql"}}, "/store/backend"),
+        ({"store": {"postgres": {"poolsize": 4}}}, "additional properties 'poolsize' not allowed"),
+        ({"store": {"postgres": {"recheckMillis": 50}}}, "/store/postgres/recheckMillis"),
+        ({"autoscaling": {"enable": True}}, "additional properties 'enable' not allowed"),
+        ({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone"}]}, "/topologySpreadConstraints/0"),
     ],
 )
 def test_the_schema_rejects_bad_values(override, where):
@@ -473,7 +533,15 @@ def test_config_toml_parses_and_uses_only_known_keys(scenario):
     ] == config["auth"]["api_keys"]
     for section in ("links", "sessions", "store", "mail", "oauth"):
         assert section in config, section
-    assert config["store"]["sled"]["durability"] in ("fsync", "flush")
+    backend = scenario_values(name).get("store", {}).get("backend", "sled")
+    assert config["store"]["backend"] == backend
+    # Only the chosen backend's table: the other's keys would be dead settings.
+    assert {"sled", "postgres"} & set(config["store"]) == {backend}, config["store"]
+    if backend == "sled":
+        assert config["store"]["sled"]["durability"] in ("fsync", "flush")
+    else:
+        assert config["store"]["postgres"]["url_file"] == "/etc/latchkey/database/url"
+        assert "url" not in config["store"]["postgres"], "the URL stays in a Secret"
     assert isinstance(config["sessions"]["jwt_minutes"], int)
 
 
@@ -547,7 +615,7 @@ def test_tls_config_and_mounts():
         "key_file": "/etc/latchkey/tls/tls.key",
         "client_ca_file": "/etc/latchkey/client-ca/ca.crt",
     }
-    volumes = {volume["name"]: volume for volume in rendered.pod_spec["volumes"]}
+    volumes = rendered.volumes
     assert volumes["tls"]["secret"]["secretName"] == "latchkey-tls"
     assert volumes["client-ca"]["secret"]["secretName"] == "latchkey-client-ca"
     mounts = {mount["name"]: mount["mountPath"] for mount in rendered.container["volumeMounts"]}
@@ -595,7 +663,7 @@ def test_the_secret_template_reuses_an_existing_key_first():
 def test_smtp_password_lives_in_the_secret_and_is_read_from_a_file():
     rendered = render_scenario("tls")
     assert decoded_secret(rendered)["smtp-password"] == "not-a-real-password"
-    volumes = {volume["name"]: volume for volume in rendered.pod_spec["volumes"]}
+    volumes = rendered.volumes
     items = volumes["secrets"]["secret"]["items"]
     assert {"key": "smtp-password", "path": "smtp-password"} in items
     assert config_of(rendered)["mail"]["smtp"]["password_file"] == "/etc/latchkey/secrets/smtp-password"
@@ -605,7 +673,7 @@ def test_smtp_password_lives_in_the_secret_and_is_read_from_a_file():
 def test_an_existing_secret_replaces_the_chart_secret():
     rendered = render_scenario("smtp-existing-secret")
     assert rendered.maybe("Secret") == []
-    volumes = {volume["name"]: volume for volume in rendered.pod_spec["volumes"]}
+    volumes = rendered.volumes
     assert volumes["secrets"]["secret"] == {
         "secretName": "latchkey-secrets",
         "defaultMode": 0o440,
@@ -697,6 +765,238 @@ def test_notes_show_a_grpcurl_call():
     assert "-cert client.crt -key client.key" in tls_notes
 
 
+# --- PostgreSQL: a Deployment of many replicas ------------------------------------------------
+
+
+def test_postgres_renders_a_deployment_and_no_statefulset_or_volume_claim():
+    rendered = render_scenario("postgres")
+    assert rendered.kinds() == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Secret", "Service", "ServiceAccount"]
+    assert rendered.maybe("StatefulSet") == [] and rendered.maybe("PersistentVolumeClaim") == []
+    deployment = rendered.one("Deployment")
+    assert "volumeClaimTemplates" not in deployment["spec"]
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    assert deployment["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "latchkey",
+        "app.kubernetes.io/instance": "latchkey",
+    }
+    volumes = rendered.volumes
+    # The data directory holds nothing durable with PostgreSQL (only the file transport's mail).
+    assert volumes["data"] == {"name": "data", "emptyDir": {"sizeLimit": "256Mi"}}
+    assert not any("persistentVolumeClaim" in volume for volume in volumes.values())
+    # Every replica shares the server key: the same Secret volume as with sled.
+    assert volumes["secrets"]["secret"]["items"] == [{"key": "server-key", "path": "server-key"}]
+
+
+def test_the_pod_template_is_the_same_for_both_workloads():
+    sled = render_scenario("default")
+    pg = render(default_with({"store": {"backend": "postgres", "postgres": {"url": "postgres://u:p@db/x"}}}))
+    sled_pod, pg_pod = sled.pod_spec, pg.pod_spec
+    # What PostgreSQL adds: the database volume, an emptyDir for the data directory, the spread.
+    assert set(pg.volumes) - set(sled.volumes) == {"data", "database"}
+    assert [m for m in pg.container["volumeMounts"] if m["name"] != "database"] == sled.container["volumeMounts"]
+    for key in set(sled_pod) | set(pg_pod):
+        if key not in ("volumes", "containers", "topologySpreadConstraints"):
+            assert sled_pod.get(key) == pg_pod.get(key), key
+    for key in set(sled.container) - {"volumeMounts"}:
+        assert sled.container[key] == pg.container[key], key
+
+
+@pytest.mark.parametrize(
+    ("values", "replicas"),
+    [
+        (scenario_values("default"), 1),
+        (scenario_values("postgres"), 3),
+        (postgres_with({"replicaCount": 5}), 5),
+        (postgres_with({"replicaCount": 1}), 1),
+        (postgres_with({"replicaCount": 0}), 0),
+    ],
+)
+def test_replica_count_defaults_to_one_with_sled_and_three_with_postgres(values, replicas):
+    assert render(values).workload["spec"]["replicas"] == replicas
+
+
+def test_postgres_has_a_pod_disruption_budget_over_its_pods():
+    rendered = render_scenario("postgres")
+    budget = rendered.one("PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"] == rendered.one("Deployment")["spec"]["selector"]
+    assert render(postgres_with({"podDisruptionBudget": {"enabled": False}})).maybe("PodDisruptionBudget") == []
+
+
+def test_the_autoscaler_is_off_by_default_and_owns_the_replica_count_when_on():
+    assert render_scenario("postgres").maybe("HorizontalPodAutoscaler") == []
+    rendered = render_scenario("postgres-hpa")
+    autoscaler = rendered.one("HorizontalPodAutoscaler")
+    assert autoscaler["apiVersion"] == "autoscaling/v2"
+    assert autoscaler["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "latchkey"}
+    assert autoscaler["spec"]["minReplicas"] == 2
+    assert autoscaler["spec"]["maxReplicas"] == 6
+    assert autoscaler["spec"]["metrics"] == [
+        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}
+    ]
+    # An explicit count would fight the autoscaler on every `helm upgrade`.
+    assert "replicas" not in rendered.one("Deployment")["spec"]
+    with_count = support.merged(scenario_values("postgres-hpa"), {"replicaCount": 4})
+    assert "replicas" not in render(with_count).one("Deployment")["spec"]
+
+
+def test_postgres_pods_spread_over_nodes_and_zones():
+    rendered = render_scenario("postgres")
+    selector = rendered.one("Deployment")["spec"]["selector"]
+    assert rendered.pod_spec["topologySpreadConstraints"] == [
+        {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": selector}
+        for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
+    ]
+    # A given list replaces the default; a constraint without a selector gets the pod's.
+    zone = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"}
+    assert render_scenario("postgres-hpa").pod_spec["topologySpreadConstraints"] == [zone | {"labelSelector": selector}]
+    own = zone | {"maxSkew": 2, "labelSelector": {"matchLabels": {"team": "identity"}}}
+    assert render(postgres_with({"topologySpreadConstraints": [own]})).pod_spec["topologySpreadConstraints"] == [own]
+    assert "topologySpreadConstraints" not in render(postgres_with({"topologySpreadConstraints": []})).pod_spec
+    # The single sled pod has nothing to spread.
+    assert "topologySpreadConstraints" not in render_scenario("default").pod_spec
+
+
+def test_postgres_config_renders_every_value():
+    assert config_of(render_scenario("postgres"))["store"] == {
+        "backend": "postgres",
+        "retention_hours": 24,
+        "sweep_interval_seconds": 60,
+        "postgres": {
+            "url_file": "/etc/latchkey/database/url",
+            "pool_size": 16,
+            "connect_timeout_seconds": 5,
+            "statement_timeout_seconds": 5,
+            "notify": True,
+            "recheck_millis": 2000,
+        },
+    }
+    assert config_of(render_scenario("postgres-hpa"))["store"]["postgres"] == {
+        "url_file": "/etc/latchkey/database/url",
+        "pool_size": 8,
+        "connect_timeout_seconds": 3,
+        "statement_timeout_seconds": 10,
+        "ca_file": "/etc/latchkey/database-ca/ca.crt",
+        "notify": False,
+        "recheck_millis": 500,
+    }
+
+
+def mounted(rendered: support.Rendered, volume: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A pod volume without its name (its source), and the container's one mount of it."""
+    (mount,) = [m for m in rendered.container["volumeMounts"] if m["name"] == volume]
+    source = {key: value for key, value in rendered.volumes[volume].items() if key != "name"}
+    return source, mount
+
+
+def test_the_database_url_comes_from_an_existing_secret():
+    rendered = render_scenario("postgres")
+    source, mount = mounted(rendered, "database")
+    assert source == {
+        "secret": {"secretName": "latchkey-database", "defaultMode": 0o440, "items": [{"key": "url", "path": "url"}]}
+    }
+    assert mount == {"name": "database", "mountPath": "/etc/latchkey/database", "readOnly": True}
+    assert "database-url" not in decoded_secret(rendered), "the chart keeps no copy"
+    assert "database-ca" not in rendered.volumes
+
+
+def test_the_database_url_from_values_lives_only_in_the_chart_secret():
+    rendered = render_scenario("postgres-hpa")
+    url = scenario_values("postgres-hpa")["store"]["postgres"]["url"]
+    assert decoded_secret(rendered)["database-url"] == url
+    source, _ = mounted(rendered, "database")
+    assert source["secret"]["secretName"] == "latchkey"
+    assert source["secret"]["items"] == [{"key": "database-url", "path": "url"}]
+    # Nowhere in plain text: not in the ConfigMap, the pod, the notes or any other manifest.
+    plain = [yaml.safe_dump(doc) for doc in rendered.manifests if doc["kind"] != "Secret"]
+    plain.append(rendered.notes)
+    plain.extend(text for file, text in rendered.files.items() if not file.endswith("secret.yaml"))
+    for text in plain:
+        assert PLACEHOLDER_DATABASE_PASSWORD not in text
+    assert PLACEHOLDER_DATABASE_PASSWORD not in rendered.files["latchkey/templates/secret.yaml"], "base64 only"
+
+
+def test_the_database_ca_is_mounted_from_a_secret_or_a_config_map():
+    source, mount = mounted(render_scenario("postgres-hpa"), "database-ca")
+    assert source == {
+        "secret": {
+            "secretName": "latchkey-database-ca",
+            "defaultMode": 0o444,
+            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+        }
+    }
+    assert mount == {"name": "database-ca", "mountPath": "/etc/latchkey/database-ca", "readOnly": True}
+    from_config_map = render(postgres_with({"store": {"postgres": {"caConfigMap": "trust-bundle", "caKey": "bundle.pem"}}}))
+    assert from_config_map.volumes["database-ca"]["configMap"] == {
+        "name": "trust-bundle",
+        "defaultMode": 0o444,
+        "items": [{"key": "bundle.pem", "path": "bundle.pem"}],
+    }
+    assert config_of(from_config_map)["store"]["postgres"]["ca_file"] == "/etc/latchkey/database-ca/bundle.pem"
+
+
+def test_postgres_values_change_nothing_with_sled():
+    """The sled default stays as it was: PostgreSQL settings given with sled are not rendered."""
+    values = default_with({"store": {"postgres": {"url": "postgres://u:secret-pw@db/x", "caSecret": "ca"}}})
+    rendered = render(values)
+    assert rendered.kinds() == render_scenario("default").kinds()
+    assert "postgres" not in config_of(rendered)["store"]
+    assert set(decoded_secret(rendered)) == {"server-key"}
+    assert set(rendered.volumes) == {"config", "secrets", "tmp"}
+
+
+def test_notes_name_the_workload():
+    assert "installed as the StatefulSet latchkey" in render_scenario("default").notes
+    notes = render_scenario("postgres").notes
+    assert "installed as the Deployment latchkey in namespace identity over PostgreSQL (3 replicas)" in notes
+    assert "Secret latchkey-database (key url)" in notes
+    assert "(2 to 6 replicas, autoscaled on CPU)" in render_scenario("postgres-hpa").notes
+
+
+@pytest.mark.parametrize(
+    ("values", "fragments"),
+    [
+        (default_with({"autoscaling": {"enabled": True}}), ["autoscaling.enabled needs store.backend=postgres"]),
+        (default_with({"replicaCount": 3}), ["replicaCount is 3", "set store.backend=postgres"]),
+        (
+            default_with({"store": {"backend": "postgres"}}),
+            ["store.backend postgres needs the database URL", "store.postgres.existingSecret", "store.postgres.url"],
+        ),
+        (
+            postgres_with({"store": {"postgres": {"url": "postgres://u:leak-me@db/x"}}}),
+            ["store.postgres.existingSecret and store.postgres.url are both set"],
+        ),
+        (
+            default_with(
+                {
+                    "existingSecret": "latchkey-secrets",
+                    "store": {"backend": "postgres", "postgres": {"url": "postgres://u:leak-me@db/x"}},
+                }
+            ),
+            ["store.postgres.url and existingSecret are both set"],
+        ),
+        (
+            postgres_with({"store": {"postgres": {"caSecret": "a", "caConfigMap": "b"}}}),
+            ["store.postgres.caSecret and store.postgres.caConfigMap are both set"],
+        ),
+        (
+            postgres_with({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}),
+            ["autoscaling.minReplicas (5) is above autoscaling.maxReplicas (2)"],
+        ),
+        (
+            postgres_with({"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": None}}}),
+            ["autoscaling.enabled needs resources.requests.cpu"],
+        ),
+    ],
+)
+def test_inconsistent_store_values_fail_with_a_message(values, fragments):
+    message = expect_render_failure(values, *fragments)
+    assert "leak-me" not in message, "no message quotes the database URL"
+
+
 # --- documentation ----------------------------------------------------------------------------
 
 
@@ -735,23 +1035,54 @@ def test_every_scenario_is_documented_in_the_readme():
 # --- the real binary --------------------------------------------------------------------------
 
 
+def with_database(
+    name: str, rendered: support.Rendered, url: str, secrets: dict[str, dict[str, str]]
+) -> support.Rendered:
+    """Points a PostgreSQL scenario at the test database `url` the way an operator would: in the
+    Secret its `database` volume mounts. The chart's own Secret (from `store.postgres.url`) is
+    rendered again with the URL; an existing Secret is added to `secrets`, with the trailing
+    newline `kubectl create secret --from-file` would keep."""
+    source = rendered.volumes["database"]["secret"]
+    if source["secretName"] in {secret["metadata"]["name"] for secret in rendered.maybe("Secret")}:
+        return render_scenario(name, {"store": {"postgres": {"url": url}}})
+    (item,) = source["items"]
+    secrets[source["secretName"]] = {item["key"]: f"{url}\n"}
+    return rendered
+
+
 @pytest.mark.parametrize("name", ALL_SCENARIOS)
-def test_the_binary_accepts_the_rendered_config(name, tmp_path):
+def test_the_binary_accepts_the_rendered_config(name, tmp_path, request):
     """The pod's files are laid out as the kubelet would (from the rendered ConfigMap and Secrets),
     the config's absolute paths are pointed at them, and the real binary must serve, answer the
-    HTTP paths the probes and the ServiceMonitor use, and stop cleanly on SIGTERM."""
+    HTTP paths the probes and the ServiceMonitor use (and /readyz: health SERVING), and stop cleanly
+    on SIGTERM. PostgreSQL scenarios run against a real PostgreSQL, each in a schema of its own,
+    with the URL read from the mounted Secret (`url_file`); with a database CA, over TLS only."""
     rendered = render_scenario(name)
-    root = tmp_path / "pod"
-    support.materialise_pod(rendered, root, EXTERNAL_SECRETS)
-    config_file = tmp_path / "config.toml"
-    config_file.write_text(support.rebase_paths(rendered.config_toml, root))
-    http_paths = {"/.well-known/jwks.json", "/.well-known/openid-configuration"}
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        if "httpGet" in rendered.container[probe]:
-            http_paths.add(rendered.container[probe]["httpGet"]["path"])
-    for monitor in rendered.maybe("ServiceMonitor"):
-        http_paths.update(endpoint["path"] for endpoint in monitor["spec"]["endpoints"])
-    served = support.serve_until_ready(config_file, root / "var/lib/latchkey", tuple(sorted(http_paths)))
+    secrets = dict(EXTERNAL_SECRETS)
+    leaks = [value.strip() for value in EXTERNAL_SECRETS["latchkey-secrets"].values()]
+    leaks.append(EXTERNAL_SECRETS["latchkey-tls"]["tls.key"].splitlines()[1])
+    with contextlib.ExitStack() as stack:
+        database = schema = None
+        if is_postgres(rendered):
+            over_tls = "ca_file" in config_of(rendered)["store"]["postgres"]
+            database = request.getfixturevalue("tls_postgres" if over_tls else "postgres")
+            schema, url = stack.enter_context(database.schema())
+            if over_tls:
+                url += "&sslmode=require"  # as the chart README advises with a CA
+            rendered = with_database(name, rendered, url, secrets)
+            leaks.extend([url, database.password])
+        root = tmp_path / "pod"
+        support.materialise_pod(rendered, root, secrets)
+        config_file = tmp_path / "config.toml"
+        config_file.write_text(support.rebase_paths(rendered.config_toml, root))
+        http_paths = {"/.well-known/jwks.json", "/.well-known/openid-configuration", "/readyz"}
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            if "httpGet" in rendered.container[probe]:
+                http_paths.add(rendered.container[probe]["httpGet"]["path"])
+        for monitor in rendered.maybe("ServiceMonitor"):
+            http_paths.update(endpoint["path"] for endpoint in monitor["spec"]["endpoints"])
+        served = support.serve_until_ready(config_file, root / "var/lib/latchkey", tuple(sorted(http_paths)))
+        stored_tables = database.tables(schema) if database else []
     assert served.exit_code == 0, served.stderr
     assert served.other_lines == [], "every log line is JSON (log.format = json)"
     serving = next(r for r in served.json_lines if r.get("fields", {}).get("message") == "latchkey is serving")
@@ -763,16 +1094,19 @@ def test_the_binary_accepts_the_rendered_config(name, tmp_path):
     if "/metrics" in served.http:
         assert "# TYPE" in served.http["/metrics"][1]
     assert any(r.get("fields", {}).get("message") == "latchkey stopped cleanly" for r in served.json_lines), served.stderr
-    assert any((root / "var/lib/latchkey").iterdir()), "the store lives on the data volume"
+    if database:
+        assert stored_tables, "the migrations made the store's tables in the test's schema"
+        where = "PostgreSQL over TLS only (the mounted CA verified it)" if over_tls else "PostgreSQL"
+    else:
+        assert any((root / "var/lib/latchkey").iterdir()), "the store lives on the data volume"
+        where = "sled"
     # The secrets the pod was given never reach the logs.
-    secrets = [value.strip() for value in EXTERNAL_SECRETS["latchkey-secrets"].values()]
-    secrets.append(EXTERNAL_SECRETS["latchkey-tls"]["tls.key"].splitlines()[1])
     for secret in rendered.maybe("Secret"):
-        secrets.extend(base64.b64decode(v).decode().strip() for v in secret["data"].values())
-    for secret in secrets:
+        leaks.extend(base64.b64decode(v).decode().strip() for v in secret["data"].values())
+    for secret in leaks:
         assert secret not in served.stderr
     support.SERVED[name] = (
-        f"served (GET {', '.join(sorted(served.http))}: 200), "
+        f"served on {where} (GET {', '.join(sorted(served.http))}: 200), "
         "exit 0 on SIGTERM"
     )
 
