@@ -295,3 +295,61 @@ pub async fn sent(addr: std::net::SocketAddr, email_id: &str) -> super::pb::GetE
     })
     .await
 }
+
+/// Enchanted links through the API and the development mail folder.
+impl super::TestApp {
+    pub async fn send_enchanted(
+        &self,
+        request: super::pb::SendEnchantedLinkRequest,
+    ) -> Result<super::pb::SendEnchantedLinkResponse, tonic::Status> {
+        self.passwordless()
+            .send_enchanted_link(request)
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn poll(
+        &self,
+        pending_ref: &str,
+        wait_seconds: u32,
+    ) -> Result<super::pb::PollSessionResponse, tonic::Status> {
+        let request = super::pb::PollSessionRequest {
+            pending_ref: pending_ref.into(),
+            wait_seconds,
+        };
+        self.passwordless().poll_session(request).await.map(|r| r.into_inner())
+    }
+
+    /// The email of a SendEnchantedLink, once the worker has written it.
+    pub async fn enchanted_email(&self, email_id: &str) -> String {
+        let dir = self.dir.path().join("data/mail");
+        eventually("the enchanted email", async || {
+            eml_files(&dir)
+                .into_iter()
+                .find(|m| super::mime::header(m, "X-Latchkey-Email-Id").as_deref() == Some(email_id))
+        })
+        .await
+    }
+
+    /// Sends an enchanted link and returns the response with the (right, wrong ones) tokens.
+    pub async fn enchanted(
+        &self,
+        request: super::pb::SendEnchantedLinkRequest,
+    ) -> (super::pb::SendEnchantedLinkResponse, String, Vec<String>) {
+        let sent = self.send_enchanted(request).await.unwrap();
+        let message = self.enchanted_email(&sent.email_id).await;
+        let links = numbered_links(&message);
+        let right = links
+            .iter()
+            .find(|(n, _)| *n == sent.link_id)
+            .expect("the right number is in the email")
+            .1
+            .clone();
+        let wrong = links
+            .into_iter()
+            .filter(|(n, _)| *n != sent.link_id)
+            .map(|(_, t)| t)
+            .collect();
+        (sent, right, wrong)
+    }
+}

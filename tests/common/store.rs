@@ -123,25 +123,42 @@ pub async fn open_test_store() -> TestStore {
 pub struct Database {
     dir: std::path::PathBuf,
     env: Vec<(String, String)>,
+    port: String,
 }
 
 impl Database {
     /// Starts it with scripts/postgres' environment `env` (e.g. `POSTGRES_TLS_CERT`); returns it
     /// and the URL of its `latchkey` database.
     pub fn start(dir: std::path::PathBuf, env: &[(&str, &Path)]) -> (Self, String) {
-        let database = Self {
+        let mut database = Self {
             dir,
             env: env
                 .iter()
                 .map(|(key, value)| (key.to_string(), value.display().to_string()))
                 .collect(),
+            port: String::new(),
         };
         let url = database.run("start");
+        database.port = url.rsplit(':').next().unwrap().split('/').next().unwrap().to_string();
         (database, url)
     }
 
     pub fn stop(&self) {
         self.run("stop");
+    }
+
+    /// Runs `sql` in the `latchkey` database as the superuser (over the local socket).
+    pub fn as_superuser(&self, sql: &str) {
+        let status = std::process::Command::new("su")
+            .args(["postgres", "-s", "/bin/sh", "-c"])
+            .arg(format!(
+                "psql -q -v ON_ERROR_STOP=1 -h '{}' -p {} -U postgres -d latchkey -c \"{sql}\"",
+                self.dir.display(),
+                self.port
+            ))
+            .status()
+            .unwrap();
+        assert!(status.success(), "as the superuser: {sql}");
     }
 
     /// Starts it again after `stop`, on the same port.
