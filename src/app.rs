@@ -31,10 +31,12 @@ use crate::domain::clock::Clock;
 use crate::domain::keys::{KeyPolicy, KeyRing};
 use crate::domain::model::{HOUR, MINUTE, Millis};
 use crate::domain::oauth::OAuthClient;
+use crate::domain::outbox_limit::OutboxLimit;
 use crate::domain::rate_limit::RateLimit;
 use crate::domain::store::Store;
 use crate::domain::{Domain, Mail, Ports, Settings};
 use crate::grpc::GrpcPort;
+use crate::mail::outbox_sampler;
 use crate::mail::templates::Templates;
 use crate::mail::transport::{self, Transport};
 use crate::mail::worker::{RetryPolicy, Worker, WorkerSettings};
@@ -356,6 +358,7 @@ async fn build_domain(
             burst: config.mail.rate_limit.burst,
             per_minute: config.mail.rate_limit.per_minute,
         },
+        outbox_limit: OutboxLimit::new(config.mail.outbox_limit),
     };
     Ok(Arc::new(Domain::new(
         ports,
@@ -518,6 +521,18 @@ fn spawn_background_tasks(
         metrics.task_restarts("key_rotation"),
         rotations,
     ));
+    if !domain.mail.outbox_limit.is_off() {
+        let samples = {
+            let (domain, sends, stop) = (domain.clone(), worker.counts(), shutdown.clone());
+            move || outbox_sampler::run(domain.clone(), sends.clone(), stop.clone())
+        };
+        tasks.spawn(supervise(
+            "outbox_sampler",
+            shutdown.clone(),
+            metrics.task_restarts("outbox_sampler"),
+            samples,
+        ));
+    }
     tasks.spawn(supervise(
         "mail_worker",
         shutdown.clone(),

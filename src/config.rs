@@ -229,6 +229,9 @@ pub struct MailConfig {
     /// How long a worker holds the emails it claimed. A send still running at 4/5 of it is cut
     /// off and retried; an email whose worker died is sent again once its lease has run out.
     pub lease_seconds: u64,
+    /// Calls that would queue mail answer `OUTBOX_FULL` while more emails than this wait in the
+    /// outbox (queued or being sent, on every replica); 0: no limit.
+    pub outbox_limit: u64,
     pub smtp: SmtpConfig,
     pub rate_limit: RateLimitConfig,
 }
@@ -513,6 +516,7 @@ impl Config {
                 retry_max_seconds: 1800,
                 concurrency: 8,
                 lease_seconds: 60,
+                outbox_limit: 100_000,
                 smtp: SmtpConfig {
                     host: String::new(),
                     port: None,
@@ -1011,6 +1015,9 @@ impl Config {
         if !(2..=3600).contains(&mail.lease_seconds) {
             return Err(invalid("mail.lease_seconds", "must be between 2 and 3600"));
         }
+        if mail.outbox_limit > 100_000_000 {
+            return Err(invalid("mail.outbox_limit", "must be at most 100000000 (0: no limit)"));
+        }
         if mail.rate_limit.burst > 0 && mail.rate_limit.per_minute == 0 {
             return Err(invalid(
                 "mail.rate_limit.per_minute",
@@ -1303,6 +1310,11 @@ mod tests {
             config.mail.lease_seconds = 1;
         });
         assert!(lease.unwrap_err().contains("mail.lease_seconds"));
+        let outbox = check(&|config: &mut Config| {
+            url(config);
+            config.mail.outbox_limit = 100_000_001;
+        });
+        assert!(outbox.unwrap_err().contains("mail.outbox_limit"));
     }
 
     /// Config files from before `[store.sled]` keep working: their keys move there.

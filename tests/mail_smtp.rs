@@ -331,3 +331,95 @@ async fn an_email_on_the_wire_at_kill_9_is_delivered_once_after_its_lease_runs_o
         Some(email_id.as_str())
     );
 }
+
+/// Past `mail.outbox_limit`, calls that would queue mail are refused `OUTBOX_FULL` with a
+/// RetryInfo and write nothing; every email accepted before goes out once the SMTP server is back,
+/// the send delay histogram counts each, and new mail is accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_refuses_new_mail_with_a_retry_delay_and_loses_nothing() {
+    use tonic_types::StatusExt;
+
+    let maildir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let app = TestApp::spawn_with(|config| {
+        use_smtp(config, port, SmtpTls::None);
+        config.mail.outbox_limit = 3;
+    })
+    .await;
+    let (user, _) = app.signed_in("existing@example.com").await;
+    // The depth is sampled once a second: calls are accepted until a sample sees more than 3.
+    let mut accepted = Vec::new();
+    let mut n = 0;
+    let refused = eventually("a call refused OUTBOX_FULL", async || {
+        n += 1;
+        let request = pb::LoginOrCreateRequest {
+            email: format!("full{n}@example.com"),
+            ..Default::default()
+        };
+        match app.passwordless().login_or_create(request).await {
+            Ok(queued) => {
+                accepted.push(queued.into_inner().email_id);
+                None
+            }
+            Err(status) => Some(status),
+        }
+    })
+    .await;
+    assert!(accepted.len() > 3, "accepted {} before the refusal", accepted.len());
+    let status = assert_error(Err::<(), _>(refused), tonic::Code::ResourceExhausted, "OUTBOX_FULL");
+    assert!(status.message().contains("mail.outbox_limit"), "{}", status.message());
+    let delay = status
+        .get_error_details()
+        .retry_info()
+        .expect("RetryInfo")
+        .retry_delay
+        .expect("a delay");
+    assert!((1..=60).contains(&delay.as_secs()), "{delay:?}");
+    // An enchanted link is mail too; the refusal wrote nothing (no user for the refused address).
+    let enchanted = app
+        .passwordless()
+        .send_enchanted_link(pb::SendEnchantedLinkRequest {
+            login_id: user.email.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_error(enchanted, tonic::Code::ResourceExhausted, "OUTBOX_FULL");
+    let users = app
+        .users()
+        .list_users(pb::ListUsersRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    assert_eq!(
+        users.len(),
+        1 + accepted.len(),
+        "one user per accepted call, none for refused ones"
+    );
+    // Calls that queue no mail are not affected.
+    app.issue_for_email("api@example.com").await;
+
+    let server = SmtpServer::start(maildir.path(), port, &SmtpOptions::default());
+    retry_now(&app);
+    for email_id in &accepted {
+        wait_for_status(&app, email_id, EmailStatus::Sent, 1).await;
+    }
+    assert_eq!(server.messages().len(), accepted.len(), "each accepted email once");
+    let metrics_addr = app.running().http_addr().unwrap();
+    let (_, metrics) = http_get(metrics_addr, "/metrics").await;
+    let count = format!("latchkey_mail_send_delay_seconds_count {}", accepted.len());
+    assert!(metrics.contains(&count), "{count} not in\n{metrics}");
+    eventually("mail to be accepted again", async || {
+        app.passwordless()
+            .login_or_create(pb::LoginOrCreateRequest {
+                email: "after@example.com".into(),
+                ..Default::default()
+            })
+            .await
+            .ok()
+    })
+    .await;
+}

@@ -45,6 +45,14 @@ pub fn to_status(error: Error) -> Status {
             let message = format!("too many requests; retry in {} s", retry_after.as_secs().max(1));
             status(Reason::RATE_LIMITED, message, details, HashMap::new())
         }
+        Error::OutboxFull { retry_after } => {
+            let details = ErrorDetails::with_retry_info(Some(retry_after));
+            let message = format!(
+                "too much mail is waiting to be sent (over mail.outbox_limit); nothing was queued; retry in {} s",
+                retry_after.as_secs().max(1)
+            );
+            status(Reason::OUTBOX_FULL, message, details, HashMap::new())
+        }
         Error::Internal(detail) => {
             let request_id = uuid::Uuid::now_v7().to_string();
             tracing::error!(%request_id, %detail, "internal error");

@@ -139,6 +139,7 @@ impl Domain {
         )?;
         let template_id = self.template_id("template_id", &request.template_id)?;
         let claims = session_claims(&request)?;
+        self.mail.outbox_limit.admit()?;
         let rate_limit = self.mail.rate_limit;
         let rate = (!rate_limit.is_off()).then(|| rate_key(&email));
 

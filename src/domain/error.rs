@@ -58,7 +58,7 @@ reasons! {
         WRONG_ENCHANTED_LINK, CODE_EXPIRED, CODE_ALREADY_USED, REDIRECT_URI_MISMATCH, CLIENT_MISMATCH,
         NO_REDIRECT_URL, SESSION_EXPIRED, SESSION_REVOKED,
     ],
-    ResourceExhausted => [RATE_LIMITED],
+    ResourceExhausted => [RATE_LIMITED, OUTBOX_FULL],
     Unavailable => [SHUTTING_DOWN, STORE_UNAVAILABLE],
     Internal => [INTERNAL],
 }
@@ -74,6 +74,8 @@ pub enum Error {
     },
     /// Too many requests; try again after the delay (`RetryInfo`).
     RateLimited { retry_after: Duration },
+    /// The outbox holds more than `mail.outbox_limit` emails; try again after the delay.
+    OutboxFull { retry_after: Duration },
     /// Something broke inside. The detail is logged, never shown to the caller.
     Internal(String),
 }
@@ -110,6 +112,7 @@ impl Error {
         match self {
             Error::Rejected { reason, .. } => *reason,
             Error::RateLimited { .. } => Reason::RATE_LIMITED,
+            Error::OutboxFull { .. } => Reason::OUTBOX_FULL,
             Error::Internal(_) => Reason::INTERNAL,
         }
     }
@@ -120,6 +123,7 @@ impl std::fmt::Display for Error {
         match self {
             Error::Rejected { reason, message, .. } => write!(f, "{}: {message}", reason.as_str()),
             Error::RateLimited { retry_after } => write!(f, "rate limited for {retry_after:?}"),
+            Error::OutboxFull { retry_after } => write!(f, "outbox full; retry in {retry_after:?}"),
             Error::Internal(detail) => write!(f, "internal: {detail}"),
         }
     }

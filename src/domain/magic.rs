@@ -101,6 +101,7 @@ impl Domain {
         let login_template = self.template_id("login_template_id", &request.login_template)?;
         let signup_template = self.template_id("signup_template_id", &request.signup_template)?;
         let code_challenge = validate::code_challenge("code_challenge", &request.code_challenge)?;
+        self.mail.outbox_limit.admit()?;
         let rate_limit = self.mail.rate_limit;
         let rate = (!rate_limit.is_off()).then(|| rate_key(&email));
 

@@ -11,6 +11,7 @@ pub mod links;
 pub mod magic;
 pub mod model;
 pub mod oauth;
+pub mod outbox_limit;
 pub mod rate_limit;
 pub mod redirect;
 pub mod sessions;
@@ -24,6 +25,7 @@ use std::sync::atomic::AtomicUsize;
 
 use clock::Clock;
 use keys::KeyRing;
+use outbox_limit::OutboxLimit;
 use rate_limit::RateLimit;
 use redirect::RedirectPolicy;
 use store::Store;
@@ -60,10 +62,12 @@ pub trait TemplateCatalog: Send + Sync + 'static {
     fn contains(&self, template_id: &str) -> bool;
 }
 
-/// What the flows that send email need: the template ids and the per-recipient limit.
+/// What the flows that send email need: the template ids, the per-recipient limit and the
+/// outbox's admission limit.
 pub struct Mail {
     pub templates: Arc<dyn TemplateCatalog>,
     pub rate_limit: RateLimit,
+    pub outbox_limit: OutboxLimit,
 }
 
 /// What the domain is plugged into.

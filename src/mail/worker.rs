@@ -15,6 +15,7 @@ use std::time::Duration;
 use lettre::Message;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -64,12 +65,26 @@ impl RetryPolicy {
     }
 }
 
-/// Outcomes of delivery attempts since start, for metrics.
-#[derive(Debug, Default)]
+/// Outcomes of delivery attempts since start, and how long delivered emails waited, for metrics.
+#[derive(Debug)]
 pub struct SendCounts {
     pub sent: AtomicU64,
     pub retried: AtomicU64,
     pub failed: AtomicU64,
+    /// From the call that queued an email to its handover to the transport, in seconds.
+    pub delay: Histogram,
+}
+
+impl Default for SendCounts {
+    fn default() -> Self {
+        Self {
+            sent: AtomicU64::default(),
+            retried: AtomicU64::default(),
+            failed: AtomicU64::default(),
+            // 1 ms to ~9 minutes.
+            delay: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+        }
+    }
 }
 
 /// What became of one claimed email.
@@ -278,6 +293,9 @@ impl Worker {
         let recipient = mask_email(&email.recipient);
         let delivery = match outcome {
             Ok(()) => {
+                self.counts
+                    .delay
+                    .observe(now.saturating_sub(email.created_at).max(0) as f64 / 1000.0);
                 email.status = EmailStatus::Sent;
                 email.sent_at = Some(now);
                 email.next_attempt_at = now;

@@ -90,6 +90,11 @@ impl Metrics {
             "Emails claimed by a mail worker",
             outbox_sending.clone(),
         );
+        registry.register(
+            "latchkey_mail_send_delay_seconds",
+            "Time from the call that queued an email to its handover to the transport (delivered emails)",
+            sends.delay.clone(),
+        );
         registry.register_collector(Box::new(LiveFigures {
             domain: domain.clone(),
             sends,
