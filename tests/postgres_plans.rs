@@ -3,7 +3,9 @@
 //! of each statement latchkey runs (`auto_explain`, set on its role); every table gets
 //! `LATCHKEY_TEST_PLAN_ROWS` rows (100,000 by default; docs/storage.md has the figures at
 //! 10,000,000), the flows run, and no plan may scan a whole table (only the one-row signing-key
-//! table is read by a sequential scan).
+//! table is read by a sequential scan). Plans are forced generic (`plan_cache_mode`): the store's
+//! statements are prepared once per connection, and PostgreSQL may give such a statement a plan
+//! made without its parameters, the stricter case.
 
 mod common;
 
@@ -106,7 +108,8 @@ async fn every_statement_of_every_flow_is_an_index_lookup_on_large_tables() {
     let (database, url) = Database::start(pg_dir.path().join("cluster"), &[]);
     database.as_superuser(
         "ALTER ROLE latchkey SET session_preload_libraries = 'auto_explain'; \
-         ALTER ROLE latchkey SET auto_explain.log_min_duration = 0;",
+         ALTER ROLE latchkey SET auto_explain.log_min_duration = 0; \
+         ALTER ROLE latchkey SET plan_cache_mode = force_generic_plan;",
     );
     let app = TestApp::spawn_with(|config| {
         config.store.backend = latchkey::config::StoreBackend::Postgres;

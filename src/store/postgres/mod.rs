@@ -9,6 +9,13 @@
 //! - purging takes small batches with `SKIP LOCKED`, so replicas sweeping together never wait on
 //!   each other or on the API.
 //!
+//! Every statement is prepared once per connection and kept (`prepare_cached`), as
+//! `pgbench -M prepared` runs them: parsing and planning each statement on every call cost the
+//! database more than twice pgbench's CPU per verification. PostgreSQL may then give a statement a
+//! generic plan, so each is written to be an index lookup under one (`tests/postgres_plans.rs`):
+//! the purge deletes `= ANY(ARRAY(subquery))`, since `IN (subquery)` gets a hash join over the
+//! whole table.
+//!
 //! Wake-ups cross replicas with LISTEN/NOTIFY (`wakeups`). A call is answered only after its
 //! transaction committed. The URL's password never reaches a log line or an error.
 
@@ -248,9 +255,12 @@ impl<'a> UserValues<'a> {
 async fn insert_user(tx: &impl GenericClient, user: &User) -> Step<()> {
     let inserted = tx
         .execute(
-            "INSERT INTO users (id, email, email_key, first_name, last_name, status, role, mfa_enabled, \
+            &tx.prepare_cached(
+                "INSERT INTO users (id, email, email_key, first_name, last_name, status, role, mfa_enabled, \
              email_verified, created_at, updated_at, last_login_at, sessions_revoked_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (email_key) DO NOTHING",
+            )
+            .await?,
             &UserValues::of(user).params(),
         )
         .await?;
@@ -262,9 +272,12 @@ async fn insert_user(tx: &impl GenericClient, user: &User) -> Step<()> {
 
 async fn update_user_row(tx: &impl GenericClient, user: &User) -> Step<()> {
     tx.execute(
-        "UPDATE users SET email = $2, email_key = $3, first_name = $4, last_name = $5, status = $6, role = $7, \
+        &tx.prepare_cached(
+            "UPDATE users SET email = $2, email_key = $3, first_name = $4, last_name = $5, status = $6, role = $7, \
          mfa_enabled = $8, email_verified = $9, created_at = $10, updated_at = $11, last_login_at = $12, \
          sessions_revoked_at = $13 WHERE id = $1",
+        )
+        .await?,
         &UserValues::of(user).params(),
     )
     .await
@@ -279,9 +292,12 @@ async fn update_user_row(tx: &impl GenericClient, user: &User) -> Step<()> {
 
 async fn insert_link_row(tx: &impl GenericClient, link: &Link, purge_at: Millis) -> Step<()> {
     tx.execute(
-        "INSERT INTO links (token_digest, seed, kind, user_id, redirect_url, created_at, expires_at, used_at, \
+        &tx.prepare_cached(
+            "INSERT INTO links (token_digest, seed, kind, user_id, redirect_url, created_at, expires_at, used_at, \
          code_challenge, reuse_key, attempt, oauth, purge_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .await?,
         &[
             &&link.token_digest.0[..],
             &&link.seed[..],
@@ -304,8 +320,11 @@ async fn insert_link_row(tx: &impl GenericClient, link: &Link, purge_at: Millis)
 
 async fn insert_session_row(tx: &impl GenericClient, session: &Session, purge_at: Millis) -> Step<()> {
     tx.execute(
-        "INSERT INTO sessions (id, user_id, token_digest, created_at, expires_at, revoked_at, link_kind, claims, \
+        &tx.prepare_cached(
+            "INSERT INTO sessions (id, user_id, token_digest, created_at, expires_at, revoked_at, link_kind, claims, \
          purge_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .await?,
         &[
             &session.id,
             &session.user_id,
@@ -324,8 +343,11 @@ async fn insert_session_row(tx: &impl GenericClient, session: &Session, purge_at
 
 async fn insert_attempt_row(tx: &impl GenericClient, attempt: &Attempt, purge_at: Millis) -> Step<()> {
     tx.execute(
-        "INSERT INTO attempts (ref_digest, user_id, status, right_link, created_at, expires_at, verified_at, \
+        &tx.prepare_cached(
+            "INSERT INTO attempts (ref_digest, user_id, status, right_link, created_at, expires_at, verified_at, \
          claims, session_id, purge_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .await?,
         &[
             &&attempt.ref_digest.0[..],
             &attempt.user_id,
@@ -345,7 +367,10 @@ async fn insert_attempt_row(tx: &impl GenericClient, attempt: &Attempt, purge_at
 
 async fn update_attempt_row(tx: &impl GenericClient, attempt: &Attempt) -> Step<()> {
     tx.execute(
-        "UPDATE attempts SET status = $2, verified_at = $3, claims = $4, session_id = $5 WHERE ref_digest = $1",
+        &tx.prepare_cached(
+            "UPDATE attempts SET status = $2, verified_at = $3, claims = $4, session_id = $5 WHERE ref_digest = $1",
+        )
+        .await?,
         &[
             &&attempt.ref_digest.0[..],
             &rows::attempt_status(attempt.status),
@@ -360,9 +385,12 @@ async fn update_attempt_row(tx: &impl GenericClient, attempt: &Attempt) -> Step<
 
 async fn write_email_row(tx: &impl GenericClient, email: &Email, purge_at: Millis) -> Step<()> {
     tx.execute(
-        "INSERT INTO emails (id, recipient, user_id, first_name, last_name, kind, template_id, links, \
+        &tx.prepare_cached(
+            "INSERT INTO emails (id, recipient, user_id, first_name, last_name, kind, template_id, links, \
          link_expires_at, status, attempts, last_error, created_at, next_attempt_at, sent_at, purge_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        )
+        .await?,
         &[
             &email.id,
             &email.recipient,
@@ -390,7 +418,10 @@ async fn write_email_row(tx: &impl GenericClient, email: &Email, purge_at: Milli
 async fn revoke_live_sessions(tx: &impl GenericClient, user_id: &str, now: Millis) -> Step<u32> {
     let revoked = tx
         .execute(
-            "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2",
+            &tx.prepare_cached(
+                "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2",
+            )
+            .await?,
             &[&user_id, &now],
         )
         .await?;
@@ -402,7 +433,9 @@ impl Store for PgStore {
     async fn user(&self, user_id: &str) -> Result<Option<User>> {
         let sql = format!("SELECT {} FROM users WHERE id = $1", rows::USER);
         on_connection!(self, |client| async {
-            let row = client.query_opt(&sql, &[&user_id]).await?;
+            let row = client
+                .query_opt(&client.prepare_cached(&sql).await?, &[&user_id])
+                .await?;
             Ok(row.as_ref().map(rows::user).transpose()?)
         })
     }
@@ -411,7 +444,7 @@ impl Store for PgStore {
         let sql = format!("SELECT {} FROM users WHERE email_key = $1", rows::USER);
         let key = crate::domain::model::email_key(email);
         on_connection!(self, |client| async {
-            let row = client.query_opt(&sql, &[&key]).await?;
+            let row = client.query_opt(&client.prepare_cached(&sql).await?, &[&key]).await?;
             Ok(row.as_ref().map(rows::user).transpose()?)
         })
     }
@@ -425,7 +458,9 @@ impl Store for PgStore {
         let status = status.map(rows::user_status);
         let limit = limit as i64;
         on_connection!(self, |client| async {
-            let found = client.query(&sql, &[&after, &status, &limit]).await?;
+            let found = client
+                .query(&client.prepare_cached(&sql).await?, &[&after, &status, &limit])
+                .await?;
             Ok(found.iter().map(rows::user).collect::<Result<Vec<_>>>()?)
         })
     }
@@ -433,7 +468,7 @@ impl Store for PgStore {
     async fn update_user(&self, user_id: &str, update: UpdateUserFn<'_>) -> Result<User> {
         let sql = format!("SELECT {} FROM users WHERE id = $1 FOR NO KEY UPDATE", rows::USER);
         in_transaction!(self, |tx| async {
-            let Some(row) = tx.query_opt(&sql, &[&user_id]).await? else {
+            let Some(row) = tx.query_opt(&tx.prepare_cached(&sql).await?, &[&user_id]).await? else {
                 return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this id").into());
             };
             let updated = update(&rows::user(&row)?)?;
@@ -444,13 +479,23 @@ impl Store for PgStore {
 
     async fn delete_user(&self, user_id: &str, now: Millis) -> Result<Option<UserDeletion>> {
         in_transaction!(self, |tx| async {
-            if tx.execute("DELETE FROM users WHERE id = $1", &[&user_id]).await? == 0 {
+            if tx
+                .execute(
+                    &tx.prepare_cached("DELETE FROM users WHERE id = $1").await?,
+                    &[&user_id],
+                )
+                .await?
+                == 0
+            {
                 return Step::Ok(None);
             }
             let voided = tx
                 .query_one(
-                    "WITH gone AS (DELETE FROM links WHERE user_id = $1 RETURNING used_at, expires_at) \
+                    &tx.prepare_cached(
+                        "WITH gone AS (DELETE FROM links WHERE user_id = $1 RETURNING used_at, expires_at) \
                      SELECT count(*) FILTER (WHERE used_at IS NULL AND expires_at > $2) FROM gone",
+                    )
+                    .await?,
                     &[&user_id, &now],
                 )
                 .await?;
@@ -481,12 +526,19 @@ impl Store for PgStore {
                     } else {
                         "SELECT 1 FROM users WHERE id = $1 FOR KEY SHARE"
                     };
-                    if tx.query_opt(lock, &[&link.user_id]).await?.is_none() {
+                    if tx
+                        .query_opt(&tx.prepare_cached(lock).await?, &[&link.user_id])
+                        .await?
+                        .is_none()
+                    {
                         return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id").into());
                     }
                     if let Some(reuse_key) = &link.reuse_key
                         && let Some(row) = tx
-                            .query_opt(&reuse_sql, &[&link.user_id, &&reuse_key.0[..], &now])
+                            .query_opt(
+                                &tx.prepare_cached(&reuse_sql).await?,
+                                &[&link.user_id, &&reuse_key.0[..], &now],
+                            )
                             .await?
                     {
                         return Step::Ok(LinkInsert::Existing(Box::new(rows::link(&row)?)));
@@ -501,7 +553,9 @@ impl Store for PgStore {
     async fn link(&self, token_digest: &Digest32) -> Result<Option<Link>> {
         let sql = format!("SELECT {} FROM links WHERE token_digest = $1", rows::LINK);
         on_connection!(self, |client| async {
-            let row = client.query_opt(&sql, &[&&token_digest.0[..]]).await?;
+            let row = client
+                .query_opt(&client.prepare_cached(&sql).await?, &[&&token_digest.0[..]])
+                .await?;
             Ok(row.as_ref().map(rows::link).transpose()?)
         })
     }
@@ -516,16 +570,25 @@ impl Store for PgStore {
         let retention = self.retention;
         in_transaction!(self, |tx| async {
             let not_found = || Failure::Domain(Error::new(Reason::TOKEN_NOT_FOUND, "no such token"));
-            let link = match tx.query_opt(&link_sql, &[&&token_digest.0[..]]).await? {
+            let link = match tx
+                .query_opt(&tx.prepare_cached(&link_sql).await?, &[&&token_digest.0[..]])
+                .await?
+            {
                 Some(row) => rows::link(&row)?,
                 None => return Err(not_found()),
             };
-            let user = match tx.query_opt(&user_sql, &[&link.user_id]).await? {
+            let user = match tx
+                .query_opt(&tx.prepare_cached(&user_sql).await?, &[&link.user_id])
+                .await?
+            {
                 Some(row) => rows::user(&row)?,
                 None => return Err(not_found()),
             };
             let attempt = match &link.attempt {
-                Some(ref_digest) => match tx.query_opt(&attempt_sql, &[&&ref_digest.0[..]]).await? {
+                Some(ref_digest) => match tx
+                    .query_opt(&tx.prepare_cached(&attempt_sql).await?, &[&&ref_digest.0[..]])
+                    .await?
+                {
                     Some(row) => Some(rows::attempt(&row)?),
                     None => return Err(not_found()),
                 },
@@ -537,8 +600,11 @@ impl Store for PgStore {
             }
             if let Some(code) = &redemption.code {
                 tx.execute(
-                    "INSERT INTO codes (code_digest, user_id, request, created_at, expires_at, auth_time, used_at, \
+                    &tx.prepare_cached(
+                        "INSERT INTO codes (code_digest, user_id, request, created_at, expires_at, auth_time, used_at, \
                      session_id, purge_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .await?,
                     &[
                         &&code.code_digest.0[..],
                         &code.user_id,
@@ -554,7 +620,8 @@ impl Store for PgStore {
                 .await?;
             }
             tx.execute(
-                "UPDATE links SET used_at = $2 WHERE token_digest = $1",
+                &tx.prepare_cached("UPDATE links SET used_at = $2 WHERE token_digest = $1")
+                    .await?,
                 &[&&token_digest.0[..], &redemption.link.used_at],
             )
             .await?;
@@ -569,7 +636,9 @@ impl Store for PgStore {
     async fn session(&self, session_id: &str) -> Result<Option<Session>> {
         let sql = format!("SELECT {} FROM sessions WHERE id = $1", rows::SESSION);
         on_connection!(self, |client| async {
-            let row = client.query_opt(&sql, &[&session_id]).await?;
+            let row = client
+                .query_opt(&client.prepare_cached(&sql).await?, &[&session_id])
+                .await?;
             Ok(row.as_ref().map(rows::session).transpose()?)
         })
     }
@@ -577,7 +646,9 @@ impl Store for PgStore {
     async fn session_by_token(&self, token_digest: &Digest32) -> Result<Option<Session>> {
         let sql = format!("SELECT {} FROM sessions WHERE token_digest = $1", rows::SESSION);
         on_connection!(self, |client| async {
-            let row = client.query_opt(&sql, &[&&token_digest.0[..]]).await?;
+            let row = client
+                .query_opt(&client.prepare_cached(&sql).await?, &[&&token_digest.0[..]])
+                .await?;
             Ok(row.as_ref().map(rows::session).transpose()?)
         })
     }
@@ -588,7 +659,9 @@ impl Store for PgStore {
             rows::SESSION
         );
         on_connection!(self, |client| async {
-            let row = client.query_opt(&sql, &[&session_id, &now]).await?;
+            let row = client
+                .query_opt(&client.prepare_cached(&sql).await?, &[&session_id, &now])
+                .await?;
             Ok(row.as_ref().map(rows::session).transpose()?)
         })
     }
@@ -596,7 +669,8 @@ impl Store for PgStore {
     async fn revoke_user_sessions(&self, user_id: &str, now: Millis) -> Result<u32> {
         in_transaction!(self, |tx| async {
             tx.execute(
-                "UPDATE users SET sessions_revoked_at = $2 WHERE id = $1",
+                &tx.prepare_cached("UPDATE users SET sessions_revoked_at = $2 WHERE id = $1")
+                    .await?,
                 &[&user_id, &now],
             )
             .await?;
@@ -618,14 +692,20 @@ impl Store for PgStore {
             if let Some(charge) = rate {
                 // Created if missing, then locked: concurrent sends on every replica queue here.
                 tx.execute(
-                    "INSERT INTO rate_buckets (key, tokens, updated_at, full_at) VALUES ($1, $2, $3, $3) \
+                    &tx.prepare_cached(
+                        "INSERT INTO rate_buckets (key, tokens, updated_at, full_at) VALUES ($1, $2, $3, $3) \
                      ON CONFLICT (key) DO NOTHING",
+                    )
+                    .await?,
                     &[&charge.key, &f64::from(charge.limit.burst), &now],
                 )
                 .await?;
                 let row = tx
                     .query_one(
-                        "SELECT tokens, updated_at, full_at FROM rate_buckets WHERE key = $1 FOR UPDATE",
+                        &tx.prepare_cached(
+                            "SELECT tokens, updated_at, full_at FROM rate_buckets WHERE key = $1 FOR UPDATE",
+                        )
+                        .await?,
                         &[&charge.key],
                     )
                     .await?;
@@ -639,7 +719,10 @@ impl Store for PgStore {
                     .take(Some(&old), now)
                     .map_err(|retry_after| Error::RateLimited { retry_after })?;
                 tx.execute(
-                    "UPDATE rate_buckets SET tokens = $2, updated_at = $3, full_at = $4 WHERE key = $1",
+                    &tx.prepare_cached(
+                        "UPDATE rate_buckets SET tokens = $2, updated_at = $3, full_at = $4 WHERE key = $1",
+                    )
+                    .await?,
                     &[&charge.key, &new.tokens, &new.updated_at, &new.full_at],
                 )
                 .await?;
@@ -648,7 +731,11 @@ impl Store for PgStore {
                 Some(user) => insert_user(&tx, user).await?,
                 None => {
                     let exists = tx
-                        .query_opt("SELECT 1 FROM users WHERE id = $1 FOR KEY SHARE", &[&email.user_id])
+                        .query_opt(
+                            &tx.prepare_cached("SELECT 1 FROM users WHERE id = $1 FOR KEY SHARE")
+                                .await?,
+                            &[&email.user_id],
+                        )
                         .await?;
                     if exists.is_none() {
                         return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id").into());
@@ -669,7 +756,9 @@ impl Store for PgStore {
     async fn email(&self, email_id: &str) -> Result<Option<Email>> {
         let sql = format!("SELECT {} FROM emails WHERE id = $1", rows::EMAIL);
         on_connection!(self, |client| async {
-            let row = client.query_opt(&sql, &[&email_id]).await?;
+            let row = client
+                .query_opt(&client.prepare_cached(&sql).await?, &[&email_id])
+                .await?;
             Ok(row.as_ref().map(rows::email).transpose()?)
         })
     }
@@ -685,7 +774,9 @@ impl Store for PgStore {
         let lease_end = claim.now + claim.lease;
         let limit = claim.limit as i64;
         on_connection!(self, |client| async {
-            let claimed = client.query(&sql, &[&claim.now, &lease_end, &limit]).await?;
+            let claimed = client
+                .query(&client.prepare_cached(&sql).await?, &[&claim.now, &lease_end, &limit])
+                .await?;
             let mut claimed = claimed.iter().map(rows::email).collect::<Result<Vec<_>>>()?;
             claimed.sort_by_key(|email| (email.created_at, email.id.clone()));
             Ok(claimed)
@@ -696,8 +787,12 @@ impl Store for PgStore {
         on_connection!(self, |client| async {
             let recorded = client
                 .execute(
-                    "UPDATE emails SET status = $3, last_error = $4, next_attempt_at = $5, sent_at = $6 \
+                    &client
+                        .prepare_cached(
+                            "UPDATE emails SET status = $3, last_error = $4, next_attempt_at = $5, sent_at = $6 \
                      WHERE id = $1 AND status = 1 AND attempts = $2",
+                        )
+                        .await?,
                     &[
                         &email.id,
                         &(email.attempts as i32),
@@ -715,7 +810,12 @@ impl Store for PgStore {
     async fn next_email_due(&self) -> Result<Option<Millis>> {
         on_connection!(self, |client| async {
             let row = client
-                .query_one("SELECT min(next_attempt_at) FROM emails WHERE status IN (0, 1)", &[])
+                .query_one(
+                    &client
+                        .prepare_cached("SELECT min(next_attempt_at) FROM emails WHERE status IN (0, 1)")
+                        .await?,
+                    &[],
+                )
                 .await?;
             Ok(row.get::<_, Option<Millis>>(0))
         })
@@ -725,8 +825,12 @@ impl Store for PgStore {
         on_connection!(self, |client| async {
             let row = client
                 .query_one(
-                    "SELECT count(*) FILTER (WHERE status = 0), count(*) FILTER (WHERE status = 1) \
+                    &client
+                        .prepare_cached(
+                            "SELECT count(*) FILTER (WHERE status = 0), count(*) FILTER (WHERE status = 1) \
                      FROM emails WHERE status IN (0, 1)",
+                        )
+                        .await?,
                     &[],
                 )
                 .await?;
@@ -743,18 +847,25 @@ impl Store for PgStore {
         let retention = self.retention;
         in_transaction!(self, |tx| async {
             let not_found = || Failure::Domain(Error::new(Reason::CODE_NOT_FOUND, "no such authorization code"));
-            let code = match tx.query_opt(&code_sql, &[&&code_digest.0[..]]).await? {
+            let code = match tx
+                .query_opt(&tx.prepare_cached(&code_sql).await?, &[&&code_digest.0[..]])
+                .await?
+            {
                 Some(row) => rows::code(&row)?,
                 None => return Err(not_found()),
             };
             // A deleted user's codes are void, as their links are.
-            let user = match tx.query_opt(&user_sql, &[&code.user_id]).await? {
+            let user = match tx
+                .query_opt(&tx.prepare_cached(&user_sql).await?, &[&code.user_id])
+                .await?
+            {
                 Some(row) => rows::user(&row)?,
                 None => return Err(not_found()),
             };
             let redemption = decide(&code, &user)?;
             tx.execute(
-                "UPDATE codes SET used_at = $2, session_id = $3 WHERE code_digest = $1",
+                &tx.prepare_cached("UPDATE codes SET used_at = $2, session_id = $3 WHERE code_digest = $1")
+                    .await?,
                 &[
                     &&code_digest.0[..],
                     &redemption.code.used_at,
@@ -767,7 +878,8 @@ impl Store for PgStore {
             }
             if let Some((session_id, at)) = &redemption.revoke_session {
                 tx.execute(
-                    "UPDATE sessions SET revoked_at = coalesce(revoked_at, $2) WHERE id = $1",
+                    &tx.prepare_cached("UPDATE sessions SET revoked_at = coalesce(revoked_at, $2) WHERE id = $1")
+                        .await?,
                     &[session_id, at],
                 )
                 .await?;
@@ -779,7 +891,9 @@ impl Store for PgStore {
     async fn attempt(&self, ref_digest: &Digest32) -> Result<Option<Attempt>> {
         let sql = format!("SELECT {} FROM attempts WHERE ref_digest = $1", rows::ATTEMPT);
         on_connection!(self, |client| async {
-            let row = client.query_opt(&sql, &[&&ref_digest.0[..]]).await?;
+            let row = client
+                .query_opt(&client.prepare_cached(&sql).await?, &[&&ref_digest.0[..]])
+                .await?;
             Ok(row.as_ref().map(rows::attempt).transpose()?)
         })
     }
@@ -794,7 +908,7 @@ impl Store for PgStore {
         in_transaction!(self, |tx| async {
             let collected = tx
                 .query_opt(
-                    &collect_sql,
+                    &tx.prepare_cached(&collect_sql).await?,
                     &[
                         &&ref_digest.0[..],
                         &rows::attempt_status(AttemptStatus::Collected),
@@ -807,7 +921,9 @@ impl Store for PgStore {
                 insert_session_row(&tx, session, purge_at).await?;
                 return Step::Ok(Some(Collection::Collected(rows::attempt(&row)?)));
             }
-            let current = tx.query_opt(&read_sql, &[&&ref_digest.0[..]]).await?;
+            let current = tx
+                .query_opt(&tx.prepare_cached(&read_sql).await?, &[&&ref_digest.0[..]])
+                .await?;
             Ok(current
                 .as_ref()
                 .map(rows::attempt)
@@ -819,7 +935,12 @@ impl Store for PgStore {
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
         on_connection!(self, |client| async {
             let row = client
-                .query_one("SELECT keys FROM signing_keys WHERE id = 1", &[])
+                .query_one(
+                    &client
+                        .prepare_cached("SELECT keys FROM signing_keys WHERE id = 1")
+                        .await?,
+                    &[],
+                )
                 .await?;
             Ok(rows::keys_of(row.get(0))?)
         })
@@ -830,7 +951,9 @@ impl Store for PgStore {
         on_connection!(self, |client| async {
             let swapped = client
                 .execute(
-                    "UPDATE signing_keys SET keys = $2 WHERE id = 1 AND keys = $1",
+                    &client
+                        .prepare_cached("UPDATE signing_keys SET keys = $2 WHERE id = 1 AND keys = $1")
+                        .await?,
                     &[&expected, &new],
                 )
                 .await?;
@@ -854,12 +977,14 @@ impl Store for PgStore {
                 break;
             }
             let sql = format!(
-                "DELETE FROM {table} WHERE {key} IN \
-                 (SELECT {key} FROM {table} WHERE {due} < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                "DELETE FROM {table} WHERE {key} = ANY(ARRAY( \
+                 SELECT {key} FROM {table} WHERE {due} < $1 LIMIT $2 FOR UPDATE SKIP LOCKED))"
             );
             let batch = (limit - purged) as i64;
             let removed = on_connection!(self, |client| async {
-                let removed = client.execute(&sql, &[&now, &batch]).await?;
+                let removed = client
+                    .execute(&client.prepare_cached(&sql).await?, &[&now, &batch])
+                    .await?;
                 Step::Ok(removed as usize)
             })?;
             purged += removed;
