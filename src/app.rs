@@ -64,7 +64,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] crate::store::OpenError),
     #[error("cannot load the signing keys: {0}")]
-    Keys(crate::domain::error::Error),
+    Keys(String),
     #[error("cannot build server reflection: {0}")]
     Reflection(String),
     #[error("mail: {0}")]
@@ -351,7 +351,13 @@ async fn build_domain(
         ports.clock.now(),
     )
     .await
-    .map_err(StartError::Keys)?;
+    .map_err(|error| {
+        // A start-up failure, not an internal error of a call: say it without that prefix.
+        StartError::Keys(match error {
+            crate::domain::error::Error::Internal(detail) => detail,
+            other => other.to_string(),
+        })
+    })?;
     let mail = Mail {
         templates,
         rate_limit: RateLimit {
@@ -428,8 +434,13 @@ fn grpc_routes(
     config: &crate::config::Config,
     health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
 ) -> Result<Routes, StartError> {
+    // Both versions list and describe both reflection services (and everything else): each
+    // builder would otherwise add only its own, so `grpcurl list` on v1alpha missed v1.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(pb::GOOGLE_RPC_DESCRIPTOR_SET)

@@ -290,11 +290,12 @@ async fn sessions_and_users_bad_inputs() {
     let unknown = latchkey::crypto::new_secret(1_795_545_262_253);
 
     let authenticate = |credential| pb::AuthenticateSessionRequest { credential };
-    assert_error(
+    let status = assert_error(
         sessions.authenticate_session(authenticate(None)).await,
         Code::InvalidArgument,
         "MISSING_FIELD",
     );
+    assert_eq!(status.message(), "session_token or session_jwt is required");
     assert_error(
         sessions
             .authenticate_session(authenticate(Some(Credential::SessionToken(unknown.clone()))))

@@ -245,5 +245,13 @@ async fn a_different_server_key_cannot_open_the_data() {
         Err(error) => error.to_string(),
     };
     assert!(error.contains("server key does not match"), "{error}");
+    assert!(
+        error.contains("start with the key the store was created with"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("internal"),
+        "a start-up failure, not an internal error: {error}"
+    );
     assert!(!error.contains(&session.session_token));
 }

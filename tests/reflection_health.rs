@@ -8,13 +8,14 @@ use tokio_stream::once;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-const EXPECTED: [&str; 6] = [
+const EXPECTED: [&str; 7] = [
     "grpc.health.v1.Health",
     "latchkey.v1.Emails",
     "latchkey.v1.Passwordless",
     "latchkey.v1.Sessions",
     "latchkey.v1.Users",
     "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
 ];
 
 #[tokio::test]
@@ -59,7 +60,7 @@ async fn reflection_v1_lists_and_describes_every_service() {
 }
 
 #[tokio::test]
-async fn reflection_v1alpha_lists_services_too() {
+async fn reflection_v1alpha_lists_and_describes_every_service_too() {
     use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
@@ -75,7 +76,23 @@ async fn reflection_v1alpha_lists_services_too() {
     else {
         panic!("expected a service list");
     };
-    assert!(list.service.iter().any(|s| s.name == "latchkey.v1.Passwordless"));
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in EXPECTED {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+    // The other version's service is described too (grpcurl's `describe` of it).
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "grpc.reflection.v1.ServerReflection".into(),
+        )),
+    };
+    let mut stream = client.server_reflection_info(once(request)).await.unwrap().into_inner();
+    let answer = stream.message().await.unwrap().unwrap().message_response;
+    assert!(
+        matches!(answer, Some(MessageResponse::FileDescriptorResponse(_))),
+        "{answer:?}"
+    );
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::pb::{self, sessions_server::Sessions};
 use crate::domain::Domain;
-use crate::domain::error::Error;
+use crate::domain::error::{Error, Reason};
 use crate::domain::sessions::{SessionCredential, SessionRef};
 
 pub struct SessionsApi {
@@ -30,7 +30,14 @@ impl Sessions for SessionsApi {
         let credential = match request.into_inner().credential {
             Some(Credential::SessionToken(token)) => SessionCredential::Token(token),
             Some(Credential::SessionJwt(jwt)) => SessionCredential::Jwt(jwt),
-            None => return Err(Error::missing("session_token").into()),
+            None => {
+                return Err(Error::field(
+                    Reason::MISSING_FIELD,
+                    "session_token",
+                    "session_token or session_jwt is required",
+                )
+                .into());
+            }
         };
         let (user, session) = self.domain.authenticate_session(credential).await?;
         Ok(Response::new(pb::AuthenticateSessionResponse {

@@ -164,7 +164,8 @@ impl KeyRing {
             let verifying = signing.verifying_key();
             if jwt::key_id(&verifying) != record.kid {
                 return Err(Error::internal(
-                    "the server key does not match the data directory: its stored signing keys were made with another server key",
+                    "the server key does not match the store: its signing keys were made with another server key; \
+                     start with the key the store was created with (server_key_file or LATCHKEY_SERVER_KEY)",
                 ));
             }
             keys.push(Key {

@@ -28,9 +28,9 @@ pub fn email(field: &'static str, raw: &str) -> Result<String> {
         ));
     }
     let invalid = |why: &str| Error::field(Reason::INVALID_EMAIL, field, why.to_string());
-    let (local, domain) = email
-        .rsplit_once('@')
-        .ok_or_else(|| invalid("not a valid email address"))?;
+    const EMAIL_RULE: &str = "not a valid email address: expected name@domain with a dotted domain name, e.g. ann@example.com \
+         (no display name, no IP literal)";
+    let (local, domain) = email.rsplit_once('@').ok_or_else(|| invalid(EMAIL_RULE))?;
     let local = unquote(local).ok_or_else(|| {
         invalid("a quoted local part cannot be delivered by every mail server; give the address without quotes")
     })?;
@@ -41,7 +41,7 @@ pub fn email(field: &'static str, raw: &str) -> Result<String> {
         .without_domain_literal()
         .with_required_tld();
     if canonical.len() > MAX_EMAIL_LENGTH || EmailAddress::parse_with_options(&canonical, options).is_err() {
-        return Err(invalid("not a valid email address"));
+        return Err(invalid(EMAIL_RULE));
     }
     // What the SMTP transport will be handed must parse there too.
     lettre::Address::new(local, &domain).map_err(|_| invalid("not a deliverable email address"))?;
@@ -220,6 +220,12 @@ mod tests {
         }
         let long = format!("{}@example.com", "a".repeat(250));
         assert_eq!(email("email", &long).unwrap_err().reason(), Reason::INVALID_EMAIL);
+        // The refusal says the rule and what to send instead.
+        let refusal = email("email", "ann@localhost").unwrap_err().to_string();
+        assert!(
+            refusal.contains("dotted domain name, e.g. ann@example.com"),
+            "{refusal}"
+        );
     }
 
     #[test]

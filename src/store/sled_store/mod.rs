@@ -84,7 +84,7 @@ impl SledOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error(
-        "the data directory {0} is in use by another latchkey process: sled allows one process per data directory (run one replica, or use PostgreSQL for many)"
+        "the data directory {0} is in use by another latchkey process: sled allows one process per data directory (run one replica here, or store.backend = \"postgres\" for many)"
     )]
     Locked(PathBuf),
     #[error("cannot open the store in {path}: {source}")]
