@@ -76,6 +76,11 @@ async fn new_user_gets_a_signup_email_whose_link_signs_in() {
     let token = token_in(&text, "token");
     assert_eq!(token, token_in(&html, "token"), "both parts carry the same link");
     assert!(text.contains("http://localhost:3000/auth/callback?token="));
+    // A person finds the file by its email id and copies the link out of it as it is.
+    let file = app.mail_dir().join(format!("{}.eml", queued.email_id));
+    let raw = std::fs::read_to_string(&file).expect("the file is named after the email id");
+    assert!(raw.contains(&format!("/auth/callback?token={token}")), "{raw}");
+    assert!(!raw.contains("quoted-printable"), "{raw}");
 
     let status = app.email_status(&queued.email_id).await.unwrap();
     assert_eq!(status.attempts, 1);

@@ -1,5 +1,5 @@
 //! Where emails go: SMTP through lettre's pooled async transport (STARTTLS, implicit TLS or
-//! plain; optional auth), or `.eml` files in a folder for development. Failures are sorted into
+//! plain; optional auth), or readable `<email_id>.eml` files in a folder for development. Failures are sorted into
 //! transient (retry) and permanent (give up), never carrying a secret.
 
 use std::path::PathBuf;
@@ -9,8 +9,9 @@ use async_trait::async_trait;
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
+use super::worker::EMAIL_ID_HEADER;
 use crate::config::{MailConfig, MailTransport, Secret, SmtpTls};
 
 #[derive(Debug)]
@@ -25,6 +26,11 @@ pub trait Transport: Send + Sync + 'static {
     async fn send(&self, message: Message) -> Result<(), SendFailure>;
     /// For logs: where mail goes.
     fn describe(&self) -> String;
+    /// Whether messages are for a person to read as they are (files): bodies are then written as
+    /// plain 8-bit text, so a link can be copied out of the file, rather than quoted-printable.
+    fn readable(&self) -> bool {
+        false
+    }
 }
 
 struct Smtp {
@@ -52,26 +58,40 @@ impl Transport for Smtp {
     }
 }
 
+/// `<email_id>.eml` files in a folder: one per email (a retry overwrites it), written whole under
+/// another name first and then renamed, so a reader never sees half a message.
 struct Files {
-    transport: AsyncFileTransport<Tokio1Executor>,
     dir: PathBuf,
 }
 
 #[async_trait]
 impl Transport for Files {
     async fn send(&self, message: Message) -> Result<(), SendFailure> {
-        self.transport
-            .send(message)
-            .await
-            .map(|_| ())
-            .map_err(|error| SendFailure {
-                permanent: false,
-                detail: error.to_string(),
-            })
+        let email_id = message
+            .headers()
+            .get_raw(EMAIL_ID_HEADER.as_ref())
+            .filter(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+        let path = self.dir.join(format!("{email_id}.eml"));
+        let partial = self.dir.join(format!(".{email_id}.eml.partial"));
+        let written = async {
+            tokio::fs::write(&partial, message.formatted()).await?;
+            tokio::fs::rename(&partial, &path).await
+        };
+        written.await.map_err(|error| SendFailure {
+            permanent: false,
+            detail: format!("cannot write {}: {error}", path.display()),
+        })?;
+        tracing::info!(%email_id, path = %path.display(), "email written");
+        Ok(())
     }
 
     fn describe(&self) -> String {
         format!("files in {}", self.dir.display())
+    }
+
+    fn readable(&self) -> bool {
+        true
     }
 }
 
@@ -81,10 +101,7 @@ pub fn build(config: &MailConfig, file_dir: PathBuf, password: Option<&Secret>) 
         MailTransport::File => {
             std::fs::create_dir_all(&file_dir)
                 .map_err(|error| format!("cannot create {}: {error}", file_dir.display()))?;
-            Ok(Box::new(Files {
-                transport: AsyncFileTransport::new(&file_dir),
-                dir: file_dir,
-            }))
+            Ok(Box::new(Files { dir: file_dir }))
         }
         MailTransport::Smtp => {
             let smtp = &config.smtp;

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use lettre::Message;
+use lettre::message::header::{ContentTransferEncoding, ContentType};
 use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -382,9 +383,30 @@ impl Worker {
             .from(self.settings.from.clone())
             .to(to)
             .subject(rendered.subject)
-            .multipart(MultiPart::alternative_plain_html(rendered.text, rendered.html))
+            .multipart(if self.transport.get().readable() {
+                MultiPart::alternative()
+                    .singlepart(readable_part(ContentType::TEXT_PLAIN, rendered.text))
+                    .singlepart(readable_part(ContentType::TEXT_HTML, rendered.html))
+            } else {
+                MultiPart::alternative_plain_html(rendered.text, rendered.html)
+            })
             .map_err(|error| format!("cannot build the message: {error}"))
     }
+}
+
+/// A part as plain 8-bit text, lines ending in CRLF, or lettre's choice of encoding if a line is
+/// longer than a message line may be (998 bytes). lettre's own 8-bit check also wants lines of at
+/// most 78, which a link with its token exceeds.
+fn readable_part(content_type: ContentType, text: String) -> SinglePart {
+    const MAX_LINE: usize = 998;
+    let text = text.replace("\r\n", "\n");
+    let body = if text.lines().all(|line| line.len() <= MAX_LINE && !line.contains('\r')) {
+        let crlf = text.replace('\n', "\r\n");
+        Body::dangerous_pre_encoded(crlf.into_bytes(), ContentTransferEncoding::EightBit)
+    } else {
+        Body::new(text)
+    };
+    SinglePart::builder().header(content_type).body(body)
 }
 
 #[cfg(test)]
