@@ -43,8 +43,8 @@ pub struct Settings {
     pub store: Store,
     /// PostgreSQL only: the replica counts, one pass each (default 1 then 3).
     pub replicas: Vec<usize>,
-    /// PostgreSQL only: `store.postgres.pool_size` of each replica in each pass (None: the config's).
-    pub pool_sizes: Vec<Option<usize>>,
+    /// PostgreSQL only: `store.postgres.pool_size` of each replica, one per pass.
+    pub pool_sizes: Vec<usize>,
     /// PostgreSQL only: pgbench's clients (`-c`) and threads (`-j`).
     pub pgbench_clients: usize,
     pub pgbench_threads: usize,

@@ -37,7 +37,8 @@ const USAGE: &str =
   [--store sled|postgres]
 PostgreSQL (--store postgres; the config's store must be the same database):
   --pg-url-file FILE --pg-dir DIR (of scripts/postgres start) --pg-bin DIR (psql, pgbench)
-  --pgbench-dir DIR (the scripts) [--replicas 1,3] [--pool-sizes N,N (per replica, per pass)]
+  --pgbench-dir DIR (the scripts) [--replicas 1,3]
+  [--pool-sizes N,N (pool_size of each replica, per pass; default 16 / replicas, rounded up)]
   [--pgbench-clients N (default 16)] [--pgbench-threads N (default 2)]
 The API key comes from the environment variable BENCH_API_KEY.";
 
@@ -56,6 +57,9 @@ pub const SKIPPED_ON_POSTGRES: &[(&str, &str)] = &[
         "idle long polls: the sled run's figure; the cross-replica wake-up is covered by tests/replicas",
     ),
 ];
+
+/// The server's default `store.postgres.pool_size`, shared by the replicas of a pass.
+const DEFAULT_POOL_TOTAL: usize = 16;
 
 /// Where the PostgreSQL store's database is and how to reach it.
 struct PgArgs {
@@ -120,14 +124,20 @@ fn parse_args() -> Result<Args, String> {
         Some(other) => return Err(format!("--store: sled or postgres, not {other}")),
     };
     let replicas = numbers(values.get("replicas").map(String::as_str).unwrap_or("1,3"), "replicas")?;
+    if (1..replicas.len()).any(|i| replicas[..i].contains(&replicas[i])) {
+        return Err("--replicas: each count once (passes are named by it)".into());
+    }
+    // By default the replicas of a pass share the connections one replica has by default (16):
+    // measured on this 2-core machine, 3 replicas with 16 each (48 backends) ran at half the rate
+    // of 3 with 6 each (bench/RESULTS.md).
     let pool_sizes = match values.get("pool-sizes") {
-        None => vec![None; replicas.len()],
+        None => replicas.iter().map(|n| DEFAULT_POOL_TOTAL.div_ceil(*n)).collect(),
         Some(list) => {
             let sizes = numbers(list, "pool-sizes")?;
             if sizes.len() != replicas.len() {
                 return Err("--pool-sizes needs one size per --replicas entry".into());
             }
-            sizes.into_iter().map(Some).collect()
+            sizes
         }
     };
     let mut only: Option<Vec<String>> = values
@@ -408,9 +418,8 @@ async fn run_postgres(args: &Args, pg_args: &PgArgs) -> Bench {
         pg.reset().unwrap_or_else(|error| fail(error));
         let label = format!("r{replicas}");
         eprintln!(
-            "pass {label}: {replicas} replica(s) on PostgreSQL {} (pool size per replica: {})",
+            "pass {label}: {replicas} replica(s) on PostgreSQL {} (pool size per replica: {pool_size})",
             pg.target(),
-            pool_size.map_or("the config's".to_string(), |n| n.to_string())
         );
         let (mut bench, mut info) = postgres::start_pass(settings, &pg, replicas, pool_size)
             .await

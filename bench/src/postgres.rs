@@ -394,9 +394,9 @@ pub fn ceilings(pg: &Postgres, settings: &Settings, verify_hint: f64, problems: 
 
     let verify = (|| -> Result<Row, String> {
         pg.reset()?;
-        // Enough links for a ceiling up to 6x the server's verify rate (at least 3,000/s), per
+        // Enough links for a ceiling up to 6x the server's verify rate (at least 8,000/s), per
         // client, plus a margin for clients running ahead of the others.
-        let rate = (verify_hint * 6.0).max(3000.0);
+        let rate = (verify_hint * 6.0).max(8000.0);
         let per_client = |secs: u64| ((rate * secs as f64 / clients as f64) * 1.3) as u64 + 200;
         for (base, secs) in [(VERIFY_WARMUP, warmup), (VERIFY_MEASURE, seconds)] {
             let mut command = pg.command("psql");
@@ -461,18 +461,16 @@ pub async fn start_pass(
     settings: &Settings,
     pg: &Arc<Postgres>,
     replicas: usize,
-    pool_size: Option<usize>,
+    pool_size: usize,
 ) -> Result<(Bench, Map<String, Value>), String> {
     let mut settings = settings.clone();
     let in_flight = settings.connections * settings.per_connection;
     settings.connections = settings.connections.div_ceil(replicas) * replicas;
     settings.per_connection = in_flight.div_ceil(settings.connections);
-    if let Some(size) = pool_size {
-        settings
-            .spec
-            .env
-            .push(("LATCHKEY_STORE__POSTGRES__POOL_SIZE".into(), size.to_string()));
-    }
+    settings
+        .spec
+        .env
+        .push(("LATCHKEY_STORE__POSTGRES__POOL_SIZE".into(), pool_size.to_string()));
     let mut servers: Vec<Server> = Vec::new();
     let mut info = Map::new();
     let mut starts = Vec::new();
@@ -522,10 +520,7 @@ pub async fn start_pass(
     info.insert("replicas".into(), json!(replicas));
     info.insert("connections".into(), json!(bench.settings.connections));
     info.insert("in_flight_per_connection".into(), json!(bench.settings.per_connection));
-    info.insert(
-        "pool_size_per_replica".into(),
-        pool_size.map(|n| json!(n)).unwrap_or(json!("config")),
-    );
+    info.insert("pool_size_per_replica".into(), json!(pool_size));
     Ok((bench, info))
 }
 

@@ -452,7 +452,7 @@ fn pg_table(bench: &Bench) -> String {
     if let Some(passes) = bench.extra.get("passes").and_then(Value::as_object) {
         for (label, info) in passes {
             out.push_str(&format!(
-                "\n{label}: {} connections x {} in flight, round-robin over the replicas; pool size per replica {}.",
+                "\n{label}: {} connections x {} in flight, round-robin over the replicas; pool size per replica: {}.",
                 info["connections"], info["in_flight_per_connection"], info["pool_size_per_replica"]
             ));
         }
