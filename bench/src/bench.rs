@@ -86,6 +86,10 @@ impl Row {
             json!(round(measured.client_cpu_us_per_call(), 1)),
         );
         extra.insert("errors_outside_window".into(), json!(measured.errors_outside));
+        extra.insert(
+            "other_processes_cpu_percent".into(),
+            json!(round(measured.others_cpu_percent, 1)),
+        );
         if !measured.errors.samples.is_empty() {
             extra.insert("error_samples".into(), json!(measured.errors.samples));
         }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::server::{Probe, RssWatch};
+use crate::server::{Probe, RssWatch, machine_busy_seconds, others_percent};
 
 pub type CallFuture = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
 
@@ -73,6 +73,8 @@ pub struct Measured {
     /// PostgreSQL's CPU over the window, when the store is a database the benchmark started.
     pub db_cpu_s: Option<f64>,
     pub client_cpu_s: f64,
+    /// Percent of the machine's cores other processes used during the window.
+    pub others_cpu_percent: f64,
     pub rss_peak_kib: u64,
     /// The op ran out of work before the window ended; `seconds` is then shorter.
     pub exhausted: bool,
@@ -156,6 +158,8 @@ struct WindowCpu {
     db: Option<f64>,
     client: f64,
     seconds: f64,
+    /// Percent of the machine's cores that other processes used (another build, another test).
+    others_percent: f64,
 }
 
 /// Reads CPU at the window's start and at its end (or when every worker has stopped).
@@ -163,16 +167,23 @@ async fn watch_window(window: &Window, server: Probe, rss: &RssWatch, running: A
     tokio::time::sleep_until(window.from).await;
     let client = Probe::this_process();
     let (server0, db0, client0) = (server.cpu_seconds(), server.db_cpu_seconds(), client.cpu_seconds());
+    let (busy0, started) = (machine_busy_seconds(), Instant::now());
     rss.reset(&server);
     loop {
         let now = Instant::now();
         if now >= window.end || running.load(Ordering::Relaxed) == 0 {
             let at = now.min(window.end);
+            let server_cpu = server.cpu_seconds() - server0;
+            let client_cpu = client.cpu_seconds() - client0;
+            let db = server.db_cpu_seconds().zip(db0).map(|(end, start)| end - start);
+            let busy = machine_busy_seconds() - busy0;
+            let ours = server_cpu + client_cpu + db.unwrap_or(0.0);
             return WindowCpu {
-                server: server.cpu_seconds() - server0,
-                db: server.db_cpu_seconds().zip(db0).map(|(end, start)| end - start),
-                client: client.cpu_seconds() - client0,
+                server: server_cpu,
+                db,
+                client: client_cpu,
                 seconds: (at - window.from).as_secs_f64(),
+                others_percent: others_percent(busy, ours, started.elapsed().as_secs_f64()),
             };
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -257,6 +268,7 @@ pub async fn closed(
         server_cpu_s: cpu.server,
         db_cpu_s: cpu.db,
         client_cpu_s: cpu.client,
+        others_cpu_percent: cpu.others_percent,
         rss_peak_kib: rss.peak_kib(),
         exhausted,
         dropped: 0,
@@ -373,6 +385,7 @@ pub async fn open(
         server_cpu_s: cpu.server,
         db_cpu_s: cpu.db,
         client_cpu_s: cpu.client,
+        others_cpu_percent: cpu.others_percent,
         rss_peak_kib: rss.peak_kib(),
         exhausted,
         dropped,

@@ -242,6 +242,12 @@ fn main() {
 
 async fn run(args: Args) {
     let started_at = utc_stamp();
+    let _ = report::LOAD_AT_START.set(
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    );
     let clock = Instant::now();
     let bench = match &args.postgres {
         None => run_sled(&args).await,

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use crate::api::Api;
 use crate::bench::{Bench, Row, Settings, round};
 use crate::load::histogram;
-use crate::server::{RssWatch, Server};
+use crate::server::{RssWatch, Server, machine_busy_seconds, others_percent};
 
 /// The tables the server writes; `signing_keys` (one row, the JWT key set the replicas share) and
 /// `latchkey_migrations` stay.
@@ -203,6 +203,7 @@ struct PgbenchRun {
     latency_us: hdrhistogram::Histogram<u64>,
     db_cpu_s: Option<f64>,
     client_cpu_s: f64,
+    others_cpu_percent: f64,
     command: String,
 }
 
@@ -285,8 +286,15 @@ impl Postgres {
             postgres: self.postmaster_pid(),
         };
         let (db0, client0) = (probe.db_cpu_seconds(), children_cpu_seconds());
+        let (busy0, started) = (machine_busy_seconds(), std::time::Instant::now());
         let out = command.output().map_err(|e| format!("pgbench: {e}"))?;
         let (db1, client1) = (probe.db_cpu_seconds(), children_cpu_seconds());
+        let db_cpu_s = db1.zip(db0).map(|(end, start)| end - start);
+        let others_cpu_percent = others_percent(
+            machine_busy_seconds() - busy0,
+            db_cpu_s.unwrap_or(0.0) + client1 - client0,
+            started.elapsed().as_secs_f64(),
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() || stderr.contains("aborted") {
@@ -305,8 +313,9 @@ impl Postgres {
             } else {
                 histogram()
             },
-            db_cpu_s: db1.zip(db0).map(|(end, start)| end - start),
+            db_cpu_s,
             client_cpu_s: client1 - client0,
+            others_cpu_percent,
             command: shown,
         })
     }
@@ -328,6 +337,10 @@ fn ceiling_row(name: &str, run: &PgbenchRun, clients: usize, threads: usize, sec
     extra.insert(
         "client_cpu_us_per_call".into(),
         json!(round(run.client_cpu_s * 1e6 / done, 1)),
+    );
+    extra.insert(
+        "other_processes_cpu_percent".into(),
+        json!(round(run.others_cpu_percent, 1)),
     );
     let mut errors = std::collections::BTreeMap::new();
     if run.failed > 0 {

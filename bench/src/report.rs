@@ -8,6 +8,9 @@ use serde_json::{Map, Value, json};
 
 use crate::bench::{Bench, Row, Store, round};
 
+/// /proc/loadavg when the run began (main sets it).
+pub static LOAD_AT_START: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// Reference figures (better-auth magic links on this machine class, from issue 8).
 const REFERENCE_VERIFY: f64 = 175.0;
 const REFERENCE_ISSUE: f64 = 425.0;
@@ -59,6 +62,7 @@ pub fn machine(repo: &Path) -> Value {
         "commit": command_output("git", &["-C", &repo_arg, "rev-parse", "HEAD"]),
         "dirty": dirty,
         "load_average_at_end": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        "load_average_at_start": LOAD_AT_START.get().cloned().unwrap_or_default(),
     })
 }
 
@@ -391,8 +395,8 @@ fn errors_text(row: &Row) -> String {
 
 fn pg_table(bench: &Bench) -> String {
     let mut out = String::new();
-    out.push_str("| scenario | replicas | calls/s | p50 ms | p90 ms | p99 ms | max ms | errors | latchkey CPU us/call | PostgreSQL CPU us/call | RSS MiB | note |\n");
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|\n");
+    out.push_str("| scenario | replicas | calls/s | p50 ms | p90 ms | p99 ms | max ms | errors | latchkey CPU us/call | PostgreSQL CPU us/call | RSS MiB | other processes' CPU % | note |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|\n");
     for row in &bench.rows {
         let (name, replicas, latchkey_cpu, rss) = match row.name.split_once('.') {
             Some(("pgbench", script)) => (
@@ -412,8 +416,11 @@ fn pg_table(bench: &Bench) -> String {
         let db = extra_f64(Some(row), "postgres_cpu_us_per_call")
             .map(|v| format!("{v:.1}"))
             .unwrap_or("-".into());
+        let others = extra_f64(Some(row), "other_processes_cpu_percent")
+            .map(|v| format!("{v:.0}"))
+            .unwrap_or("-".into());
         out.push_str(&format!(
-            "| {name} | {replicas} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {latchkey_cpu} | {db} | {rss} | {} |\n",
+            "| {name} | {replicas} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {latchkey_cpu} | {db} | {rss} | {others} | {} |\n",
             row.calls_per_s,
             row.p50_ms,
             row.p90_ms,

@@ -292,6 +292,30 @@ impl Probe {
     }
 }
 
+/// CPU time the whole machine spent busy (every core: user, nice, system, irq, softirq, steal),
+/// in seconds, from /proc/stat.
+pub fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|line| line.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user already)
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| fields.get(i)).sum();
+    busy as f64 / clock_ticks_per_second()
+}
+
+/// The share of the machine (percent of all cores) that other processes used over `seconds`,
+/// given the machine's busy time and the CPU of the processes under test over the same span.
+pub fn others_percent(machine_busy: f64, ours: f64, seconds: f64) -> f64 {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    ((machine_busy - ours).max(0.0) / (seconds.max(0.001) * cores)) * 100.0
+}
+
 /// Samples the server's VmRSS (summed over replicas) every 20 ms and keeps the largest value since
 /// the last reset.
 pub struct RssWatch {
