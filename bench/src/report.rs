@@ -8,6 +8,15 @@ use serde_json::{Map, Value, json};
 
 use crate::bench::{Bench, Row, Store, round};
 
+/// The closed-loop scenarios whose errors count as "errors at saturation".
+const SATURATED: [&str; 5] = [
+    "issue",
+    "verify",
+    "authenticate_token",
+    "authenticate_jwt",
+    "login_or_create",
+];
+
 /// /proc/loadavg when the run began (main sets it).
 pub static LOAD_AT_START: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -124,16 +133,7 @@ fn targets(bench: &Bench) -> Vec<Target> {
         let p99 = bench.row(name).map(|row| row.p99_ms);
         add(&format!("{name}: p99 <= 10 ms"), p99, " ms", &|v| v <= 10.0);
     }
-    let saturated: Vec<&Row> = [
-        "issue",
-        "verify",
-        "authenticate_token",
-        "authenticate_jwt",
-        "login_or_create",
-    ]
-    .iter()
-    .filter_map(|name| bench.row(name))
-    .collect();
+    let saturated: Vec<&Row> = SATURATED.iter().filter_map(|name| bench.row(name)).collect();
     let errors: Option<f64> =
         (!saturated.is_empty()).then(|| saturated.iter().map(|row| row.error_total() as f64).sum());
     add("zero errors at saturation", errors, " errors", &|v| v == 0.0);
@@ -336,15 +336,9 @@ fn pg_targets(bench: &Bench) -> Vec<Target> {
         .rows
         .iter()
         .filter(|row| {
-            [
-                "issue",
-                "verify",
-                "authenticate_token",
-                "authenticate_jwt",
-                "login_or_create",
-            ]
-            .iter()
-            .any(|name| row.name.starts_with('r') && row.name.ends_with(&format!(".{name}")))
+            SATURATED
+                .iter()
+                .any(|name| row.name.starts_with('r') && row.name.ends_with(&format!(".{name}")))
         })
         .collect();
     let errors: Option<f64> =
