@@ -128,8 +128,8 @@ fn parse_args() -> Result<Args, String> {
         return Err("--replicas: each count once (passes are named by it)".into());
     }
     // By default the replicas of a pass share the connections one replica has by default (16):
-    // measured on this 2-core machine, 3 replicas with 16 each (48 backends) ran at half the rate
-    // of 3 with 6 each (bench/RESULTS.md).
+    // measured on this 2-core machine, 3 replicas with 16 each (48 backends) verified at 400-922/s,
+    // 3 with 5-6 each at 1,036-1,166/s (bench/RESULTS.md).
     let pool_sizes = match values.get("pool-sizes") {
         None => replicas.iter().map(|n| DEFAULT_POOL_TOTAL.div_ceil(*n)).collect(),
         Some(list) => {
