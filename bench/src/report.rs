@@ -294,8 +294,8 @@ fn pg_ratios(bench: &Bench) -> Value {
         }
         // The same by CPU: all the CPU one pgbench transaction takes over all one call takes. Every
         // figure here is CPU-bound on two cores, so this estimates the ratio of rates on an idle
-        // machine; unlike the rates, it hardly moves when another process takes CPU in one window
-        // and not in the other.
+        // machine. It is less sensitive than the rates to another process taking CPU in one window
+        // and not in the other, not immune: contention raises the CPU per call too.
         for replicas in &bench.settings.replicas {
             object.insert(
                 format!("{call}_r{replicas}_to_pgbench_by_cpu"),
