@@ -20,23 +20,27 @@ pub use pb::sessions_client::SessionsClient;
 const CALL_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// A set of HTTP/2 connections (one `Channel` each: `Endpoint::connect` opens its own TCP
-/// connection) and the API key.
+/// connection), spread round-robin over the servers (replicas), and the API key.
 #[derive(Clone)]
 pub struct Api {
-    pub url: String,
+    /// Every replica's URL; connection `i` goes to `urls[i % urls.len()]`.
+    pub urls: Vec<String>,
     channels: Vec<Channel>,
     authorization: AsciiMetadataValue,
 }
 
 impl Api {
-    pub async fn connect(url: &str, api_key: &str, connections: usize) -> Result<Self, String> {
+    pub async fn connect(urls: &[String], api_key: &str, connections: usize) -> Result<Self, String> {
+        if urls.is_empty() {
+            return Err("no server to connect to".into());
+        }
         let mut channels = Vec::with_capacity(connections);
-        for _ in 0..connections {
-            channels.push(connect_one(url).await?);
+        for i in 0..connections {
+            channels.push(connect_one(&urls[i % urls.len()]).await?);
         }
         let authorization = MetadataValue::try_from(format!("Bearer {api_key}")).map_err(|e| e.to_string())?;
         Ok(Api {
-            url: url.to_string(),
+            urls: urls.to_vec(),
             channels,
             authorization,
         })

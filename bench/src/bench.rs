@@ -13,7 +13,15 @@ use tonic::transport::Channel;
 
 use crate::api::Api;
 use crate::load::{Measured, max_ms, ms};
-use crate::server::{RssWatch, Server, ServerSpec};
+use crate::postgres::Postgres;
+use crate::server::{Probe, RssWatch, Server, ServerSpec};
+
+/// Where the server keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    Sled,
+    Postgres,
+}
 
 /// Settings from the command line.
 #[derive(Clone, Debug)]
@@ -32,6 +40,14 @@ pub struct Settings {
     pub only: Option<Vec<String>>,
     pub perf_dir: Option<PathBuf>,
     pub h2load: bool,
+    pub store: Store,
+    /// PostgreSQL only: the replica counts, one pass each (default 1 then 3).
+    pub replicas: Vec<usize>,
+    /// PostgreSQL only: `store.postgres.pool_size` of each replica, one per pass.
+    pub pool_sizes: Vec<usize>,
+    /// PostgreSQL only: pgbench's clients (`-c`) and threads (`-j`).
+    pub pgbench_clients: usize,
+    pub pgbench_threads: usize,
 }
 
 /// One line of the report.
@@ -70,11 +86,18 @@ impl Row {
             json!(round(measured.client_cpu_us_per_call(), 1)),
         );
         extra.insert("errors_outside_window".into(), json!(measured.errors_outside));
+        extra.insert(
+            "other_processes_cpu_percent".into(),
+            json!(round(measured.others_cpu_percent, 1)),
+        );
         if !measured.errors.samples.is_empty() {
             extra.insert("error_samples".into(), json!(measured.errors.samples));
         }
         if measured.exhausted {
             extra.insert("pool_exhausted".into(), json!(true));
+        }
+        if let Some(db) = measured.db_cpu_us_per_call() {
+            extra.insert("postgres_cpu_us_per_call".into(), json!(round(db, 1)));
         }
         if let Some(service) = &measured.service_us {
             extra.insert("service_p50_ms".into(), json!(round(ms(service, 0.5), 3)));
@@ -173,7 +196,12 @@ pub fn new_email(kind: &str) -> String {
 
 pub struct Bench {
     pub settings: Settings,
+    /// The server, or the first replica.
     pub server: Option<Server>,
+    /// The other replicas (PostgreSQL store), each with its own ports and data directory.
+    pub replicas: Vec<Server>,
+    /// The database this benchmark started (PostgreSQL store).
+    pub postgres: Option<Arc<Postgres>>,
     pub api: Arc<Api>,
     pub rss: RssWatch,
     pub tokens: Arc<TokenPool>,
@@ -198,6 +226,31 @@ impl Bench {
 
     pub fn server(&self) -> &Server {
         self.server.as_ref().expect("a running server")
+    }
+
+    /// Every replica's processes, and PostgreSQL's when this benchmark started it.
+    pub fn probe(&self) -> Probe {
+        let pids = self
+            .server
+            .iter()
+            .chain(&self.replicas)
+            .map(|server| server.pid)
+            .collect();
+        Probe {
+            pids,
+            postgres: self.postgres.as_ref().and_then(|pg| pg.postmaster_pid()),
+        }
+    }
+
+    /// Before a measured window on PostgreSQL: a CHECKPOINT, so that no window pays for the
+    /// writes of the one before (a time-based checkpoint landing in one window and not another
+    /// would move the comparison of 1 and 3 replicas).
+    pub fn settle(&mut self) {
+        if let Some(pg) = &self.postgres
+            && let Err(error) = pg.checkpoint()
+        {
+            self.problems.push(format!("CHECKPOINT before a window: {error}"));
+        }
     }
 
     pub fn row(&self, name: &str) -> Option<&Row> {

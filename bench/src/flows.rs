@@ -21,7 +21,7 @@ use crate::unary::{issue_op, verify_op};
 /// Runs `op` exactly `count` times (or until it runs out), as fast as the shape allows.
 pub async fn batch(bench: &Bench, channels: Vec<Channel>, per_connection: usize, count: u64, op: Op) -> Measured {
     let limited: Op = Arc::new(move |channel, n| if n < count { op(channel, n) } else { None });
-    let probe = bench.server().probe();
+    let probe = bench.probe();
     load::closed(
         channels,
         per_connection,
@@ -52,6 +52,7 @@ impl Bench {
     /// LoginOrCreate for new emails, closed loop; then how fast the mail worker writes the
     /// `.eml` files, during the load and alone once the load stops.
     pub async fn login_or_create(&mut self) {
+        self.settle();
         let mail_dir = self.settings.mail_dir.clone();
         let before = count_eml(&mail_dir);
         let accepted = Arc::new(AtomicU64::new(0));
@@ -81,7 +82,7 @@ impl Bench {
                 (start, count_eml(&mail_dir))
             })
         };
-        let probe = self.server().probe();
+        let probe = self.probe();
         let metrics_before = self.server().metrics();
         let measured = load::closed(
             self.channels(),
@@ -146,7 +147,7 @@ impl Bench {
         let mail_dir = self.settings.mail_dir.clone();
         // 100 streams per connection stays under the server's limits.max_concurrent_streams (128).
         let connections = waiters.div_ceil(100).max(1);
-        let api = match Api::connect(&self.api.url, &self.settings.api_key, connections).await {
+        let api = match Api::connect(&self.api.urls, &self.settings.api_key, connections).await {
             Ok(api) => Arc::new(api),
             Err(error) => {
                 self.problems.push(format!("long_poll: {error}"));
@@ -206,7 +207,7 @@ impl Bench {
         let waiting = attempts.len();
 
         // 3. Hold one long poll per attempt.
-        let server = self.server().probe();
+        let server = self.probe();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_before = server.rss_kib();
         let base = Instant::now();
@@ -278,7 +279,7 @@ impl Bench {
                 }) as CallFuture)
             })
         };
-        self.rss.reset(server);
+        self.rss.reset(&server);
         let clicking = batch(
             self,
             channels.clone(),
@@ -520,7 +521,7 @@ impl Bench {
     /// New connections to the current server.
     pub async fn reconnect(&mut self) -> Result<(), String> {
         let url = self.server().url.clone();
-        self.api = Arc::new(Api::connect(&url, &self.settings.api_key, self.settings.connections).await?);
+        self.api = Arc::new(Api::connect(&[url], &self.settings.api_key, self.settings.connections).await?);
         Ok(())
     }
 }

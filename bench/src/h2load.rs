@@ -89,9 +89,10 @@ pub async fn run(run: Run, server: Probe) -> Result<H2Result, String> {
     let command = format!("h2load {}", shown.join(" "));
     // Server CPU over the measured part only: read it when the warm-up ends and when h2load ends.
     let warmup = run.warmup.max(Duration::from_secs(1));
+    let sampled = server.clone();
     let sampler = tokio::spawn(async move {
         tokio::time::sleep(warmup).await;
-        (server.cpu_seconds(), std::time::Instant::now())
+        (sampled.cpu_seconds(), std::time::Instant::now())
     });
     let output = tokio::task::spawn_blocking(move || Command::new("h2load").args(&args).output())
         .await

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::server::{Probe, RssWatch};
+use crate::server::{Probe, RssWatch, machine_busy_seconds, others_percent};
 
 pub type CallFuture = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
 
@@ -70,7 +70,11 @@ pub struct Measured {
     /// Errors during warm-up or after the window (not in `errors`).
     pub errors_outside: u64,
     pub server_cpu_s: f64,
+    /// PostgreSQL's CPU over the window, when the store is a database the benchmark started.
+    pub db_cpu_s: Option<f64>,
     pub client_cpu_s: f64,
+    /// Percent of the machine's cores other processes used during the window.
+    pub others_cpu_percent: f64,
     pub rss_peak_kib: u64,
     /// The op ran out of work before the window ended; `seconds` is then shorter.
     pub exhausted: bool,
@@ -95,6 +99,12 @@ impl Measured {
         } else {
             self.server_cpu_s * 1e6 / done as f64
         }
+    }
+
+    pub fn db_cpu_us_per_call(&self) -> Option<f64> {
+        let done = self.calls + self.errors.total();
+        self.db_cpu_s
+            .map(|cpu| if done == 0 { 0.0 } else { cpu * 1e6 / done as f64 })
     }
 
     pub fn client_cpu_us_per_call(&self) -> f64 {
@@ -142,28 +152,39 @@ impl Window {
     }
 }
 
+/// CPU over a window, in seconds: the server's, PostgreSQL's (when probed) and this process's.
+struct WindowCpu {
+    server: f64,
+    db: Option<f64>,
+    client: f64,
+    seconds: f64,
+    /// Percent of the machine's cores that other processes used (another build, another test).
+    others_percent: f64,
+}
+
 /// Reads CPU at the window's start and at its end (or when every worker has stopped).
-async fn watch_window(
-    window: &Window,
-    server: Probe,
-    rss: &RssWatch,
-    running: Arc<AtomicUsize>,
-) -> (f64, f64, f64, Instant) {
+async fn watch_window(window: &Window, server: Probe, rss: &RssWatch, running: Arc<AtomicUsize>) -> WindowCpu {
     tokio::time::sleep_until(window.from).await;
     let client = Probe::this_process();
-    let (server0, client0) = (server.cpu_seconds(), client.cpu_seconds());
-    rss.reset(server);
+    let (server0, db0, client0) = (server.cpu_seconds(), server.db_cpu_seconds(), client.cpu_seconds());
+    let (busy0, started) = (machine_busy_seconds(), Instant::now());
+    rss.reset(&server);
     loop {
         let now = Instant::now();
         if now >= window.end || running.load(Ordering::Relaxed) == 0 {
             let at = now.min(window.end);
-            let seconds = (at - window.from).as_secs_f64();
-            return (
-                server.cpu_seconds() - server0,
-                client.cpu_seconds() - client0,
-                seconds,
-                at,
-            );
+            let server_cpu = server.cpu_seconds() - server0;
+            let client_cpu = client.cpu_seconds() - client0;
+            let db = server.db_cpu_seconds().zip(db0).map(|(end, start)| end - start);
+            let busy = machine_busy_seconds() - busy0;
+            let ours = server_cpu + client_cpu + db.unwrap_or(0.0);
+            return WindowCpu {
+                server: server_cpu,
+                db,
+                client: client_cpu,
+                seconds: (at - window.from).as_secs_f64(),
+                others_percent: others_percent(busy, ours, started.elapsed().as_secs_f64()),
+            };
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -219,7 +240,7 @@ pub async fn closed(
             (latency, errors, outside, last_done)
         }));
     }
-    let (server_cpu_s, client_cpu_s, window_seconds, _) = watch_window(&window, server, rss, running).await;
+    let cpu = watch_window(&window, server, rss, running).await;
     let mut latency_us = histogram();
     let mut errors = Errors::default();
     let mut errors_outside = 0;
@@ -233,7 +254,7 @@ pub async fn closed(
     }
     let exhausted = exhausted.load(Ordering::Relaxed);
     let seconds = if exhausted {
-        (last_done - window.from).as_secs_f64().min(window_seconds.max(0.001))
+        (last_done - window.from).as_secs_f64().min(cpu.seconds.max(0.001))
     } else {
         duration.as_secs_f64()
     };
@@ -244,8 +265,10 @@ pub async fn closed(
         service_us: None,
         errors,
         errors_outside,
-        server_cpu_s,
-        client_cpu_s,
+        server_cpu_s: cpu.server,
+        db_cpu_s: cpu.db,
+        client_cpu_s: cpu.client,
+        others_cpu_percent: cpu.others_percent,
         rss_peak_kib: rss.peak_kib(),
         exhausted,
         dropped: 0,
@@ -321,7 +344,7 @@ pub async fn open(
             (dropped_inside, exhausted)
         })
     };
-    let (server_cpu_s, client_cpu_s, window_seconds, _) = watch_window(&window, server, rss, running).await;
+    let cpu = watch_window(&window, server, rss, running).await;
     let (dropped, exhausted) = scheduler.await.expect("the scheduler panicked");
     // Wait for the calls still in flight (bounded by the call timeout).
     let mut latency_us = histogram();
@@ -354,17 +377,15 @@ pub async fn open(
     }
     Measured {
         calls: latency_us.len(),
-        seconds: if exhausted {
-            window_seconds
-        } else {
-            duration.as_secs_f64()
-        },
+        seconds: if exhausted { cpu.seconds } else { duration.as_secs_f64() },
         latency_us,
         service_us: Some(service_us),
         errors,
         errors_outside,
-        server_cpu_s,
-        client_cpu_s,
+        server_cpu_s: cpu.server,
+        db_cpu_s: cpu.db,
+        client_cpu_s: cpu.client,
+        others_cpu_percent: cpu.others_percent,
         rss_peak_kib: rss.peak_kib(),
         exhausted,
         dropped,

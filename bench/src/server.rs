@@ -5,20 +5,23 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-/// How to start the server: the binary, its config file, where its logs go.
+/// How to start the server: the binary, its config file, where its logs go, and environment
+/// variables set on top of the inherited ones (config overrides such as
+/// `LATCHKEY_STORE__POSTGRES__POOL_SIZE`).
 #[derive(Clone, Debug)]
 pub struct ServerSpec {
     pub binary: PathBuf,
     pub config: PathBuf,
     pub log_dir: PathBuf,
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Server {
@@ -59,6 +62,7 @@ impl Server {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--metrics-listen")
             .arg(format!("127.0.0.1:{http_port}"))
+            .envs(spec.env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -124,7 +128,7 @@ impl Server {
     }
 
     pub fn probe(&self) -> Probe {
-        Probe { pid: self.pid }
+        Probe::of(self.pid)
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
@@ -184,13 +188,17 @@ pub async fn health_check(channel: Channel) -> Option<ServingStatus> {
     ServingStatus::try_from(response.into_inner().status).ok()
 }
 
-/// Reads one process's CPU time and memory from /proc. `pid` 0 means this process.
-#[derive(Clone, Copy, Debug)]
+/// Reads CPU time and memory from /proc: of the server's processes (one, or every replica; pid 0
+/// means this process), and of PostgreSQL when the store is a database this benchmark started.
+#[derive(Clone, Debug, Default)]
 pub struct Probe {
-    pub pid: u32,
+    pub pids: Vec<u32>,
+    /// The postmaster's pid: PostgreSQL's CPU is its own, its live children's (backends,
+    /// checkpointer, WAL writer, autovacuum) and its reaped children's.
+    pub postgres: Option<u32>,
 }
 
-fn clock_ticks_per_second() -> f64 {
+pub fn clock_ticks_per_second() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
         Command::new("getconf")
@@ -203,57 +211,116 @@ fn clock_ticks_per_second() -> f64 {
     })
 }
 
-impl Probe {
-    pub fn this_process() -> Self {
-        Probe { pid: 0 }
-    }
-
-    fn proc_path(&self, file: &str) -> String {
-        if self.pid == 0 {
-            format!("/proc/self/{file}")
-        } else {
-            format!("/proc/{}/{file}", self.pid)
-        }
-    }
-
-    /// utime + stime of every thread, in seconds.
-    pub fn cpu_seconds(&self) -> f64 {
-        let Ok(stat) = std::fs::read_to_string(self.proc_path("stat")) else {
-            return 0.0;
-        };
-        // The command name may hold spaces; the fields after its closing parenthesis are fixed.
-        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-        // fields[0] is the state (field 3 of stat); utime is field 14, stime field 15.
-        (ticks(11) + ticks(12)) as f64 / clock_ticks_per_second()
-    }
-
-    fn status_kib(&self, key: &str) -> u64 {
-        let Ok(status) = std::fs::read_to_string(self.proc_path("status")) else {
-            return 0;
-        };
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(key))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    pub fn rss_kib(&self) -> u64 {
-        self.status_kib("VmRSS:")
-    }
-
-    /// The peak resident set over the process's life.
-    pub fn hwm_kib(&self) -> u64 {
-        self.status_kib("VmHWM:")
+fn proc_path(pid: u32, file: &str) -> String {
+    if pid == 0 {
+        format!("/proc/self/{file}")
+    } else {
+        format!("/proc/{pid}/{file}")
     }
 }
 
-/// Samples the server's VmRSS every 20 ms and keeps the largest value since the last reset.
+/// The fields of `/proc/PID/stat` after the command name (which may hold spaces): `[0]` is the
+/// state (field 3), `[1]` the parent pid, `[11..=14]` utime, stime, cutime, cstime in ticks.
+fn stat_fields(pid: u32) -> Vec<u64> {
+    let Ok(stat) = std::fs::read_to_string(proc_path(pid, "stat")) else {
+        return Vec::new();
+    };
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    after
+        .split_whitespace()
+        .map(|field| field.parse::<u64>().unwrap_or(0))
+        .collect()
+}
+
+fn ticks(fields: &[u64], from: usize, to: usize) -> f64 {
+    fields.get(from..=to).map(|f| f.iter().sum::<u64>()).unwrap_or(0) as f64 / clock_ticks_per_second()
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    let Ok(status) = std::fs::read_to_string(proc_path(pid, "status")) else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+impl Probe {
+    pub fn of(pid: u32) -> Self {
+        Probe {
+            pids: vec![pid],
+            postgres: None,
+        }
+    }
+
+    pub fn this_process() -> Self {
+        Probe::of(0)
+    }
+
+    /// utime + stime of every thread of every process, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.pids.iter().map(|&pid| ticks(&stat_fields(pid), 11, 12)).sum()
+    }
+
+    /// PostgreSQL's CPU in seconds (None without a database): the postmaster's own and reaped
+    /// children's time plus that of its live children.
+    pub fn db_cpu_seconds(&self) -> Option<f64> {
+        let postmaster = self.postgres?;
+        let mut total = ticks(&stat_fields(postmaster), 11, 14);
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+                continue;
+            };
+            let fields = stat_fields(pid);
+            if fields.get(1) == Some(&u64::from(postmaster)) {
+                total += ticks(&fields, 11, 12);
+            }
+        }
+        Some(total)
+    }
+
+    /// VmRSS summed over the processes.
+    pub fn rss_kib(&self) -> u64 {
+        self.pids.iter().map(|&pid| status_kib(pid, "VmRSS:")).sum()
+    }
+
+    /// The peak resident set over each process's life, summed.
+    pub fn hwm_kib(&self) -> u64 {
+        self.pids.iter().map(|&pid| status_kib(pid, "VmHWM:")).sum()
+    }
+}
+
+/// CPU time the whole machine spent busy (every core: user, nice, system, irq, softirq, steal),
+/// in seconds, from /proc/stat.
+pub fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|line| line.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user already)
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| fields.get(i)).sum();
+    busy as f64 / clock_ticks_per_second()
+}
+
+/// The share of the machine (percent of all cores) that other processes used over `seconds`,
+/// given the machine's busy time and the CPU of the processes under test over the same span.
+pub fn others_percent(machine_busy: f64, ours: f64, seconds: f64) -> f64 {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    ((machine_busy - ours).max(0.0) / (seconds.max(0.001) * cores)) * 100.0
+}
+
+/// Samples the server's VmRSS (summed over replicas) every 20 ms and keeps the largest value since
+/// the last reset.
 pub struct RssWatch {
     peak: Arc<AtomicU64>,
-    pid: Arc<AtomicU32>,
+    probe: Arc<Mutex<Probe>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -261,25 +328,23 @@ impl RssWatch {
     pub fn start(probe: Probe) -> Self {
         let watch = RssWatch {
             peak: Arc::new(AtomicU64::new(probe.rss_kib())),
-            pid: Arc::new(AtomicU32::new(probe.pid)),
+            probe: Arc::new(Mutex::new(probe)),
             stop: Arc::new(AtomicBool::new(false)),
         };
-        let (peak, pid, stop) = (watch.peak.clone(), watch.pid.clone(), watch.stop.clone());
+        let (peak, probe, stop) = (watch.peak.clone(), watch.probe.clone(), watch.stop.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let probe = Probe {
-                    pid: pid.load(Ordering::Relaxed),
-                };
-                peak.fetch_max(probe.rss_kib(), Ordering::Relaxed);
+                let current = probe.lock().expect("probe lock").clone();
+                peak.fetch_max(current.rss_kib(), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
         watch
     }
 
-    /// Starts a new peak for `probe`'s process (which may be a new server).
-    pub fn reset(&self, probe: Probe) {
-        self.pid.store(probe.pid, Ordering::Relaxed);
+    /// Starts a new peak for `probe`'s processes (which may be new servers).
+    pub fn reset(&self, probe: &Probe) {
+        *self.probe.lock().expect("probe lock") = probe.clone();
         self.peak.store(probe.rss_kib(), Ordering::Relaxed);
     }
 

@@ -105,12 +105,13 @@ impl Bench {
     async fn closed_loop(&mut self, name: &str, op: Op) -> Row {
         let s = &self.settings;
         let (warmup, duration, per_connection) = (s.warmup, s.duration, s.per_connection);
+        self.settle();
         let perf = if name == "issue" || name == "verify" {
             self.start_perf(name, warmup, duration)
         } else {
             None
         };
-        let probe = self.server().probe();
+        let probe = self.probe();
         let before = self.server().metrics();
         let measured = load::closed(self.channels(), per_connection, warmup, duration, probe, &self.rss, op).await;
         let after = self.server().metrics();
@@ -147,7 +148,7 @@ impl Bench {
             }
             inner(channel, n)
         });
-        let probe = self.server().probe();
+        let probe = self.probe();
         load::closed(
             self.channels(),
             self.settings.per_connection,
@@ -189,7 +190,8 @@ impl Bench {
                 verify_op(self.api.clone(), self.tokens.clone(), None)
             }
         };
-        let probe = self.server().probe();
+        self.settle();
+        let probe = self.probe();
         let before = self.server().metrics();
         let measured = load::open(self.channels(), rate, 4096, warmup, duration, probe, &self.rss, op).await;
         let after = self.server().metrics();
