@@ -1,6 +1,10 @@
 # syntax=docker/dockerfile:1
 # latchkey's container image: a release build on Debian bookworm, run on distroless (glibc, no
 # shell) as the `nonroot` user 65532, which the Helm chart's security contexts expect.
+# scripts/image builds the same image offline (FROM scratch, from a binary built beforehand, with
+# buildah) where these base images cannot be pulled; tests/image checks that its user, entrypoint,
+# command, ports, labels and data directory are the ones below, and runs it as the chart does. Keep
+# the two in step.
 #   docker build -t latchkey:0.1.0 .
 #   docker run --rm -p 50051:50051 -p 9464:9464 -v $PWD/latchkey.toml:/etc/latchkey/config.toml:ro latchkey:0.1.0
 

@@ -39,6 +39,18 @@ VALIDATED: dict[str, tuple[int, int, list[str]]] = {}
 SERVED: dict[str, str] = {}
 
 
+def fail_on_skips(session: Any, exitstatus: int, suite: str) -> None:
+    """For `pytest_sessionfinish`: these suites never skip, so a skipped or xfailed test fails the
+    run."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    dodged = len(reporter.stats.get("skipped", [])) + len(reporter.stats.get("xfailed", []))
+    if dodged and exitstatus == 0:
+        reporter.write_line(f"{dodged} test(s) skipped: {suite} must not skip", red=True)
+        session.exitstatus = 1
+
+
 def scenarios() -> dict[str, Path]:
     """Every `ci/<name>-values.yaml`, by name."""
     return {

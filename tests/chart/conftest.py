@@ -26,11 +26,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """The chart tests never skip: a skipped or xfailed test fails the run."""
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None:
-        return
-    dodged = len(reporter.stats.get("skipped", [])) + len(reporter.stats.get("xfailed", []))
-    if dodged and exitstatus == 0:
-        reporter.write_line(f"{dodged} test(s) skipped: the chart tests must not skip", red=True)
-        session.exitstatus = 1
+    chart_support.fail_on_skips(session, exitstatus, "the chart tests")
