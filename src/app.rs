@@ -567,7 +567,8 @@ async fn watch_store(store: Arc<dyn Store>, health: HealthReporter, shutdown: Ca
             refusing = now_refusing;
             if refusing {
                 tracing::error!(
-                    "the store refuses writes; health is NOT_SERVING until a restart (free disk space first)"
+                    "the store refuses writes; health is NOT_SERVING while it does (PostgreSQL: until it answers \
+                     again; sled: after a storage error, until a restart, with disk space freed first)"
                 );
                 set_health(&health, ServingStatus::NotServing).await;
             } else {

@@ -97,20 +97,24 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     )
 }
 
-const STORE_REFUSES: &str =
+const STORE_REFUSES: &str = "the store refuses writes\n";
+const STORE_NEEDS_RESTART: &str =
     "the store refuses writes after a storage error (a full or failing disk): free space, then restart latchkey\n";
 
-/// Liveness fails only when a restart is the way back: the store stopped taking writes.
+/// Liveness fails only when a restart is the way back (sled after a storage error); not while a
+/// database is unreachable, which restarting every replica would not mend.
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
-    if state.domain.store.refuses_writes() {
-        (StatusCode::SERVICE_UNAVAILABLE, STORE_REFUSES)
+    if state.domain.store.needs_restart() {
+        (StatusCode::SERVICE_UNAVAILABLE, STORE_NEEDS_RESTART)
     } else {
         (StatusCode::OK, "ok\n")
     }
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    if state.domain.store.refuses_writes() {
+    if state.domain.store.needs_restart() {
+        (StatusCode::SERVICE_UNAVAILABLE, STORE_NEEDS_RESTART)
+    } else if state.domain.store.refuses_writes() {
         (StatusCode::SERVICE_UNAVAILABLE, STORE_REFUSES)
     } else if state.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")

@@ -1,7 +1,8 @@
 //! PostgreSQL stopped and started again under a running replica (a database of the test's own,
 //! started with scripts/postgres): calls fail fast with `STORE_UNAVAILABLE` instead of hanging,
-//! health turns `NOT_SERVING`, and once the database is back the replica serves again without a
-//! restart, with every link it acknowledged before the outage.
+//! health turns `NOT_SERVING` (`/readyz` 503, while `/healthz`, liveness, stays 200), and once the
+//! database is back the replica serves again without a restart, with every link it acknowledged
+//! before the outage.
 
 mod common;
 
@@ -64,6 +65,10 @@ async fn a_database_outage_fails_calls_fast_and_the_replica_recovers_by_itself()
         (health(channel.clone()).await == Some(ServingStatus::NotServing)).then_some(())
     })
     .await;
+    // Not ready, but alive: restarting the replica would not bring the database back.
+    let http = server.http_addr.expect("the HTTP port");
+    assert_eq!(http_get(http, "/readyz").await.0, 503);
+    assert_eq!(http_get(http, "/healthz").await.0, 200);
 
     database.resume();
     eventually("health to turn SERVING again", async || {

@@ -199,6 +199,10 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store refuses writes now (its disk failed, its database is unreachable), so
     /// health reports NOT_SERVING. Cheap enough to read every second.
     fn refuses_writes(&self) -> bool;
+    /// Whether only a restart brings the store back (sled after a storage error), so liveness
+    /// fails. A database that does not answer is not this: it comes back by itself, and
+    /// restarting every replica meanwhile would only add to the outage.
+    fn needs_restart(&self) -> bool;
     /// Commits everything, stops background work and lets go of the backend's resources (files,
     /// connections); later calls fail `STORE_UNAVAILABLE`. Calls still running may finish first.
     async fn close(&self) -> Result<()>;

@@ -259,12 +259,16 @@ def test_default_scenario_kinds():
 # --- the pod --------------------------------------------------------------------------------
 
 
-def test_grpc_probes_without_tls():
-    container = render_scenario("default").container
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["grpc"] == {"port": 50051}, (probe, container[probe])
-        assert "httpGet" not in container[probe]
-    assert container["readinessProbe"]["periodSeconds"] == 5
+def test_grpc_probes_without_tls_but_liveness_on_healthz():
+    for scenario in ("default", "postgres"):
+        container = render_scenario(scenario).container
+        for probe in ("startupProbe", "readinessProbe"):
+            assert container[probe]["grpc"] == {"port": 50051}, (probe, container[probe])
+            assert "httpGet" not in container[probe]
+        # gRPC health is NOT_SERVING while a database is unreachable; restarting would not help.
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
+        assert "grpc" not in container["livenessProbe"]
+        assert container["readinessProbe"]["periodSeconds"] == 5
 
 
 def test_http_probes_with_tls():

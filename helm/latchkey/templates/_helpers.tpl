@@ -303,9 +303,12 @@ spec:
         periodSeconds: {{ int $probes.startup.periodSeconds }}
         failureThreshold: {{ int $probes.startup.failureThreshold }}
         timeoutSeconds: {{ int $probes.startup.timeoutSeconds }}
+      # Not gRPC health, which is NOT_SERVING while the database is unreachable: a restart would not
+      # mend that. /healthz fails only when a restart is the way back.
       livenessProbe:
-        grpc:
-          port: 50051
+        httpGet:
+          path: /healthz
+          port: http-metrics
         periodSeconds: {{ int $probes.liveness.periodSeconds }}
         failureThreshold: {{ int $probes.liveness.failureThreshold }}
         timeoutSeconds: {{ int $probes.liveness.timeoutSeconds }}

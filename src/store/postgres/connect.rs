@@ -72,21 +72,10 @@ impl Connector {
         )
     }
 
-    /// The error with its causes, which carry the useful part (a TLS handshake fails because of
-    /// the certificate, which only the innermost error says). None of them holds the password.
     pub fn unreachable(&self, error: &(dyn std::error::Error + 'static)) -> OpenError {
-        let mut reason = error.to_string();
-        let mut cause = error.source();
-        while let Some(inner) = cause {
-            let said = inner.to_string();
-            if !reason.contains(&said) {
-                reason = format!("{reason}: {said}");
-            }
-            cause = inner.source();
-        }
         OpenError::Unreachable {
             target: self.target(),
-            reason,
+            reason: with_causes(error),
         }
     }
 
@@ -108,6 +97,23 @@ impl Connector {
             .map_err(|error| OpenError::Config(error.to_string()))
     }
 
+    /// A connection of its own (not pooled) whose messages are not read, for the health probe:
+    /// so that a pool busy with calls is not taken for a database that does not answer.
+    pub async fn lone(&self) -> Result<Client, tokio_postgres::Error> {
+        match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                tokio::spawn(connection);
+                Ok(client)
+            }
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                tokio::spawn(connection);
+                Ok(client)
+            }
+        }
+    }
+
     /// A connection of its own (not pooled), with its messages (notifications) forwarded to
     /// `messages`; the connection ends when the returned client is dropped or the server goes.
     pub async fn dedicated(
@@ -127,6 +133,22 @@ impl Connector {
             }
         }
     }
+}
+
+/// An error with its causes, which carry the useful part: a TLS handshake fails because of the
+/// certificate, and a statement because of what the database said, which only the inner errors
+/// say (the outer ones read "error performing TLS handshake", "db error"). None holds the password.
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut said = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let more = inner.to_string();
+        if !said.contains(&more) {
+            said = format!("{said}: {more}");
+        }
+        cause = inner.source();
+    }
+    said
 }
 
 async fn forward<S, T>(

@@ -75,7 +75,7 @@ pub async fn open(config: &StoreConfig) -> std::result::Result<(PgStore, PgWakeu
     }
     let stop = CancellationToken::new();
     let unreachable = Arc::new(AtomicBool::new(false));
-    tokio::spawn(probe(pool.clone(), unreachable.clone(), stop.clone()));
+    tokio::spawn(probe(connector.clone(), unreachable.clone(), stop.clone()));
     let wakeups = PgWakeups::start(
         connector,
         pool.clone(),
@@ -94,16 +94,25 @@ pub async fn open(config: &StoreConfig) -> std::result::Result<(PgStore, PgWakeu
 }
 
 /// Health: the database answers a trivial query within a few seconds, or the store refuses writes.
-async fn probe(pool: Pool, unreachable: Arc<AtomicBool>, stop: CancellationToken) {
+/// The probe has a connection of its own: under load every pooled connection is busy, which is
+/// not the database being gone.
+async fn probe(connector: connect::Connector, unreachable: Arc<AtomicBool>, stop: CancellationToken) {
+    let mut connection: Option<tokio_postgres::Client> = None;
     loop {
         let answered = tokio::time::timeout(Duration::from_secs(3), async {
-            let client = pool.get().await.ok()?;
-            client.simple_query("SELECT 1").await.ok()
+            if connection.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+                connection = Some(connector.lone().await.ok()?);
+            }
+            connection.as_ref()?.simple_query("SELECT 1").await.ok()
         })
         .await
         .ok()
         .flatten()
         .is_some();
+        if !answered {
+            // A connection that failed once is not trusted again.
+            connection = None;
+        }
         if unreachable.swap(!answered, Ordering::Relaxed) == answered {
             if answered {
                 tracing::info!("PostgreSQL answers again");
@@ -146,7 +155,8 @@ fn is_conflict(error: &tokio_postgres::Error) -> bool {
     )
 }
 
-fn unavailable(error: &dyn std::fmt::Display) -> Error {
+fn unavailable(error: &(dyn std::error::Error + 'static)) -> Error {
+    let error = connect::with_causes(error);
     tracing::warn!(%error, "PostgreSQL call failed");
     Error::new(Reason::STORE_UNAVAILABLE, "the store is unavailable; try again")
 }
@@ -205,7 +215,7 @@ impl PgStore {
     async fn bounded<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
         match tokio::time::timeout(self.deadline, work).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(unavailable(&"the database did not answer in time")),
+            Err(elapsed) => Err(unavailable(&elapsed)),
         }
     }
 
@@ -998,6 +1008,10 @@ impl Store for PgStore {
 
     fn refuses_writes(&self) -> bool {
         self.unreachable.load(Ordering::Relaxed)
+    }
+
+    fn needs_restart(&self) -> bool {
+        false
     }
 
     async fn close(&self) -> Result<()> {

@@ -1245,6 +1245,11 @@ impl Store for SledStore {
         self.inner().is_ok_and(|inner| inner.refuses_writes())
     }
 
+    /// sled does not take writes again after a storage error.
+    fn needs_restart(&self) -> bool {
+        self.refuses_writes()
+    }
+
     /// Commits, lets the calls in flight finish, waits for sled to let go of the directory, and
     /// checkpoints it, so that the next start reads a snapshot and the same process may open the
     /// directory again at once.
