@@ -13,8 +13,8 @@
 //! `pgbench -M prepared` runs them: parsing and planning each statement on every call cost the
 //! database more than twice pgbench's CPU per verification. PostgreSQL may then give a statement a
 //! generic plan, so each is written to be an index lookup under one (`tests/postgres_plans.rs`):
-//! the purge deletes `= ANY(ARRAY(subquery))`, since `IN (subquery)` gets a hash join over the
-//! whole table.
+//! the purge and the outbox claim name their rows `= ANY(ARRAY(subquery))`, since `IN (subquery)`
+//! gets a hash join over the whole table.
 //!
 //! Wake-ups cross replicas with LISTEN/NOTIFY (`wakeups`). A call is answered only after its
 //! transaction committed. The URL's password never reaches a log line or an error.
@@ -776,8 +776,8 @@ impl Store for PgStore {
     async fn claim_emails(&self, claim: OutboxClaim) -> Result<Vec<Email>> {
         let sql = format!(
             "UPDATE emails SET status = 1, attempts = attempts + 1, next_attempt_at = $2 \
-             WHERE id IN (SELECT id FROM emails WHERE status IN (0, 1) AND next_attempt_at <= $1 \
-                          ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             WHERE id = ANY(ARRAY(SELECT id FROM emails WHERE status IN (0, 1) AND next_attempt_at <= $1 \
+                                  ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)) \
              RETURNING {}",
             rows::EMAIL
         );
