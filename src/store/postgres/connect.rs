@@ -97,28 +97,13 @@ impl Connector {
             .map_err(|error| OpenError::Config(error.to_string()))
     }
 
-    /// A connection of its own (not pooled) whose messages are not read, for the health probe:
-    /// so that a pool busy with calls is not taken for a database that does not answer.
-    pub async fn lone(&self) -> Result<Client, tokio_postgres::Error> {
-        match &self.tls {
-            Some(tls) => {
-                let (client, connection) = self.config.connect(tls.clone()).await?;
-                tokio::spawn(connection);
-                Ok(client)
-            }
-            None => {
-                let (client, connection) = self.config.connect(NoTls).await?;
-                tokio::spawn(connection);
-                Ok(client)
-            }
-        }
-    }
-
     /// A connection of its own (not pooled), with its messages (notifications) forwarded to
-    /// `messages`; the connection ends when the returned client is dropped or the server goes.
+    /// `messages` if given (the LISTEN connection; the health probe reads none, so a pool busy with
+    /// calls is not taken for a database that does not answer). The connection ends when the
+    /// returned client is dropped or the server goes.
     pub async fn dedicated(
         &self,
-        messages: tokio::sync::mpsc::UnboundedSender<tokio_postgres::AsyncMessage>,
+        messages: Option<tokio::sync::mpsc::UnboundedSender<tokio_postgres::AsyncMessage>>,
     ) -> Result<Client, tokio_postgres::Error> {
         match &self.tls {
             Some(tls) => {
@@ -153,13 +138,16 @@ pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
 
 async fn forward<S, T>(
     mut connection: tokio_postgres::Connection<S, T>,
-    messages: tokio::sync::mpsc::UnboundedSender<tokio_postgres::AsyncMessage>,
+    messages: Option<tokio::sync::mpsc::UnboundedSender<tokio_postgres::AsyncMessage>>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    // Polling for messages is what drives the connection, whether or not anyone wants them.
     while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-        if messages.send(message).is_err() {
+        if let Some(messages) = &messages
+            && messages.send(message).is_err()
+        {
             return;
         }
     }

@@ -101,7 +101,7 @@ async fn probe(connector: connect::Connector, unreachable: Arc<AtomicBool>, stop
     loop {
         let answered = tokio::time::timeout(Duration::from_secs(3), async {
             if connection.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
-                connection = Some(connector.lone().await.ok()?);
+                connection = Some(connector.dedicated(None).await.ok()?);
             }
             connection.as_ref()?.simple_query("SELECT 1").await.ok()
         })

@@ -128,7 +128,7 @@ async fn listen(connector: Connector, local: Arc<LocalWakeups>, stop: Cancellati
     let mut backoff = Duration::from_millis(100);
     loop {
         let (messages, mut heard) = mpsc::unbounded_channel();
-        match connector.dedicated(messages).await {
+        match connector.dedicated(Some(messages)).await {
             Ok(client) => match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(100);
