@@ -93,3 +93,54 @@ async fn a_database_outage_fails_calls_fast_and_the_replica_recovers_by_itself()
         "the database password is in the log"
     );
 }
+
+/// Under load every pooled connection can be busy, which is not the database being gone: with a
+/// pool of one held by a call that waits on a row lock until its statement timeout, health stays
+/// `SERVING` throughout (the probe has a connection of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_pool_is_not_taken_for_an_unreachable_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg_dir = tempfile::Builder::new().prefix("latchkey-pg-busy").tempdir().unwrap();
+    let (_database, url) = Database::start(pg_dir.path().join("cluster"), &[]);
+    let env = [
+        ("LATCHKEY_STORE__BACKEND", "postgres"),
+        ("LATCHKEY_STORE__POSTGRES__URL", url.as_str()),
+        ("LATCHKEY_STORE__POSTGRES__POOL_SIZE", "1"),
+        ("LATCHKEY_STORE__POSTGRES__STATEMENT_TIMEOUT_SECONDS", "6"),
+    ];
+    let server = BinaryServer::start(dir.path(), &[], &env);
+    let channel = connect(server.addr).await;
+    let mut client = PasswordlessClient::new(channel.clone());
+    let issued = client
+        .issue_login_link(issue_request("busy@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let (locker, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; SELECT 1 FROM links FOR UPDATE")
+        .await
+        .unwrap();
+    let verify = tokio::spawn(async move {
+        client
+            .verify_token(pb::VerifyTokenRequest {
+                token: token_of(&issued.link),
+                ..Default::default()
+            })
+            .await
+    });
+    let mut checks = 0;
+    while !verify.is_finished() {
+        assert_eq!(
+            health(channel.clone()).await,
+            Some(ServingStatus::Serving),
+            "health while the only pooled connection waits"
+        );
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(checks > 10, "the call held the pool for a while ({checks} checks)");
+    assert_error(verify.await.unwrap(), Code::Unavailable, "STORE_UNAVAILABLE");
+}
