@@ -107,6 +107,40 @@ async fn starttls_and_auth_deliver_a_link_that_verifies() {
     app.verify(&token, "").await.expect("the emailed link signs in");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_tls_and_auth_deliver_several_messages_over_pooled_connections() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, chain, key) = test_certificates(certs.path());
+    let maildir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let options = SmtpOptions {
+        tls: Some((chain, key)),
+        implicit_tls: true,
+        auth: Some((USER.into(), PASSWORD.into())),
+        ..Default::default()
+    };
+    let server = SmtpServer::start(maildir.path(), port, &options);
+    let app = TestApp::spawn_with(|config| {
+        use_smtp(config, port, SmtpTls::Tls);
+        config.mail.smtp.ca_file = Some(ca);
+        config.mail.smtp.username = Some(USER.into());
+        config.mail.smtp.password = Some(toml_secret(PASSWORD));
+        config.mail.smtp.pool_size = 2;
+    })
+    .await;
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        ids.push(queue(&app, &format!("implicit-{n}@example.com")).await);
+    }
+    for email_id in &ids {
+        wait_for_status(&app, email_id, EmailStatus::Sent, 1).await;
+    }
+    let messages = server.messages();
+    assert_eq!(messages.len(), 6, "each message once");
+    let token = token_in(&part(&messages[0], "text/plain"), "token");
+    app.verify(&token, "").await.expect("the emailed link signs in");
+}
+
 fn toml_secret(value: &str) -> Secret {
     serde_json::from_value(serde_json::Value::from(value)).unwrap()
 }

@@ -70,7 +70,7 @@ const EXPECTED: &[&str] = &[
     "INSERT INTO emails",
     "FROM emails WHERE id = $1",
     "UPDATE emails SET status = 1",
-    "UPDATE emails SET status = $3",
+    "UPDATE emails AS e SET status = u.status",
     "SELECT min(next_attempt_at) FROM emails",
     "SELECT count(*) FILTER (WHERE status = 0)",
     "INSERT INTO rate_buckets",

@@ -845,7 +845,7 @@ async fn an_email_whose_lease_ran_out_is_claimed_again_and_the_old_claim_cannot_
         sent_at: Some(NOW + 1_500),
         ..first
     };
-    assert!(!store.finish_email(&stale).await.unwrap());
+    assert_eq!(store.finish_emails(&[stale]).await.unwrap(), [false]);
     assert_eq!(
         store.email(&queued.id).await.unwrap().unwrap().status,
         EmailStatus::Sending
@@ -857,7 +857,7 @@ async fn an_email_whose_lease_ran_out_is_claimed_again_and_the_old_claim_cannot_
         last_error: Some("451 try again".into()),
         ..second
     };
-    assert!(store.finish_email(&retry).await.unwrap());
+    assert_eq!(store.finish_emails(&[retry]).await.unwrap(), [true]);
     assert_eq!(
         store.outbox_depth().await.unwrap(),
         OutboxDepth { queued: 1, sending: 0 }
@@ -871,7 +871,7 @@ async fn an_email_whose_lease_ran_out_is_claimed_again_and_the_old_claim_cannot_
         sent_at: Some(NOW + 5_001),
         ..third
     };
-    assert!(store.finish_email(&sent).await.unwrap());
+    assert_eq!(store.finish_emails(std::slice::from_ref(&sent)).await.unwrap(), [true]);
     assert_eq!(store.email(&queued.id).await.unwrap().unwrap(), sent);
     assert_eq!(store.outbox_depth().await.unwrap(), OutboxDepth::default());
     assert_eq!(store.next_email_due().await.unwrap(), None);
@@ -879,9 +879,78 @@ async fn an_email_whose_lease_ran_out_is_claimed_again_and_the_old_claim_cannot_
         store.claim_emails(claim(LONG_AFTER)).await.unwrap().is_empty(),
         "a sent email is never claimed"
     );
-    assert!(
-        !store.finish_email(&sent).await.unwrap(),
+    assert_eq!(
+        store.finish_emails(&[sent]).await.unwrap(),
+        [false],
         "a finished claim cannot record twice"
+    );
+}
+
+#[tokio::test]
+async fn outcomes_recorded_together_each_count_only_if_their_claim_holds() {
+    let TestStore { store, .. } = open_test_store().await;
+    let (ada, _) = stored_user(store.as_ref(), 1).await;
+    let mut queued = Vec::new();
+    for n in 0..5 {
+        let link = link(&format!("batch-{n}"), &ada.id);
+        let email = email(&format!("batch-{n}"), &ada, std::slice::from_ref(&link));
+        queue(store.as_ref(), std::slice::from_ref(&link), None, &email)
+            .await
+            .unwrap();
+        queued.push(email);
+    }
+    let claim = OutboxClaim {
+        now: NOW,
+        lease: MINUTE,
+        limit: 10,
+    };
+    let mut claimed = store.claim_emails(claim).await.unwrap();
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(claimed.len(), 5);
+    let sent = |email: &Email| Email {
+        status: EmailStatus::Sent,
+        sent_at: Some(NOW + 10),
+        ..email.clone()
+    };
+    // One of them was recorded already, one carries an attempt count no claim holds.
+    assert_eq!(store.finish_emails(&[sent(&claimed[1])]).await.unwrap(), [true]);
+    let stale = Email {
+        attempts: claimed[3].attempts + 1,
+        ..sent(&claimed[3])
+    };
+    let retry = Email {
+        status: EmailStatus::Queued,
+        next_attempt_at: NOW + 5_000,
+        last_error: Some("451 try again".into()),
+        ..claimed[4].clone()
+    };
+    let batch = [
+        sent(&claimed[0]),
+        sent(&claimed[1]),
+        sent(&claimed[2]),
+        stale,
+        retry.clone(),
+    ];
+    assert_eq!(
+        store.finish_emails(&batch).await.unwrap(),
+        [true, false, true, false, true],
+        "answers in the order asked"
+    );
+    assert_eq!(store.finish_emails(&[]).await.unwrap(), Vec::<bool>::new());
+    for (n, expected) in [
+        (0, EmailStatus::Sent),
+        (1, EmailStatus::Sent),
+        (2, EmailStatus::Sent),
+        (3, EmailStatus::Sending),
+        (4, EmailStatus::Queued),
+    ] {
+        let stored = store.email(&claimed[n].id).await.unwrap().unwrap();
+        assert_eq!(stored.status, expected, "email {n}");
+    }
+    assert_eq!(store.email(&retry.id).await.unwrap().unwrap(), retry);
+    assert_eq!(
+        store.outbox_depth().await.unwrap(),
+        OutboxDepth { queued: 1, sending: 1 }
     );
 }
 

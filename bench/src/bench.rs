@@ -45,6 +45,8 @@ pub struct Settings {
     pub replicas: Vec<usize>,
     /// PostgreSQL only: `store.postgres.pool_size` of each replica, one per pass.
     pub pool_sizes: Vec<usize>,
+    /// PostgreSQL only: each replica's tokio worker threads (`TOKIO_WORKER_THREADS`), per pass.
+    pub worker_threads: Vec<usize>,
     /// PostgreSQL only: pgbench's clients (`-c`) and threads (`-j`).
     pub pgbench_clients: usize,
     pub pgbench_threads: usize,

@@ -3,8 +3,9 @@
 //! everything, writes the config and calls this; see bench/README.md.
 //!
 //! Module map: `server` (the child process and /proc), `api` (connections and stubs), `load`
-//! (closed and open loops), `unary` and `flows` (the scenarios), `mail` (.eml files), `h2load`
-//! (the cross-check), `report` (table and JSON), `bench` (shared state).
+//! (closed and open loops), `unary`, `flows` and `mail_latency` (the scenarios), `mail` (.eml
+//! files), `smtp_sink` (mail_latency's SMTP server), `h2load` (the cross-check), `postgres`
+//! (the database passes and pgbench), `report` (table and JSON), `bench` (shared state).
 
 mod api;
 mod bench;
@@ -12,11 +13,13 @@ mod flows;
 mod h2load;
 mod load;
 mod mail;
+mod mail_latency;
 #[path = "../../tests/common/mime.rs"]
 mod mime;
 mod postgres;
 mod report;
 mod server;
+mod smtp_sink;
 mod unary;
 
 use std::path::PathBuf;
@@ -31,7 +34,7 @@ use crate::server::{RssWatch, Server, ServerSpec};
 
 const USAGE: &str =
     "usage: latchkey-bench --server BIN --config FILE --work-dir DIR --mail-dir DIR --out-dir DIR --repo DIR
-  [--quick] [--only health,issue,verify,half_peak,authenticate,h2load,login_or_create,long_poll,scale]
+  [--quick] [--only health,issue,verify,half_peak,authenticate,h2load,login_or_create,mail_latency,long_poll,scale]
   [--perf DIR] [--no-h2load] [--connections N] [--in-flight N] [--warmup S] [--duration S]
   [--waiters N] [--scale-users N] [--client-threads N (default 1)]
   [--store sled|postgres]
@@ -39,6 +42,7 @@ PostgreSQL (--store postgres; the config's store must be the same database):
   --pg-url-file FILE --pg-dir DIR (of scripts/postgres start) --pg-bin DIR (psql, pgbench)
   --pgbench-dir DIR (the scripts) [--replicas 1,3]
   [--pool-sizes N,N (pool_size of each replica, per pass; default 16 / replicas, rounded up)]
+  [--worker-threads N,N (each replica's runtime threads, per pass; default cores / replicas, at least 1)]
   [--pgbench-clients N (default 16)] [--pgbench-threads N (default 2)]
 The API key comes from the environment variable BENCH_API_KEY.";
 
@@ -51,6 +55,10 @@ pub const SKIPPED_ON_POSTGRES: &[(&str, &str)] = &[
     (
         "h2load",
         "a cross-check of the gRPC stack, which does not depend on the store: see the sled run",
+    ),
+    (
+        "mail_latency",
+        "the mail worker and its transports are the same on both stores: see the sled run",
     ),
     (
         "long_poll",
@@ -140,6 +148,19 @@ fn parse_args() -> Result<Args, String> {
             sizes
         }
     };
+    // Like the pool, the machine's cores are shared over the replicas of a pass, as pods with CPU
+    // limits would be (tokio sizes its runtime by the cores it may use, not by what else runs).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let worker_threads = match values.get("worker-threads") {
+        None => replicas.iter().map(|n| (cores / n).max(1)).collect(),
+        Some(list) => {
+            let threads = numbers(list, "worker-threads")?;
+            if threads.len() != replicas.len() {
+                return Err("--worker-threads needs one count per --replicas entry".into());
+            }
+            threads
+        }
+    };
     let mut only: Option<Vec<String>> = values
         .get("only")
         .map(|list| list.split(',').map(|s| s.trim().to_string()).collect());
@@ -197,6 +218,7 @@ fn parse_args() -> Result<Args, String> {
         store,
         replicas,
         pool_sizes,
+        worker_threads,
         pgbench_clients: number("pgbench-clients", 16.0)? as usize,
         pgbench_threads: number("pgbench-threads", 2.0)? as usize,
     };
@@ -306,6 +328,9 @@ async fn scenarios(bench: &mut Bench) {
     }
     if bench.wants("login_or_create") {
         bench.login_or_create().await;
+    }
+    if bench.wants("mail_latency") {
+        bench.mail_latency().await;
     }
     if bench.wants("long_poll") {
         bench.long_poll().await;
@@ -420,14 +445,19 @@ async fn run_postgres(args: &Args, pg_args: &PgArgs) -> Bench {
     let mut all: Option<Bench> = None;
     let mut passes = serde_json::Map::new();
     let mut verify_hint: f64 = 0.0;
-    for (&replicas, &pool_size) in settings.replicas.iter().zip(&settings.pool_sizes) {
+    let passes_of = settings
+        .replicas
+        .iter()
+        .zip(&settings.pool_sizes)
+        .zip(&settings.worker_threads);
+    for ((&replicas, &pool_size), &threads) in passes_of {
         pg.reset().unwrap_or_else(|error| fail(error));
         let label = format!("r{replicas}");
         eprintln!(
-            "pass {label}: {replicas} replica(s) on PostgreSQL {} (pool size per replica: {pool_size})",
+            "pass {label}: {replicas} replica(s) on PostgreSQL {} (per replica: pool size {pool_size}, {threads} runtime threads)",
             pg.target(),
         );
-        let (mut bench, mut info) = postgres::start_pass(settings, &pg, replicas, pool_size)
+        let (mut bench, mut info) = postgres::start_pass(settings, &pg, replicas, pool_size, threads)
             .await
             .unwrap_or_else(|error| fail(error));
         eprintln!("every replica SERVING after {:?} ms", info["start_to_serving_ms"]);

@@ -459,6 +459,7 @@ pub async fn start_pass(
     pg: &Arc<Postgres>,
     replicas: usize,
     pool_size: usize,
+    worker_threads: usize,
 ) -> Result<(Bench, Map<String, Value>), String> {
     let mut settings = settings.clone();
     let in_flight = settings.connections * settings.per_connection;
@@ -468,6 +469,10 @@ pub async fn start_pass(
         .spec
         .env
         .push(("LATCHKEY_STORE__POSTGRES__POOL_SIZE".into(), pool_size.to_string()));
+    settings
+        .spec
+        .env
+        .push(("TOKIO_WORKER_THREADS".into(), worker_threads.to_string()));
     let mut servers: Vec<Server> = Vec::new();
     let mut info = Map::new();
     let mut starts = Vec::new();
@@ -518,6 +523,7 @@ pub async fn start_pass(
     info.insert("connections".into(), json!(bench.settings.connections));
     info.insert("in_flight_per_connection".into(), json!(bench.settings.per_connection));
     info.insert("pool_size_per_replica".into(), json!(pool_size));
+    info.insert("worker_threads_per_replica".into(), json!(worker_threads));
     Ok((bench, info))
 }
 

@@ -144,6 +144,22 @@ fn targets(bench: &Bench) -> Vec<Target> {
         "/s",
         &|v| v >= 2000.0,
     );
+    // Time from LoginOrCreate's answer to the message reaching the transport, at half and three
+    // quarters of login_or_create's peak, with each transport.
+    for (load, limit_ms) in [(50, 1000.0), (75, 5000.0)] {
+        for sink in ["file", "smtp"] {
+            let row = bench.row(&format!("mail_latency_{sink}_{load}"));
+            add(
+                &format!(
+                    "mail delay p99 <= {} s at {load}% of login_or_create ({sink})",
+                    limit_ms / 1000.0
+                ),
+                extra_f64(row, "mail_delay_p99_ms"),
+                " ms",
+                &|v| v <= limit_ms,
+            );
+        }
+    }
     let poll = bench.row("long_poll");
     add(
         "10,000 long polls idle < 1% CPU",

@@ -156,29 +156,35 @@ impl Server {
     /// Prometheus figures from `/metrics`, summed over labels, by metric name (`_total` dropped).
     /// None when the server has no such endpoint.
     pub fn metrics(&self) -> Option<HashMap<String, f64>> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&self.http_address).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n", self.http_address).ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-            return None;
-        }
-        let mut figures = HashMap::new();
-        for line in body.lines().filter(|line| !line.starts_with('#')) {
-            let Some((name, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let name = name.split('{').next().unwrap_or(name).trim();
-            let name = name.strip_suffix("_total").unwrap_or(name);
-            if let Ok(value) = value.trim().parse::<f64>() {
-                *figures.entry(name.to_string()).or_default() += value;
-            }
-        }
-        Some(figures)
+        scrape_metrics(&self.http_address)
     }
+}
+
+/// `/metrics` of the server at `http_address`, each series summed over its labels (`_total`
+/// dropped from counters' names).
+pub fn scrape_metrics(http_address: &str) -> Option<HashMap<String, f64>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(http_address).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {http_address}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return None;
+    }
+    let mut figures = HashMap::new();
+    for line in body.lines().filter(|line| !line.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let name = name.split('{').next().unwrap_or(name).trim();
+        let name = name.strip_suffix("_total").unwrap_or(name);
+        if let Ok(value) = value.trim().parse::<f64>() {
+            *figures.entry(name.to_string()).or_default() += value;
+        }
+    }
+    Some(figures)
 }
 
 pub async fn health_check(channel: Channel) -> Option<ServingStatus> {

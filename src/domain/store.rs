@@ -172,10 +172,12 @@ pub trait Store: Send + Sync + 'static {
     /// come and SENDING ones whose lease ran out. Each becomes SENDING with `attempts` one higher
     /// and `next_attempt_at` at the end of its lease. An email is claimed by one caller at a time.
     async fn claim_emails(&self, claim: OutboxClaim) -> Result<Vec<Email>>;
-    /// Records the outcome of a claimed email's attempt (SENT, FAILED, or QUEUED with its retry
-    /// time) if the claim still holds: the email is SENDING with the same `attempts`. Returns
-    /// false, writing nothing, if its lease ran out and another claim took it, or it was purged.
-    async fn finish_email(&self, email: &Email) -> Result<bool>;
+    /// Records the outcomes of claimed emails' attempts (SENT, FAILED, or QUEUED with its retry
+    /// time), in one durable write: each one if its claim still holds (the email is SENDING with
+    /// the same `attempts`). Answers, in order, whether each was recorded: false, writing nothing
+    /// for it, if its lease ran out and another claim took it, or it was purged. Batched so that
+    /// the worker pays one commit for many sends, not one each.
+    async fn finish_emails(&self, emails: &[Email]) -> Result<Vec<bool>>;
     /// When the outbox next has something due: a QUEUED email's time or a lease's end.
     async fn next_email_due(&self) -> Result<Option<Millis>>;
     async fn outbox_depth(&self) -> Result<OutboxDepth>;

@@ -1,16 +1,16 @@
-//! Where emails go: SMTP through lettre's pooled async transport (STARTTLS, implicit TLS or
-//! plain; optional auth), or readable `<email_id>.eml` files in a folder for development. Failures are sorted into
+//! Where emails go: SMTP over pooled connections (`smtp`: STARTTLS, implicit TLS or plain;
+//! optional auth), or readable `<email_id>.eml` files in a folder for development. Failures are sorted into
 //! transient (retry) and permanent (give up), never carrying a secret.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lettre::transport::smtp::PoolConfig;
+use lettre::Message;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::transport::smtp::client::{Certificate, TlsParameters};
 
+use super::smtp::{Security, SmtpPool};
 use super::worker::EMAIL_ID_HEADER;
 use crate::config::{MailConfig, MailTransport, Secret, SmtpTls};
 
@@ -34,23 +34,14 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 struct Smtp {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    pool: SmtpPool,
     target: String,
 }
 
 #[async_trait]
 impl Transport for Smtp {
     async fn send(&self, message: Message) -> Result<(), SendFailure> {
-        self.transport
-            .send(message)
-            .await
-            .map(|_| ())
-            .map_err(|error| SendFailure {
-                permanent: error.is_permanent(),
-                // lettre's errors name the server's answer or the I/O failure; message bodies and
-                // credentials are not part of them.
-                detail: error.to_string(),
-            })
+        self.pool.send(&message).await
     }
 
     fn describe(&self) -> String {
@@ -111,36 +102,44 @@ pub fn build(config: &MailConfig, file_dir: PathBuf, password: Option<&Secret>) 
                 SmtpTls::Tls => 465,
                 SmtpTls::None => 25,
             });
-            let tls_parameters = || -> Result<TlsParameters, String> {
-                let mut builder = TlsParameters::builder(host.clone());
-                if let Some(ca_file) = &smtp.ca_file {
-                    let pem = std::fs::read(ca_file).map_err(|error| format!("mail.smtp.ca_file: {error}"))?;
-                    let certificate =
-                        Certificate::from_pem(&pem).map_err(|error| format!("mail.smtp.ca_file: {error}"))?;
-                    builder = builder.add_root_certificate(certificate);
+            let ca_pem = smtp
+                .ca_file
+                .as_ref()
+                .map(|ca_file| std::fs::read(ca_file).map_err(|error| format!("mail.smtp.ca_file: {error}")))
+                .transpose()?;
+            let security = match smtp.tls {
+                SmtpTls::Starttls => {
+                    let mut builder = TlsParameters::builder(host.clone());
+                    if let Some(pem) = &ca_pem {
+                        let certificate =
+                            Certificate::from_pem(pem).map_err(|error| format!("mail.smtp.ca_file: {error}"))?;
+                        builder = builder.add_root_certificate(certificate);
+                    }
+                    Security::Starttls(
+                        builder
+                            .build_rustls()
+                            .map_err(|error| format!("mail.smtp TLS settings: {error}"))?,
+                    )
                 }
-                builder
-                    .build_rustls()
-                    .map_err(|error| format!("mail.smtp TLS settings: {error}"))
+                SmtpTls::Tls => super::smtp::implicit_tls(&host, ca_pem.as_deref())?,
+                SmtpTls::None => Security::Plain,
             };
-            let tls = match smtp.tls {
-                SmtpTls::Starttls => Tls::Required(tls_parameters()?),
-                SmtpTls::Tls => Tls::Wrapper(tls_parameters()?),
-                SmtpTls::None => Tls::None,
+            let credentials = match (&smtp.username, password) {
+                (Some(username), Some(password)) => {
+                    Some(Credentials::new(username.clone(), password.expose().to_string()))
+                }
+                _ => None,
             };
-            let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host)
-                .port(port)
-                .tls(tls)
-                .timeout(Some(Duration::from_secs(smtp.timeout_seconds)))
-                .pool_config(PoolConfig::new().max_size(smtp.pool_size));
-            if let (Some(username), Some(password)) = (&smtp.username, password) {
-                builder = builder.credentials(Credentials::new(username.clone(), password.expose().to_string()));
-            }
+            let pool = SmtpPool::new(
+                host.clone(),
+                port,
+                security,
+                Duration::from_secs(smtp.timeout_seconds),
+                credentials,
+                smtp.pool_size as usize,
+            );
             let target = format!("smtp://{host}:{port} ({:?})", smtp.tls).to_lowercase();
-            Ok(Box::new(Smtp {
-                transport: builder.build(),
-                target,
-            }))
+            Ok(Box::new(Smtp { pool, target }))
         }
     }
 }

@@ -43,6 +43,18 @@ const CLAIM_AHEAD: usize = 8;
 /// A claimed email whose lease leaves less than this for the send goes back to the outbox.
 const MIN_SEND_TIME: Duration = Duration::from_millis(500);
 
+/// The most outcomes recorded in one write.
+const RECORD_BATCH: usize = 256;
+
+/// A claimed email given back to the outbox, due now.
+fn released(email: Email, now: Millis) -> Email {
+    Email {
+        status: EmailStatus::Queued,
+        next_attempt_at: now,
+        ..email
+    }
+}
+
 /// An email this worker claimed, and when.
 struct Claimed {
     email: Email,
@@ -154,6 +166,13 @@ impl Worker {
         let clock = self.domain.clock.clone();
         let concurrency = self.settings.concurrency;
         tracing::info!(transport = %self.transport.get().describe(), concurrency, "mail worker running");
+        // Outcomes are recorded by a task of their own, many in one write, so that a send's slot
+        // is free as soon as the transport has the message rather than after a commit.
+        let (outcomes, recorder) = {
+            let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+            let worker = self.clone();
+            (sender, tokio::spawn(async move { worker.record_all(receiver).await }))
+        };
         let mut sending = JoinSet::new();
         // Claimed, waiting for a free slot. A claim is a durable write, so the worker claims in
         // batches and keeps a few ahead of its slots rather than paying one commit per email.
@@ -175,8 +194,10 @@ impl Worker {
             while sending.len() < concurrency
                 && let Some(next) = claimed.pop_front()
             {
-                let worker = self.clone();
-                sending.spawn(async move { worker.deliver(next).await });
+                let (worker, outcomes) = (self.clone(), outcomes.clone());
+                sending.spawn(async move {
+                    let _ = outcomes.send(worker.attempt(next).await);
+                });
             }
             let recheck = self.domain.wakeups.recheck();
             let next_due = if pause.is_none() && claimed.is_empty() {
@@ -196,11 +217,13 @@ impl Worker {
             }
         }
         // Nothing new starts: the claims not started go back to the outbox (due now; the claim
-        // counted an attempt), and the messages being sent finish.
+        // counted an attempt), and the messages being sent finish and are recorded.
         for Claimed { email, .. } in claimed {
-            self.release(email).await;
+            let _ = outcomes.send((released(email, clock.now()), Delivery::Retry));
         }
         while sending.join_next().await.is_some() {}
+        drop(outcomes);
+        let _ = recorder.await;
         tracing::info!("mail worker stopped");
     }
 
@@ -216,10 +239,17 @@ impl Worker {
         let mut sending = JoinSet::new();
         for email in claimed {
             let worker = self.clone();
-            sending.spawn(async move { worker.deliver(Claimed { email, at }).await });
+            sending.spawn(async move { worker.attempt(Claimed { email, at }).await });
         }
+        let mut outcomes = Vec::new();
         while let Some(done) = sending.join_next().await {
-            match done.unwrap_or(Delivery::Unrecorded) {
+            match done {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(_) => step.unrecorded += 1,
+            }
+        }
+        for delivery in self.record(outcomes).await {
+            match delivery {
                 Delivery::Sent => step.sent += 1,
                 Delivery::Retry => step.retried += 1,
                 Delivery::Failed => step.failed += 1,
@@ -238,33 +268,53 @@ impl Worker {
         self.domain.store.claim_emails(claim).await
     }
 
-    /// Gives a claimed email back to the outbox, due now.
-    async fn release(&self, email: Email) -> Delivery {
-        let email = Email {
-            status: EmailStatus::Queued,
-            next_attempt_at: self.domain.clock.now(),
-            ..email
-        };
-        match self.domain.store.finish_email(&email).await {
-            Ok(true) => Delivery::Retry,
-            Ok(false) => Delivery::Unrecorded,
+    /// Records outcomes as they come, each batch what has arrived since the last write began.
+    async fn record_all(&self, mut outcomes: tokio::sync::mpsc::UnboundedReceiver<(Email, Delivery)>) {
+        let mut batch = Vec::with_capacity(RECORD_BATCH);
+        while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+            self.record(std::mem::take(&mut batch)).await;
+        }
+    }
+
+    /// Writes attempts' outcomes in one durable write; answers what became of each.
+    async fn record(&self, outcomes: Vec<(Email, Delivery)>) -> Vec<Delivery> {
+        if outcomes.is_empty() {
+            return Vec::new();
+        }
+        let emails: Vec<Email> = outcomes.iter().map(|(email, _)| email.clone()).collect();
+        match self.domain.store.finish_emails(&emails).await {
+            Ok(recorded) => outcomes
+                .into_iter()
+                .zip(recorded)
+                .map(|((email, delivery), recorded)| {
+                    if recorded {
+                        delivery
+                    } else {
+                        tracing::warn!(email_id = %email.id, "an email's lease ran out before its outcome was recorded; another claim has it");
+                        Delivery::Unrecorded
+                    }
+                })
+                .collect(),
             Err(error) => {
-                tracing::warn!(email_id = %email.id, %error, "cannot give an email back to the outbox; it goes out when its lease runs out");
-                Delivery::Unrecorded
+                // The emails stay SENDING and go out again when their leases run out.
+                for (email, _) in &outcomes {
+                    tracing::error!(email_id = %email.id, %error, "cannot record an email's outcome");
+                }
+                vec![Delivery::Unrecorded; outcomes.len()]
             }
         }
     }
 
-    /// One delivery attempt of a claimed email (its `attempts` already counts it), the outcome
-    /// recorded if the claim still holds.
-    async fn deliver(&self, claimed: Claimed) -> Delivery {
+    /// One delivery attempt of a claimed email (its `attempts` already counts it): the email as
+    /// it should be recorded, and what became of it.
+    async fn attempt(&self, claimed: Claimed) -> (Email, Delivery) {
         let Claimed { mut email, at } = claimed;
         let policy = &self.settings.policy;
         // Four fifths of the lease from the claim: the outcome is recorded before anyone else may
         // claim the email.
         let deadline = (at + self.settings.lease.mul_f64(0.8)).saturating_duration_since(tokio::time::Instant::now());
         if deadline < MIN_SEND_TIME {
-            return self.release(email).await;
+            return (released(email, self.domain.clock.now()), Delivery::Retry);
         }
         let outcome = if email.attempts > policy.max_attempts {
             // Claims whose workers died (or whose sends crashed them) count as attempts too.
@@ -325,18 +375,7 @@ impl Worker {
             _ => &self.counts.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        match self.domain.store.finish_email(&email).await {
-            Ok(true) => delivery,
-            Ok(false) => {
-                tracing::warn!(email_id = %email.id, "an email's lease ran out before its outcome was recorded; another claim has it");
-                Delivery::Unrecorded
-            }
-            Err(error) => {
-                // The email stays SENDING and goes out again when its lease runs out.
-                tracing::error!(email_id = %email.id, %error, "cannot record an email's outcome");
-                Delivery::Unrecorded
-            }
-        }
+        (email, delivery)
     }
 
     /// Renders the email with its links' tokens derived again from the server key.

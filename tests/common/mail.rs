@@ -35,8 +35,9 @@ pub fn free_port() -> u16 {
 
 #[derive(Clone, Default)]
 pub struct SmtpOptions {
-    /// (certificate chain, key) for STARTTLS.
+    /// (certificate chain, key) for STARTTLS, or for TLS from the first byte with `implicit_tls`.
     pub tls: Option<(PathBuf, PathBuf)>,
+    pub implicit_tls: bool,
     pub auth: Option<(String, String)>,
     /// Answer the first N messages with `fail_code` (-1: all of them).
     pub fail_first: i32,
@@ -64,6 +65,9 @@ impl SmtpServer {
             .stderr(Stdio::inherit());
         if let Some((cert, key)) = &options.tls {
             command.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+            if options.implicit_tls {
+                command.arg("--implicit-tls");
+            }
         }
         if let Some((user, password)) = &options.auth {
             command.args(["--auth", &format!("{user}:{password}")]);

@@ -4,7 +4,7 @@ Each accepted message is written to MAILDIR/<n>.eml (atomically). Prints READY o
 and runs until stdin closes or SIGTERM. With --stall-first N, the first N messages are never
 answered (the client waits after its DATA): each writes MAILDIR/stalled-<n> and is not kept.
 
-  smtp_server.py --port P --maildir D [--tls-cert C --tls-key K] [--auth USER:PASS]
+  smtp_server.py --port P --maildir D [--tls-cert C --tls-key K [--implicit-tls]] [--auth USER:PASS]
                  [--fail-first N] [--fail-code CODE] [--stall-first N]
 """
 import asyncio
@@ -55,6 +55,7 @@ def main():
     parser.add_argument("--maildir", required=True)
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
+    parser.add_argument("--implicit-tls", action="store_true", help="TLS from the first byte, not STARTTLS")
     parser.add_argument("--auth")
     parser.add_argument("--fail-first", type=int, default=0, help="-1: always")
     parser.add_argument("--fail-code", default="")
@@ -66,7 +67,10 @@ def main():
     if args.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(args.tls_cert, args.tls_key)
-        options.update(tls_context=context, require_starttls=True)
+        if args.implicit_tls:
+            options.update(ssl_context=context)
+        else:
+            options.update(tls_context=context, require_starttls=True)
     if args.auth:
         user, password = args.auth.split(":", 1)
 
@@ -76,7 +80,7 @@ def main():
             # handled=False: aiosmtpd answers 535 itself (its default, True, answers nothing).
             return AuthResult(success=ok, handled=False)
 
-        options.update(authenticator=authenticate, auth_required=True, auth_require_tls=bool(args.tls_cert))
+        options.update(authenticator=authenticate, auth_required=True, auth_require_tls=bool(args.tls_cert) and not args.implicit_tls)
 
     handler = Handler(args.maildir, args.fail_first, args.fail_code, args.stall_first)
     controller = Controller(handler, hostname="127.0.0.1", port=args.port, **options)

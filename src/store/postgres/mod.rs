@@ -793,28 +793,35 @@ impl Store for PgStore {
         })
     }
 
-    async fn finish_email(&self, email: &Email) -> Result<bool> {
-        on_connection!(self, |client| async {
-            let recorded = client
-                .execute(
+    async fn finish_emails(&self, emails: &[Email]) -> Result<Vec<bool>> {
+        if emails.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = emails.iter().map(|email| email.id.as_str()).collect();
+        let attempts: Vec<i32> = emails.iter().map(|email| email.attempts as i32).collect();
+        let statuses: Vec<i16> = emails.iter().map(|email| rows::email_status(email.status)).collect();
+        let errors: Vec<Option<&str>> = emails.iter().map(|email| email.last_error.as_deref()).collect();
+        let next: Vec<Millis> = emails.iter().map(|email| email.next_attempt_at).collect();
+        let sent: Vec<Option<Millis>> = emails.iter().map(|email| email.sent_at).collect();
+        let recorded: std::collections::HashSet<String> = on_connection!(self, |client| async {
+            let rows = client
+                .query(
                     &client
                         .prepare_cached(
-                            "UPDATE emails SET status = $3, last_error = $4, next_attempt_at = $5, sent_at = $6 \
-                     WHERE id = $1 AND status = 1 AND attempts = $2",
+                            "UPDATE emails AS e SET status = u.status, last_error = u.last_error, \
+                             next_attempt_at = u.next_attempt_at, sent_at = u.sent_at \
+                     FROM unnest($1::text[], $2::integer[], $3::smallint[], $4::text[], $5::bigint[], $6::bigint[]) \
+                          AS u(id, attempts, status, last_error, next_attempt_at, sent_at) \
+                     WHERE e.id = u.id AND e.status = 1 AND e.attempts = u.attempts \
+                     RETURNING e.id",
                         )
                         .await?,
-                    &[
-                        &email.id,
-                        &(email.attempts as i32),
-                        &rows::email_status(email.status),
-                        &email.last_error,
-                        &email.next_attempt_at,
-                        &email.sent_at,
-                    ],
+                    &[&ids, &attempts, &statuses, &errors, &next, &sent],
                 )
                 .await?;
-            Ok(recorded == 1)
-        })
+            Ok(rows.iter().map(|row| row.get::<_, String>(0)).collect())
+        })?;
+        Ok(emails.iter().map(|email| recorded.contains(&email.id)).collect())
     }
 
     async fn next_email_due(&self) -> Result<Option<Millis>> {

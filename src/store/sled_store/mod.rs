@@ -932,34 +932,40 @@ impl Inner {
         Ok(claimed)
     }
 
-    async fn finish_email(&self, email: &Email) -> Result<bool> {
+    async fn finish_emails(&self, emails: &[Email]) -> Result<Vec<bool>> {
         let t = &self.trees;
         let recorded = self
             .writer
             .write(|tx| {
-                let (emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
-                let Some(stored) = read::<Email>(&emails, email.id.as_bytes())? else {
-                    // Purged while it was being sent: nothing left to record.
-                    return Ok(false);
-                };
-                if stored.status != EmailStatus::Sending || stored.attempts != email.attempts {
-                    return Ok(false);
-                }
-                outbox.remove(outbox_key(stored.next_attempt_at, &stored.id))?;
-                emails.insert(email.id.as_bytes(), encode(email));
-                match email.status {
-                    EmailStatus::Queued | EmailStatus::Sending => {
-                        outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[]);
+                let (stored_emails, outbox, sending) = (tx.on(&t.emails), tx.on(&t.outbox), tx.on(&t.emails_sending));
+                let mut recorded = Vec::with_capacity(emails.len());
+                for email in emails {
+                    let Some(stored) = read::<Email>(&stored_emails, email.id.as_bytes())? else {
+                        // Purged while it was being sent: nothing left to record.
+                        recorded.push(false);
+                        continue;
+                    };
+                    if stored.status != EmailStatus::Sending || stored.attempts != email.attempts {
+                        recorded.push(false);
+                        continue;
                     }
-                    EmailStatus::Sent | EmailStatus::Failed => {}
+                    outbox.remove(outbox_key(stored.next_attempt_at, &stored.id))?;
+                    stored_emails.insert(email.id.as_bytes(), encode(email));
+                    match email.status {
+                        EmailStatus::Queued | EmailStatus::Sending => {
+                            outbox.insert(outbox_key(email.next_attempt_at, &email.id), &[]);
+                        }
+                        EmailStatus::Sent | EmailStatus::Failed => {}
+                    }
+                    if email.status != EmailStatus::Sending {
+                        sending.remove(email.id.as_bytes())?;
+                    }
+                    recorded.push(true);
                 }
-                if email.status != EmailStatus::Sending {
-                    sending.remove(email.id.as_bytes())?;
-                }
-                Ok(true)
+                Ok(recorded)
             })
             .await?;
-        if recorded {
+        if recorded.contains(&true) {
             self.durable().await?;
         }
         Ok(recorded)
@@ -1199,8 +1205,8 @@ impl Store for SledStore {
         self.inner()?.claim_emails(claim).await
     }
 
-    async fn finish_email(&self, email: &Email) -> Result<bool> {
-        self.inner()?.finish_email(email).await
+    async fn finish_emails(&self, emails: &[Email]) -> Result<Vec<bool>> {
+        self.inner()?.finish_emails(emails).await
     }
 
     async fn next_email_due(&self) -> Result<Option<Millis>> {
