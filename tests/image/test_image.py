@@ -1,8 +1,8 @@
 """The container image, built offline by scripts/image and run by podman the way the Helm chart's pod
 runs it: non-root, read-only root filesystem, no capabilities, no-new-privileges, the data directory
 on a volume, and the chart's rendered config and Secret mounted where the chart mounts them. The
-`podman run` and `podman stop` commands are read from the README's container section, so the README
-shows what was run. Run by scripts/test-image; never skips."""
+`podman run` and `podman stop` commands are read from docs/operations.md's container section, so the
+docs show what was run. Run by scripts/test-image; never skips."""
 
 from __future__ import annotations
 
@@ -94,15 +94,15 @@ def containers() -> Iterator[Containers]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-# --- the commands the README shows ---------------------------------------------------------------
+# --- the commands docs/operations.md shows ------------------------------------------------------
 
 
 def readme_command(prefix: str) -> list[str]:
-    """The README's command that starts with `prefix`, continuation lines joined, split as the shell
+    """The command in docs/operations.md that starts with `prefix`, continuation lines joined, split as the shell
     would (quotes removed; `$POD` left for the caller)."""
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "operations.md").read_text()
     match = re.search(rf"^{re.escape(prefix)}(?:.*\\\n)*.*$", text, re.MULTILINE)
-    assert match, f"the README shows no `{prefix}` command"
+    assert match, f"docs/operations.md shows no `{prefix}` command"
     return shlex.split(match.group(0).replace("\\\n", " "), comments=True)
 
 
@@ -114,7 +114,7 @@ def free_port() -> int:
 
 @dataclass
 class Pod:
-    """One run of the README's `podman run` for a pod whose files are under `root`."""
+    """One run of the documented `podman run` for a pod whose files are under `root`."""
 
     name: str
     root: Path
@@ -124,7 +124,7 @@ class Pod:
 
 
 def run_command(pod_root: Path, name: str, extra_volume_option: str = "") -> Pod:
-    """The README's `podman run`, for this pod: its files, a name and free loopback ports of its own,
+    """The documented `podman run`, for this pod: its files, a name and free loopback ports of its own,
     the test image."""
     argv = readme_command("scripts/containers podman run")[2:]
     ports: dict[int, int] = {}
@@ -142,7 +142,7 @@ def run_command(pod_root: Path, name: str, extra_volume_option: str = "") -> Pod
         elif index == len(argv) - 1:
             arg = IMAGE
         result.append(arg.replace("$POD", str(pod_root)))
-    assert set(ports) == {50051, 9464}, f"the README's command publishes {sorted(ports)}"
+    assert set(ports) == {50051, 9464}, f"the documented command publishes {sorted(ports)}"
     return Pod(name, pod_root, f"127.0.0.1:{ports[50051]}", f"127.0.0.1:{ports[9464]}", result)
 
 
@@ -239,7 +239,7 @@ def wait_for_sigterm_handler(containers: Containers, name: str) -> None:
 
 
 def stop(containers: Containers, pod: Pod, grace: int) -> tuple[int, float, list[int]]:
-    """The README's `podman stop` (SIGTERM, SIGKILL after the grace period, as the kubelet does),
+    """The documented `podman stop` (SIGTERM, SIGKILL after the grace period, as the kubelet does),
     watching /readyz meanwhile; returns the exit code, the seconds it took and the /readyz statuses
     seen while draining."""
     argv = readme_command("scripts/containers podman stop")[2:]
@@ -315,7 +315,7 @@ def test_the_image_has_the_dockerfile_layout(containers):
 
 
 def test_the_run_command_applies_the_charts_pod_settings():
-    """The README's `podman run` is what the chart's pod spec asks of a container runtime."""
+    """The documented `podman run` is what the chart's pod spec asks of a container runtime."""
     rendered = support.render_scenario("default", VALUES)
     security = rendered.container["securityContext"]
     argv = readme_command("scripts/containers podman run")
