@@ -1,12 +1,14 @@
 # syntax=docker/dockerfile:1
-# latchkey's container image: a release build on Debian bookworm, run on distroless (glibc, no
-# shell) as the `nonroot` user 65532, which the Helm chart's security contexts expect.
+# latchkey's container image: a build with the release-lto profile (fat LTO, one codegen unit: what
+# the benchmark measures; slower to build than `--release`, once per image) on Debian bookworm, run
+# on distroless (glibc, no shell) as the `nonroot` user 65532, which the Helm chart's security
+# contexts expect.
 # scripts/image builds the same image offline (FROM scratch, from a binary built beforehand, with
 # buildah) where these base images cannot be pulled; tests/image checks that its user, entrypoint,
 # command, ports, labels and data directory are the ones below, and runs it as the chart does. Keep
 # the two in step.
-#   docker build -t latchkey:0.1.0 .
-#   docker run --rm -p 50051:50051 -p 9464:9464 -v $PWD/latchkey.toml:/etc/latchkey/config.toml:ro latchkey:0.1.0
+# How to build and run it (with a server key that stays with the data volume, and a config file):
+# docs/operations.md, "The container image"; tests/image runs that example.
 
 FROM rust:1.95-bookworm AS builder
 WORKDIR /build
@@ -14,8 +16,8 @@ WORKDIR /build
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/build/target \
-    cargo build --release --locked --bin latchkey \
-    && install -D -m 0755 target/release/latchkey /out/usr/local/bin/latchkey \
+    cargo build --profile release-lto --locked --bin latchkey \
+    && install -D -m 0755 target/release-lto/latchkey /out/usr/local/bin/latchkey \
     && install -d -m 0750 /out/var/lib/latchkey
 
 FROM gcr.io/distroless/cc-debian12:nonroot

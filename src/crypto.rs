@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// 256-bit secrets for every token, ref and code (README "Secrets").
+/// 256-bit secrets for every token, ref and code (docs/security.md).
 pub const SECRET_BYTES: usize = 32;
 
 /// Fills `N` bytes from the operating system's CSPRNG.

@@ -177,7 +177,7 @@ async fn a_full_disk_turns_health_not_serving_and_shutdown_still_ends() {
         "SIGTERM ends the process on a full disk"
     );
 
-    // What the README says to do: free space, then restart. Every acknowledged write is there.
+    // What docs/limits.md says to do: free space, then restart. Every acknowledged write is there.
     std::fs::remove_file(filler).unwrap();
     let server = BinaryServer::start(dir.path(), &[], &env);
     let channel = connect(server.addr).await;

@@ -1,4 +1,4 @@
-//! API keys (README "API keys"): `authorization: Bearer <key>` or `x-api-key: <key>`, checked against the
+//! API keys (docs/api.md, "API keys"): `authorization: Bearer <key>` or `x-api-key: <key>`, checked against the
 //! configured SHA-256 digests in constant time, each key limited to its scopes. Applied per
 //! service as a tonic interceptor; health and reflection have none.
 

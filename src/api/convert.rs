@@ -21,7 +21,7 @@ pub fn user_status(status: UserStatus) -> pb::user::Status {
     }
 }
 
-/// `None` for STATUS_UNSPECIFIED and unknown numbers.
+/// `None` for the zero (unspecified) value and unknown numbers.
 pub fn user_status_from(value: i32) -> Option<UserStatus> {
     match pb::user::Status::try_from(value).ok()? {
         pb::user::Status::Pending => Some(UserStatus::Pending),

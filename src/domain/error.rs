@@ -1,4 +1,4 @@
-//! The domain's errors: a stable reason (the README lists them) and a message for people.
+//! The domain's errors: a stable reason (docs/api.md lists them) and a message for people.
 //!
 //! Each reason belongs to exactly one gRPC code, so `Reason::code` is the whole reason table; the
 //! api layer turns an `Error` into a `Status` in one place.
@@ -43,7 +43,7 @@ reasons! {
         INVALID_EMAIL, INVALID_URL, REDIRECT_NOT_ALLOWED, EXPIRATION_OUT_OF_RANGE,
         INVALID_CODE_CHALLENGE, INVALID_CODE_VERIFIER, TEMPLATE_NOT_FOUND, UNSUPPORTED_GRANT_TYPE,
         MISSING_FIELD, INVALID_PAGE_TOKEN,
-        // Beyond the product's original reason table; documented in the README.
+        // Beyond the product's original reason table; documented in docs/api.md.
         INVALID_VALUE, INVALID_FIELD_MASK, INVALID_SCOPE, MALFORMED_REQUEST,
     ],
     Unauthenticated => [API_KEY_INVALID],

@@ -83,7 +83,7 @@ pub enum VerifyOutcome {
     },
 }
 
-/// Email links are for client users in good standing (SPP's client-only and 2FA rules).
+/// Email links are for client users in good standing: not disabled, no second factor, not staff.
 pub(crate) fn check_may_use_links(user: &User) -> Result<()> {
     if user.status == UserStatus::Disabled {
         return Err(Error::new(Reason::USER_DISABLED, "this user is disabled"));

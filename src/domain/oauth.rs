@@ -12,7 +12,7 @@ use super::{Domain, validate};
 use crate::crypto::{Digest32, pkce};
 use crate::jwt::TokenType;
 
-/// Authorization codes live 60 seconds (README "OAuth").
+/// Authorization codes live 60 seconds (docs/api.md, "OAuth").
 pub const CODE_LIFETIME: Millis = 60_000;
 const MAX_STATE_LENGTH: usize = 512;
 

@@ -1,4 +1,4 @@
-//! The redirect allow-list (README "Redirect URLs"): same scheme, host and port, and a path under an allowed
+//! The redirect allow-list (docs/api.md, "Redirect URLs"): same scheme, host and port, and a path under an allowed
 //! prefix; `http` only for loopback; no userinfo, no fragment, no other schemes.
 
 use std::net::IpAddr;

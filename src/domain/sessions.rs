@@ -1,4 +1,4 @@
-//! Sessions: creation at verification, session JWTs, AuthenticateSession and revocation (README "Session JWTs").
+//! Sessions: creation at verification, session JWTs, AuthenticateSession and revocation (docs/api.md, "Session JWTs").
 
 use serde_json::Value;
 

@@ -1,8 +1,8 @@
 """The container image, built offline by scripts/image and run by podman the way the Helm chart's pod
 runs it: non-root, read-only root filesystem, no capabilities, no-new-privileges, the data directory
 on a volume, and the chart's rendered config and Secret mounted where the chart mounts them. The
-`podman run` and `podman stop` commands are read from the README's container section, so the README
-shows what was run. Run by scripts/test-image; never skips."""
+`podman run` and `podman stop` commands are read from docs/operations.md's container section, so the
+docs show what was run. Run by scripts/test-image; never skips."""
 
 from __future__ import annotations
 
@@ -94,15 +94,15 @@ def containers() -> Iterator[Containers]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-# --- the commands the README shows ---------------------------------------------------------------
+# --- the commands docs/operations.md shows ------------------------------------------------------
 
 
 def readme_command(prefix: str) -> list[str]:
-    """The README's command that starts with `prefix`, continuation lines joined, split as the shell
+    """The command in docs/operations.md that starts with `prefix`, continuation lines joined, split as the shell
     would (quotes removed; `$POD` left for the caller)."""
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "operations.md").read_text()
     match = re.search(rf"^{re.escape(prefix)}(?:.*\\\n)*.*$", text, re.MULTILINE)
-    assert match, f"the README shows no `{prefix}` command"
+    assert match, f"docs/operations.md shows no `{prefix}` command"
     return shlex.split(match.group(0).replace("\\\n", " "), comments=True)
 
 
@@ -114,7 +114,7 @@ def free_port() -> int:
 
 @dataclass
 class Pod:
-    """One run of the README's `podman run` for a pod whose files are under `root`."""
+    """One run of the documented `podman run` for a pod whose files are under `root`."""
 
     name: str
     root: Path
@@ -124,7 +124,7 @@ class Pod:
 
 
 def run_command(pod_root: Path, name: str, extra_volume_option: str = "") -> Pod:
-    """The README's `podman run`, for this pod: its files, a name and free loopback ports of its own,
+    """The documented `podman run`, for this pod: its files, a name and free loopback ports of its own,
     the test image."""
     argv = readme_command("scripts/containers podman run")[2:]
     ports: dict[int, int] = {}
@@ -142,7 +142,7 @@ def run_command(pod_root: Path, name: str, extra_volume_option: str = "") -> Pod
         elif index == len(argv) - 1:
             arg = IMAGE
         result.append(arg.replace("$POD", str(pod_root)))
-    assert set(ports) == {50051, 9464}, f"the README's command publishes {sorted(ports)}"
+    assert set(ports) == {50051, 9464}, f"the documented command publishes {sorted(ports)}"
     return Pod(name, pod_root, f"127.0.0.1:{ports[50051]}", f"127.0.0.1:{ports[9464]}", result)
 
 
@@ -239,7 +239,7 @@ def wait_for_sigterm_handler(containers: Containers, name: str) -> None:
 
 
 def stop(containers: Containers, pod: Pod, grace: int) -> tuple[int, float, list[int]]:
-    """The README's `podman stop` (SIGTERM, SIGKILL after the grace period, as the kubelet does),
+    """The documented `podman stop` (SIGTERM, SIGKILL after the grace period, as the kubelet does),
     watching /readyz meanwhile; returns the exit code, the seconds it took and the /readyz statuses
     seen while draining."""
     argv = readme_command("scripts/containers podman stop")[2:]
@@ -315,7 +315,7 @@ def test_the_image_has_the_dockerfile_layout(containers):
 
 
 def test_the_run_command_applies_the_charts_pod_settings():
-    """The README's `podman run` is what the chart's pod spec asks of a container runtime."""
+    """The documented `podman run` is what the chart's pod spec asks of a container runtime."""
     rendered = support.render_scenario("default", VALUES)
     security = rendered.container["securityContext"]
     argv = readme_command("scripts/containers podman run")
@@ -401,3 +401,75 @@ def test_a_read_only_data_volume_fails_clearly(containers, tmp_path):
     assert "cannot open the store in /var/lib/latchkey" in logs and "Read-only file system" in logs, logs
     containers.podman("rm", pod.name)
     FACTS["read-only"] = f"exit {exit_code}: " + logs.strip().splitlines()[-1]
+
+
+def production_example(api_key_digest: str) -> str:
+    """docs/configuration.md's example production file, as docs/operations.md's `docker run` uses it:
+    without its server_key_file line (the key comes from LATCHKEY_SERVER_KEY), the placeholder
+    digests replaced."""
+    text = (REPO / "docs" / "configuration.md").read_text()
+    match = re.search(r"^```toml config\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+    assert match, "docs/configuration.md has no example production file"
+    lines = [line for line in match.group(1).splitlines() if not line.startswith("server_key_file")]
+    return "\n".join(lines).replace("REPLACE-with-the-output-of-latchkey-hash-key", api_key_digest) + "\n"
+
+
+def docker_example(tmp_path: Path, name: str, server_key: str, volume: str, detach: bool) -> Pod:
+    """docs/operations.md's `docker run`, run by podman: its flags as written, with a name, free
+    loopback ports, the key and the data volume of this test, and the test image."""
+    argv = readme_command("docker run")
+    assert argv[:2] == ["docker", "run"], argv
+    ports: dict[int, int] = {}
+    result = ["run", *(["--detach"] if detach else []), "--name", name]
+    for index, arg in enumerate(argv[2:], start=2):
+        before = argv[index - 1]
+        if before == "-p":
+            host_port, container_port = arg.split(":")
+            assert host_port == container_port, arg
+            ports[int(container_port)] = free_port()
+            arg = f"127.0.0.1:{ports[int(container_port)]}:{container_port}"
+        elif before == "-e":
+            assert arg == "LATCHKEY_SERVER_KEY=$(cat server.key)", arg
+            arg = f"LATCHKEY_SERVER_KEY={server_key}"
+        elif before == "-v" and arg.startswith("latchkey-data:"):
+            arg = arg.replace("latchkey-data:", f"{volume}:", 1)
+        elif index == len(argv) - 1:
+            arg = IMAGE
+        result.append(arg.replace("$PWD", str(tmp_path)))
+    assert set(ports) == {50051, 9464}, f"the documented docker run publishes {sorted(ports)}"
+    return Pod(name, tmp_path, f"127.0.0.1:{ports[50051]}", f"127.0.0.1:{ports[9464]}", result)
+
+
+def test_the_docker_example_keeps_its_server_key_across_runs(containers, tmp_path):
+    """docs/operations.md's Docker example, with podman: the example production file starts in the
+    image; a second run with the same key on the same volume knows the first run's user; a run with
+    another key is refused with a message saying so."""
+    binary = str(support.binary())
+    key = subprocess.run([binary, "generate-server-key"], capture_output=True, text=True, check=True).stdout.strip()
+    digest = subprocess.run([binary, "hash-key", API_KEY], capture_output=True, text=True, check=True).stdout.strip()
+    config = tmp_path / "latchkey.toml"
+    config.write_text(production_example(digest))
+    config.chmod(0o644)
+    volume = "latchkey-docs-example"
+    try:
+        first = docker_example(tmp_path, "latchkey-docker-example", key, volume, detach=True)
+        start(containers, first)
+        ann = grpc(first.grpc, "latchkey.v1.Passwordless/IssueLoginLink", {"email": "ann@example.com", "first_name": "Ann", "last_name": "Lee", "redirect_url": REDIRECT})
+        assert ann["userCreated"] is True
+        containers.podman("stop", "--time", "30", first.name)  # --rm removes it
+
+        again = docker_example(tmp_path, "latchkey-docker-example", key, volume, detach=True)
+        start(containers, again)
+        later = grpc(again.grpc, "latchkey.v1.Passwordless/IssueLoginLink", {"email": "ann@example.com", "redirect_url": REDIRECT})
+        assert later["userId"] == ann["userId"] and not later.get("userCreated", False)
+        containers.podman("stop", "--time", "30", again.name)
+
+        other_key = subprocess.run([binary, "generate-server-key"], capture_output=True, text=True, check=True).stdout.strip()
+        refused = docker_example(tmp_path, "latchkey-docker-example", other_key, volume, detach=False)
+        run = containers.podman(*refused.argv, check=False, timeout=120)
+        assert run.returncode != 0, run.stdout
+        assert "does not match" in run.stdout + run.stderr, run.stdout + run.stderr
+    finally:
+        containers.podman("rm", "--force", "--time", "0", "latchkey-docker-example", check=False)
+        containers.podman("volume", "rm", "--force", volume, check=False)
+    FACTS["docker example"] = "the example production file served twice on one volume with one key; another key refused"
