@@ -47,8 +47,8 @@ use crate::domain::model::{
     Attempt, AttemptStatus, Email, HOUR, Link, Millis, RateBucket, Session, SigningKeyRecord, User, UserStatus,
 };
 use crate::domain::store::{
-    CodeRedemption, Collection, LinkInsert, NewEmail, OutboxClaim, OutboxDepth, RedeemCodeFn, RedeemFn, Redemption,
-    Store, UpdateUserFn, UserDeletion,
+    CodeRedemption, Collection, IdempotencyClaim, IdempotencyState, LinkInsert, NewEmail, OutboxClaim, OutboxDepth,
+    RedeemCodeFn, RedeemFn, Redemption, Store, UpdateUserFn, UserDeletion,
 };
 
 /// How often a replica checks that the database answers (health follows it).
@@ -1047,15 +1047,94 @@ impl Store for PgStore {
         })
     }
 
+    async fn claim_idempotency_key(&self, claim: IdempotencyClaim<'_>) -> Result<IdempotencyState> {
+        let (key, request) = (&claim.key.0[..], &claim.request.0[..]);
+        let (lease_until, expires_at) = (claim.now + claim.lease, claim.now + claim.keep);
+        on_connection!(write self, |client| async {
+            // New, past its keep, or left without an answer by a claimant whose lease ran out.
+            let claimed = client
+                .query_opt(
+                    &client
+                        .prepare_cached(
+                            "INSERT INTO idempotency_keys (key_digest, request_digest, answer, lease_until, expires_at) \
+                             VALUES ($1, $2, NULL, $3, $4) ON CONFLICT (key_digest) DO UPDATE \
+                             SET request_digest = $2, answer = NULL, lease_until = $3, expires_at = $4 \
+                             WHERE idempotency_keys.expires_at <= $5 OR (idempotency_keys.answer IS NULL \
+                               AND idempotency_keys.request_digest = $2 AND idempotency_keys.lease_until <= $5) \
+                             RETURNING 1",
+                        )
+                        .await?,
+                    &[&key, &request, &lease_until, &expires_at, &claim.now],
+                )
+                .await?;
+            if claimed.is_some() {
+                return Step::Ok(IdempotencyState::Claimed);
+            }
+            let held = client
+                .query_opt(
+                    &client
+                        .prepare_cached("SELECT request_digest, answer FROM idempotency_keys WHERE key_digest = $1")
+                        .await?,
+                    &[&key],
+                )
+                .await?;
+            Ok(match held {
+                Some(row) if row.get::<_, &[u8]>(0) != request => IdempotencyState::Reused,
+                Some(row) => match row.get::<_, Option<Vec<u8>>>(1) {
+                    Some(answer) => IdempotencyState::Answered(answer),
+                    None => IdempotencyState::Running,
+                },
+                // Purged between the two statements: the repeat claims it next time.
+                None => IdempotencyState::Running,
+            })
+        })
+    }
+
+    async fn settle_idempotency_key(&self, key: &Digest32, request: &Digest32, answer: Option<&[u8]>) -> Result<()> {
+        let (key, request) = (&key.0[..], &request.0[..]);
+        on_connection!(write self, |client| async {
+            match answer {
+                Some(answer) => {
+                    client
+                        .execute(
+                            &client
+                                .prepare_cached(
+                                    "UPDATE idempotency_keys SET answer = $3 \
+                                     WHERE key_digest = $1 AND request_digest = $2",
+                                )
+                                .await?,
+                            &[&key, &request, &answer],
+                        )
+                        .await?
+                }
+                None => {
+                    client
+                        .execute(
+                            &client
+                                .prepare_cached(
+                                    "DELETE FROM idempotency_keys \
+                                     WHERE key_digest = $1 AND request_digest = $2 AND answer IS NULL",
+                                )
+                                .await?,
+                            &[&key, &request],
+                        )
+                        .await?
+                }
+            };
+            Step::Ok(())
+        })
+    }
+
     async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize> {
         // Each table in turn, a batch at a time; rows another replica is purging are skipped.
-        const TABLES: [(&str, &str, &str); 6] = [
+        const TABLES: [(&str, &str, &str); 7] = [
             ("links", "token_digest", "purge_at"),
             ("sessions", "id", "purge_at"),
             ("emails", "id", "purge_at"),
             ("attempts", "ref_digest", "purge_at"),
             ("codes", "code_digest", "purge_at"),
             ("rate_buckets", "key", "full_at"),
+            ("idempotency_keys", "key_digest", "expires_at"),
         ];
         let mut purged = 0;
         for (table, key, due) in TABLES {
