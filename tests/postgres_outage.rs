@@ -144,3 +144,80 @@ async fn a_busy_pool_is_not_taken_for_an_unreachable_database() {
     assert!(checks > 10, "the call held the pool for a while ({checks} checks)");
     assert_error(verify.await.unwrap(), Code::Unavailable, "STORE_UNAVAILABLE");
 }
+
+/// A COMMIT that never comes back (synchronous replication to a standby that does not exist, as
+/// when the only synchronous standby is gone) is not answered as a success, nor as a plain failure:
+/// past the call's deadline it answers `UNAVAILABLE` saying the outcome is unknown. The connection
+/// it waited on is closed, not handed to the next call (the pool holds one), so other calls are
+/// served meanwhile; and `statement_timeout` does not cut the wait short (a cancelled wait for
+/// synchronous replication answers success).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_waits_forever_answers_outcome_unknown_and_its_connection_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg_dir = tempfile::Builder::new().prefix("latchkey-pg-commit").tempdir().unwrap();
+    let (database, url) = Database::start(pg_dir.path().join("cluster"), &[]);
+    // scripts/postgres turns synchronous_commit off for the server; this database's sessions wait.
+    database.as_superuser("ALTER DATABASE latchkey SET synchronous_commit = on");
+    let env = [
+        ("LATCHKEY_STORE__BACKEND", "postgres"),
+        ("LATCHKEY_STORE__POSTGRES__URL", url.as_str()),
+        ("LATCHKEY_STORE__POSTGRES__POOL_SIZE", "1"),
+        ("LATCHKEY_STORE__POSTGRES__STATEMENT_TIMEOUT_SECONDS", "2"),
+    ];
+    let server = BinaryServer::start(dir.path(), &[], &env);
+    let channel = connect(server.addr).await;
+    let mut client = PasswordlessClient::new(channel.clone());
+    let before = client
+        .issue_login_link(issue_request("before@example.com"))
+        .await
+        .expect("served while commits need no standby")
+        .into_inner();
+
+    database.as_superuser("ALTER SYSTEM SET synchronous_standby_names = 'nowhere'");
+    database.as_superuser("SELECT pg_reload_conf()");
+    let started = std::time::Instant::now();
+    let stuck = tokio::time::timeout(NO_HANG, client.issue_login_link(issue_request("stuck@example.com")))
+        .await
+        .expect("the call is bounded by its deadline");
+    let waited = started.elapsed();
+    let status = assert_error(stuck, Code::Unavailable, "STORE_UNAVAILABLE");
+    assert!(status.message().contains("outcome is unknown"), "{}", status.message());
+    // The deadline is the statement timeout and a second: the commit outlived the statement timeout.
+    assert!(waited >= Duration::from_secs(2), "answered after {waited:?}");
+
+    // Still waiting on the server, on a connection latchkey let go of.
+    let waiting = waiting_for_sync_replication(&url).await;
+    assert_eq!(waiting, 1, "the stuck COMMIT is still waiting on the server");
+    // A call that commits nothing is served at once on a new connection; the old one, with its
+    // COMMIT in flight, would have held it until the deadline.
+    let started = std::time::Instant::now();
+    client
+        .inspect_token(pb::InspectTokenRequest {
+            token: token_of(&before.link),
+        })
+        .await
+        .expect("a read is served while a commit hangs");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert_eq!(health(channel.clone()).await, Some(ServingStatus::Serving));
+
+    database.as_superuser("ALTER SYSTEM SET synchronous_standby_names = ''");
+    database.as_superuser("SELECT pg_reload_conf()");
+    client
+        .issue_login_link(issue_request("after@example.com"))
+        .await
+        .expect("served once commits are acknowledged again");
+}
+
+/// How many sessions of the `latchkey` database wait for synchronous replication.
+async fn waiting_for_sync_replication(url: &str) -> i64 {
+    let (observer, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    observer
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'latchkey' AND wait_event = 'SyncRep'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}

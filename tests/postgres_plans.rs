@@ -40,6 +40,8 @@ INSERT INTO codes SELECT sha256(('c' || i)::bytea), 'fill' || (i % $1 + 1), '{}'
 INSERT INTO emails SELECT 'efill' || i, 'fill' || i || '@example.com', 'fill' || (i % $1 + 1), 'Ann', 'Lee',
     i % 3, NULL, '[]', $2::bigint + 900000, 2, 1, NULL, $2::bigint, $2::bigint, $2::bigint, $2::bigint + 86400000 FROM generate_series(1, $1) AS i;
 INSERT INTO rate_buckets SELECT 'recipient:fill' || i, 1, $2::bigint, $2::bigint + 3600000 FROM generate_series(1, $1) AS i;
+INSERT INTO idempotency_keys SELECT sha256(('k' || i)::bytea), sha256(('q' || i)::bytea), '\\x00', $2::bigint,
+    $2::bigint + 86400000 FROM generate_series(1, $1) AS i;
 ";
 
 /// A statement of each kind the store runs, as its text begins or contains: the flows below must
@@ -81,6 +83,10 @@ const EXPECTED: &[&str] = &[
     "DELETE FROM attempts WHERE",
     "DELETE FROM codes WHERE",
     "DELETE FROM rate_buckets WHERE",
+    "INSERT INTO idempotency_keys",
+    "FROM idempotency_keys WHERE key_digest = $1",
+    "UPDATE idempotency_keys SET answer",
+    "DELETE FROM idempotency_keys WHERE",
 ];
 
 /// Tables whose whole-table scan is fine: one row.
@@ -168,6 +174,16 @@ async fn every_statement_of_every_flow_is_an_index_lookup_on_large_tables() {
         })
         .await
         .unwrap();
+    // A call under an idempotency key, and its repeat.
+    for _ in 0..2 {
+        let mut keyed = tonic::Request::new(pb::RevokeUserSessionsRequest {
+            user_id: user.user_id.clone(),
+        });
+        keyed
+            .metadata_mut()
+            .insert("idempotency-key", "plans-1".parse().unwrap());
+        app.sessions().revoke_user_sessions(keyed).await.unwrap();
+    }
     app.update_user(
         &user.user_id,
         pb::User {

@@ -17,7 +17,8 @@ use latchkey::domain::model::{
 };
 use latchkey::domain::rate_limit::RateLimit;
 use latchkey::domain::store::{
-    CodeRedemption, Collection, LinkInsert, NewEmail, OutboxClaim, OutboxDepth, RateCharge, Redemption, Store,
+    CodeRedemption, Collection, IdempotencyClaim, IdempotencyState, LinkInsert, NewEmail, OutboxClaim, OutboxDepth,
+    RateCharge, Redemption, Store,
 };
 use latchkey::domain::wakeups::Topic;
 
@@ -1014,4 +1015,95 @@ async fn a_closed_store_answers_store_unavailable() {
     );
     assert_eq!(reason(store.outbox_depth().await), Reason::STORE_UNAVAILABLE);
     store.close().await.unwrap();
+}
+
+fn claim<'a>(key: &'a Digest32, request: &'a Digest32, now: Millis) -> IdempotencyClaim<'a> {
+    IdempotencyClaim {
+        key,
+        request,
+        now,
+        lease: MINUTE,
+        keep: 24 * HOUR,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_claimed_once_then_answers_and_is_purged_after_its_keep() {
+    let TestStore { store, .. } = open_test_store().await;
+    let (key, request, other) = (Digest32::of("key"), Digest32::of("request"), Digest32::of("other"));
+    // Of 16 concurrent claims, one runs; the others see it running.
+    let claims: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim_idempotency_key(claim(&key, &request, NOW)).await.unwrap() })
+        })
+        .collect();
+    let mut claimed = 0;
+    for outcome in claims {
+        match outcome.await.unwrap() {
+            IdempotencyState::Claimed => claimed += 1,
+            state => assert_eq!(state, IdempotencyState::Running),
+        }
+    }
+    assert_eq!(claimed, 1);
+    let reused = store.claim_idempotency_key(claim(&key, &other, NOW)).await.unwrap();
+    assert_eq!(reused, IdempotencyState::Reused);
+    // Settling under another request changes nothing.
+    store.settle_idempotency_key(&key, &other, Some(b"no")).await.unwrap();
+    store
+        .settle_idempotency_key(&key, &request, Some(b"sealed answer"))
+        .await
+        .unwrap();
+    let answered = store
+        .claim_idempotency_key(claim(&key, &request, NOW + 1))
+        .await
+        .unwrap();
+    assert_eq!(answered, IdempotencyState::Answered(b"sealed answer".to_vec()));
+    // An answer is kept past the lease, and a failed call's key is free again.
+    let later = store
+        .claim_idempotency_key(claim(&key, &request, NOW + 2 * MINUTE))
+        .await
+        .unwrap();
+    assert_eq!(later, IdempotencyState::Answered(b"sealed answer".to_vec()));
+    let failing = Digest32::of("failing");
+    assert_eq!(
+        store
+            .claim_idempotency_key(claim(&failing, &request, NOW))
+            .await
+            .unwrap(),
+        IdempotencyState::Claimed
+    );
+    store.settle_idempotency_key(&failing, &request, None).await.unwrap();
+    assert_eq!(
+        store
+            .claim_idempotency_key(claim(&failing, &request, NOW))
+            .await
+            .unwrap(),
+        IdempotencyState::Claimed
+    );
+    // A claimant that died: its lease runs out, then a repeat takes the key over.
+    assert_eq!(
+        store
+            .claim_idempotency_key(claim(&failing, &request, NOW + 1))
+            .await
+            .unwrap(),
+        IdempotencyState::Running
+    );
+    assert_eq!(
+        store
+            .claim_idempotency_key(claim(&failing, &request, NOW + MINUTE))
+            .await
+            .unwrap(),
+        IdempotencyState::Claimed
+    );
+    // Past its keep the key is purged (both keys count), and then new.
+    assert_eq!(store.purge_expired(NOW + HOUR, 100).await.unwrap(), 0);
+    assert_eq!(store.purge_expired(NOW + 25 * HOUR, 100).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .claim_idempotency_key(claim(&key, &other, NOW + 25 * HOUR))
+            .await
+            .unwrap(),
+        IdempotencyState::Claimed
+    );
 }

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod convert;
 pub mod emails;
 pub mod error;
+pub mod idempotency;
 pub mod passwordless;
 pub mod sessions;
 pub mod users;

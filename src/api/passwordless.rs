@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::idempotency::Idempotency;
+
 use super::convert::{self, timestamp};
 use super::pb::{self, passwordless_server::Passwordless};
 use crate::domain::enchanted::{Mode, PollOutcome, SendEnchantedLink};
@@ -15,16 +17,20 @@ use crate::domain::{Domain, UserRef};
 
 pub struct PasswordlessApi {
     domain: Arc<Domain>,
+    once: Idempotency,
 }
 
 impl PasswordlessApi {
     pub fn new(domain: Arc<Domain>) -> Self {
-        Self { domain }
+        Self {
+            once: Idempotency::new(&domain),
+            domain,
+        }
     }
 }
 
-#[tonic::async_trait]
-impl Passwordless for PasswordlessApi {
+/// The RPCs as they run once; `Passwordless` below puts the mutating ones behind their idempotency keys.
+impl PasswordlessApi {
     async fn issue_login_link(
         &self,
         request: Request<pb::IssueLoginLinkRequest>,
@@ -236,5 +242,81 @@ impl Passwordless for PasswordlessApi {
             id_token: exchanged.id_token.unwrap_or_default(),
             session_id: exchanged.session_id,
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl Passwordless for PasswordlessApi {
+    async fn issue_login_link(
+        &self,
+        request: Request<pb::IssueLoginLinkRequest>,
+    ) -> Result<Response<pb::IssueLoginLinkResponse>, Status> {
+        self.once
+            .run("IssueLoginLink", request, |request| {
+                PasswordlessApi::issue_login_link(self, request)
+            })
+            .await
+    }
+
+    async fn login_or_create(
+        &self,
+        request: Request<pb::LoginOrCreateRequest>,
+    ) -> Result<Response<pb::LoginOrCreateResponse>, Status> {
+        self.once
+            .run("LoginOrCreate", request, |request| {
+                PasswordlessApi::login_or_create(self, request)
+            })
+            .await
+    }
+
+    async fn send_enchanted_link(
+        &self,
+        request: Request<pb::SendEnchantedLinkRequest>,
+    ) -> Result<Response<pb::SendEnchantedLinkResponse>, Status> {
+        self.once
+            .run("SendEnchantedLink", request, |request| {
+                PasswordlessApi::send_enchanted_link(self, request)
+            })
+            .await
+    }
+
+    async fn inspect_token(
+        &self,
+        request: Request<pb::InspectTokenRequest>,
+    ) -> Result<Response<pb::InspectTokenResponse>, Status> {
+        PasswordlessApi::inspect_token(self, request).await
+    }
+
+    async fn verify_token(
+        &self,
+        request: Request<pb::VerifyTokenRequest>,
+    ) -> Result<Response<pb::VerifyTokenResponse>, Status> {
+        self.once
+            .run("VerifyToken", request, |request| {
+                PasswordlessApi::verify_token(self, request)
+            })
+            .await
+    }
+
+    async fn poll_session(
+        &self,
+        request: Request<pb::PollSessionRequest>,
+    ) -> Result<Response<pb::PollSessionResponse>, Status> {
+        self.once
+            .run("PollSession", request, |request| {
+                PasswordlessApi::poll_session(self, request)
+            })
+            .await
+    }
+
+    async fn exchange_code(
+        &self,
+        request: Request<pb::ExchangeCodeRequest>,
+    ) -> Result<Response<pb::ExchangeCodeResponse>, Status> {
+        self.once
+            .run("ExchangeCode", request, |request| {
+                PasswordlessApi::exchange_code(self, request)
+            })
+            .await
     }
 }

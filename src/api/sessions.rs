@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::idempotency::Idempotency;
+
 use super::convert;
 use super::pb::{self, sessions_server::Sessions};
 use crate::domain::Domain;
@@ -12,16 +14,20 @@ use crate::domain::sessions::{SessionCredential, SessionRef};
 
 pub struct SessionsApi {
     domain: Arc<Domain>,
+    once: Idempotency,
 }
 
 impl SessionsApi {
     pub fn new(domain: Arc<Domain>) -> Self {
-        Self { domain }
+        Self {
+            once: Idempotency::new(&domain),
+            domain,
+        }
     }
 }
 
-#[tonic::async_trait]
-impl Sessions for SessionsApi {
+/// The RPCs as they run once; `Sessions` below puts the mutating ones behind their idempotency keys.
+impl SessionsApi {
     async fn authenticate_session(
         &self,
         request: Request<pb::AuthenticateSessionRequest>,
@@ -85,5 +91,41 @@ impl Sessions for SessionsApi {
             keys,
             jwks_json: jwks_json.to_string(),
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl Sessions for SessionsApi {
+    async fn authenticate_session(
+        &self,
+        request: Request<pb::AuthenticateSessionRequest>,
+    ) -> Result<Response<pb::AuthenticateSessionResponse>, Status> {
+        SessionsApi::authenticate_session(self, request).await
+    }
+
+    async fn revoke_session(
+        &self,
+        request: Request<pb::RevokeSessionRequest>,
+    ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
+        self.once
+            .run("RevokeSession", request, |request| {
+                SessionsApi::revoke_session(self, request)
+            })
+            .await
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        request: Request<pb::RevokeUserSessionsRequest>,
+    ) -> Result<Response<pb::RevokeUserSessionsResponse>, Status> {
+        self.once
+            .run("RevokeUserSessions", request, |request| {
+                SessionsApi::revoke_user_sessions(self, request)
+            })
+            .await
+    }
+
+    async fn get_jwks(&self, request: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
+        SessionsApi::get_jwks(self, request).await
     }
 }

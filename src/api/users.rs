@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::idempotency::Idempotency;
+
 use super::convert;
 use super::pb::{self, users_server::Users};
 use crate::domain::error::{Error, Reason};
@@ -12,11 +14,15 @@ use crate::domain::{Domain, UserRef};
 
 pub struct UsersApi {
     domain: Arc<Domain>,
+    once: Idempotency,
 }
 
 impl UsersApi {
     pub fn new(domain: Arc<Domain>) -> Self {
-        Self { domain }
+        Self {
+            once: Idempotency::new(&domain),
+            domain,
+        }
     }
 }
 
@@ -45,8 +51,8 @@ fn patch_from_mask(user: &pb::User, paths: &[String]) -> Result<UserPatch, Error
     Ok(patch)
 }
 
-#[tonic::async_trait]
-impl Users for UsersApi {
+/// The RPCs as they run once; `Users` below puts the mutating ones behind their idempotency keys.
+impl UsersApi {
     async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::GetUserResponse>, Status> {
         use pb::get_user_request::User as Which;
         let user = request.into_inner().user.map(|user| match user {
@@ -107,5 +113,37 @@ impl Users for UsersApi {
             revoked_sessions: deletion.revoked_sessions,
             voided_links: deletion.voided_links,
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl Users for UsersApi {
+    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::GetUserResponse>, Status> {
+        UsersApi::get_user(self, request).await
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        UsersApi::list_users(self, request).await
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::UpdateUserResponse>, Status> {
+        self.once
+            .run("UpdateUser", request, |request| UsersApi::update_user(self, request))
+            .await
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        self.once
+            .run("DeleteUser", request, |request| UsersApi::delete_user(self, request))
+            .await
     }
 }

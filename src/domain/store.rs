@@ -15,8 +15,8 @@
 //!   is written; a `refusal` inside a redemption is written like any outcome, then returned.
 //! - **Retention.** Expired links, sessions, attempts, codes and emails stay readable for the
 //!   configured retention (to answer `TOKEN_EXPIRED`); then `purge_expired` removes each with
-//!   every index entry that points at it. A rate bucket is purged once it is full again. Each
-//!   record removed counts one.
+//!   every index entry that points at it. A rate bucket is purged once it is full again, an
+//!   idempotency key once its keep ends. Each record removed counts one.
 //! - **The outbox is shared.** Several workers (in one process or many) claim due emails for a
 //!   lease; an email whose lease ran out is due again. Delivery is at least once, and exactly once
 //!   while no worker dies or overruns its lease.
@@ -134,6 +134,33 @@ pub struct OutboxDepth {
     pub sending: u64,
 }
 
+/// A call made under an idempotency key, as it asks to run.
+#[derive(Clone, Copy, Debug)]
+pub struct IdempotencyClaim<'a> {
+    /// Digest of the caller and the key: keys are scoped to the caller.
+    pub key: &'a Digest32,
+    /// Digest of the method and the request (the request itself is never stored).
+    pub request: &'a Digest32,
+    pub now: Millis,
+    /// How long the claimant may run without an answer before a repeat takes the key over.
+    pub lease: Millis,
+    /// How long the key and its answer are kept from now.
+    pub keep: Millis,
+}
+
+/// What a claim found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum IdempotencyState {
+    /// The key is this call's now: run it, then settle the key.
+    Claimed,
+    /// Another call under this key, with the same request, is running.
+    Running,
+    /// A call under this key, with the same request, was answered: the sealed answer.
+    Answered(Vec<u8>),
+    /// The key was used for a different request.
+    Reused,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn user(&self, user_id: &str) -> Result<Option<User>>;
@@ -193,6 +220,15 @@ pub trait Store: Send + Sync + 'static {
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
     /// Replaces the key set if it still equals `expected` (compare-and-swap); false otherwise.
     async fn replace_signing_keys(&self, expected: &[SigningKeyRecord], new: &[SigningKeyRecord]) -> Result<bool>;
+
+    /// Claims an idempotency key for a call (see `IdempotencyState`). Atomic: of several claims
+    /// racing for one key, one gets `Claimed`. A key past its `keep`, or claimed with the same
+    /// request by a claimant whose lease ran out without an answer, is claimed anew.
+    async fn claim_idempotency_key(&self, claim: IdempotencyClaim<'_>) -> Result<IdempotencyState>;
+    /// Settles a claimed key: records the call's sealed answer, or (`None`: the call failed, and
+    /// wrote nothing) lets go of the key so that a repeat runs the call again. Only while the key
+    /// holds `request`.
+    async fn settle_idempotency_key(&self, key: &Digest32, request: &Digest32, answer: Option<&[u8]>) -> Result<()>;
 
     /// Removes records whose retention ended before `now`, at most `limit`; returns how many.
     async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize>;

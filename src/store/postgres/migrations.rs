@@ -5,7 +5,10 @@
 use tokio_postgres::Client;
 
 /// (version, SQL), in order. A released migration never changes; a new one goes last.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_initial.sql")),
+    (2, include_str!("migrations/0002_idempotency_keys.sql")),
+];
 
 /// The advisory lock migrations hold ("latchkey" in ASCII); the same in every version.
 const LOCK: i64 = 0x6c61_7463_686b_6579;

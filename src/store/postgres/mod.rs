@@ -17,9 +17,13 @@
 //! gets a hash join over the whole table.
 //!
 //! Wake-ups cross replicas with LISTEN/NOTIFY (`wakeups`). A call is answered only after its
-//! transaction committed. The URL's password never reaches a log line or an error.
+//! transaction committed; a call whose COMMIT was sent but not acknowledged (the connection broke,
+//! the call's deadline passed) answers `STORE_UNAVAILABLE` saying the outcome is unknown, and its
+//! connection is closed rather than returned to the pool (`held`). The URL's password never
+//! reaches a log line or an error.
 
 mod connect;
+mod held;
 pub mod migrations;
 mod rows;
 mod wakeups;
@@ -43,8 +47,8 @@ use crate::domain::model::{
     Attempt, AttemptStatus, Email, HOUR, Link, Millis, RateBucket, Session, SigningKeyRecord, User, UserStatus,
 };
 use crate::domain::store::{
-    CodeRedemption, Collection, LinkInsert, NewEmail, OutboxClaim, OutboxDepth, RedeemCodeFn, RedeemFn, Redemption,
-    Store, UpdateUserFn, UserDeletion,
+    CodeRedemption, Collection, IdempotencyClaim, IdempotencyState, LinkInsert, NewEmail, OutboxClaim, OutboxDepth,
+    RedeemCodeFn, RedeemFn, Redemption, Store, UpdateUserFn, UserDeletion,
 };
 
 /// How often a replica checks that the database answers (health follows it).
@@ -127,11 +131,13 @@ async fn probe(connector: connect::Connector, unreachable: Arc<AtomicBool>, stop
     }
 }
 
-/// Why a step failed: the domain said no (answered as is), or the database failed (retried when
-/// it was a conflict, else `STORE_UNAVAILABLE`).
+/// Why a step failed: the domain said no (answered as is), the database failed (retried when it
+/// was a conflict, else `STORE_UNAVAILABLE`), or the connection broke while a change was being
+/// committed, so whether it was is unknown.
 enum Failure {
     Domain(Error),
     Database(tokio_postgres::Error),
+    OutcomeUnknown(tokio_postgres::Error),
 }
 
 impl From<Error> for Failure {
@@ -155,70 +161,140 @@ fn is_conflict(error: &tokio_postgres::Error) -> bool {
     )
 }
 
+/// A statement that changes something failed: when the server answered (an error it sent), the
+/// change was not made; when the connection broke or the deadline passed with the statement sent,
+/// it may have been (a commit the server made but could not acknowledge).
+fn write_failure(error: tokio_postgres::Error) -> Failure {
+    if error.as_db_error().is_some() {
+        Failure::Database(error)
+    } else {
+        Failure::OutcomeUnknown(error)
+    }
+}
+
 fn unavailable(error: &(dyn std::error::Error + 'static)) -> Error {
     let error = connect::with_causes(error);
     tracing::warn!(%error, "PostgreSQL call failed");
     Error::new(Reason::STORE_UNAVAILABLE, "the store is unavailable; try again")
 }
 
+/// The answer to a call whose change may or may not have been committed. Never success: a
+/// failover can undo a commit that was not acknowledged.
+fn outcome_unknown(error: &(dyn std::error::Error + 'static)) -> Error {
+    let error = connect::with_causes(error);
+    tracing::warn!(%error, "PostgreSQL failed while committing; the outcome is unknown");
+    Error::new(
+        Reason::STORE_UNAVAILABLE,
+        "the store became unavailable while committing this call's change, so the outcome is unknown; \
+         retry with the same idempotency-key to learn it",
+    )
+}
+
 fn failed(failure: Failure) -> Error {
     match failure {
         Failure::Domain(error) => error,
         Failure::Database(error) => unavailable(&error),
+        Failure::OutcomeUnknown(error) => outcome_unknown(&error),
     }
 }
 
 /// Runs `$body` (an async block using the transaction `$tx`) in a transaction, committed when it
-/// returns Ok; retried from the start on a serialization failure or deadlock.
+/// returns Ok; retried from the start on a serialization failure or deadlock. The COMMIT is bounded
+/// only by the call's deadline on this side, never by a server-side timeout or a cancel request:
+/// PostgreSQL answers a cancelled wait for synchronous replication with success although the
+/// commit may exist on the old primary only. (`statement_timeout` ends before the commit itself,
+/// from PostgreSQL 13 on, so it does not cut that wait short.)
 macro_rules! in_transaction {
     ($store:expr, |$tx:ident| $body:expr) => {{
         let store: &PgStore = $store;
+        let committing = AtomicBool::new(false);
         let work = async {
             let mut tries = 0;
             loop {
                 tries += 1;
-                let mut client = store.pool.get().await.map_err(|error| unavailable(&error))?;
+                let mut client = held::Held::get(&store.pool)
+                    .await
+                    .map_err(|error| unavailable(&error))?;
                 let outcome: Step<_> = async {
                     let $tx = client.transaction().await?;
                     let value = $body.await?;
-                    $tx.commit().await?;
+                    committing.store(true, Ordering::Relaxed);
+                    $tx.commit().await.map_err(write_failure)?;
                     Ok(value)
                 }
                 .await;
+                committing.store(false, Ordering::Relaxed);
                 match outcome {
-                    Ok(value) => return Ok(value),
-                    Err(Failure::Database(error)) if is_conflict(&error) && tries < TRIES => continue,
+                    Ok(value) => {
+                        client.release();
+                        return Ok(value);
+                    }
+                    // The transaction's ROLLBACK is queued ahead of anything the next call sends.
+                    Err(Failure::Domain(error)) => {
+                        client.release();
+                        return Err(error);
+                    }
+                    Err(Failure::Database(error)) if is_conflict(&error) && tries < TRIES => {
+                        client.release();
+                        continue;
+                    }
+                    // A connection that failed otherwise is not trusted again (it may be to a
+                    // server that is no longer the primary): `client` is dropped, so closed.
                     Err(failure) => return Err(failed(failure)),
                 }
             }
         };
-        store.bounded(work).await
+        store.bounded(work, &committing).await
     }};
 }
 
-/// One statement (or a few without a transaction) on a pooled connection.
+/// One statement (or a few without a transaction) on a pooled connection. `read` statements change
+/// nothing; for `write` ones (each commits by itself) a broken connection or the deadline leaves
+/// the outcome unknown.
 macro_rules! on_connection {
-    ($store:expr, |$client:ident| $body:expr) => {{
+    (@run $store:expr, $writes:expr, |$client:ident| $body:expr) => {{
         let store: &PgStore = $store;
+        let committing = AtomicBool::new($writes);
         let work = async {
-            let $client = store.pool.get().await.map_err(|error| unavailable(&error))?;
-            let outcome: Step<_> = $body.await;
-            outcome.map_err(failed)
+            let held = held::Held::get(&store.pool).await.map_err(|error| unavailable(&error))?;
+            let outcome: Step<_> = {
+                let $client = &held;
+                $body.await
+            };
+            match outcome {
+                Ok(value) => {
+                    held.release();
+                    Ok(value)
+                }
+                Err(Failure::Domain(error)) => {
+                    held.release();
+                    Err(error)
+                }
+                Err(Failure::Database(error)) if $writes => Err(failed(write_failure(error))),
+                Err(failure) => Err(failed(failure)),
+            }
         };
-        store.bounded(work).await
+        store.bounded(work, &committing).await
     }};
+    (write $store:expr, |$client:ident| $body:expr) => {
+        on_connection!(@run $store, true, |$client| $body)
+    };
+    ($store:expr, |$client:ident| $body:expr) => {
+        on_connection!(@run $store, false, |$client| $body)
+    };
 }
 
 impl PgStore {
-    /// Bounds a call by the deadline: past it, the call fails `STORE_UNAVAILABLE` (the statement
-    /// timeout ends the statement on the server).
-    async fn bounded<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
+    /// Bounds a call by the deadline. Past it the call is dropped, and with it its connection
+    /// (closed, never returned to the pool with a request in flight); the call fails
+    /// `STORE_UNAVAILABLE`, saying that the outcome is unknown if it was `committing`.
+    async fn bounded<T>(&self, work: impl Future<Output = Result<T>>, committing: &AtomicBool) -> Result<T> {
         match tokio::time::timeout(self.deadline, work).await {
             Ok(outcome) => outcome,
+            Err(elapsed) if committing.load(Ordering::Relaxed) => Err(outcome_unknown(&elapsed)),
             Err(elapsed) => Err(unavailable(&elapsed)),
         }
     }
-
     fn purge_at(&self, expires_at: Millis) -> Millis {
         expires_at + self.retention
     }
@@ -668,7 +744,7 @@ impl Store for PgStore {
             "UPDATE sessions SET revoked_at = coalesce(revoked_at, $2) WHERE id = $1 RETURNING {}",
             rows::SESSION
         );
-        on_connection!(self, |client| async {
+        on_connection!(write self, |client| async {
             let row = client
                 .query_opt(&client.prepare_cached(&sql).await?, &[&session_id, &now])
                 .await?;
@@ -783,7 +859,7 @@ impl Store for PgStore {
         );
         let lease_end = claim.now + claim.lease;
         let limit = claim.limit as i64;
-        on_connection!(self, |client| async {
+        on_connection!(write self, |client| async {
             let claimed = client
                 .query(&client.prepare_cached(&sql).await?, &[&claim.now, &lease_end, &limit])
                 .await?;
@@ -803,7 +879,7 @@ impl Store for PgStore {
         let errors: Vec<Option<&str>> = emails.iter().map(|email| email.last_error.as_deref()).collect();
         let next: Vec<Millis> = emails.iter().map(|email| email.next_attempt_at).collect();
         let sent: Vec<Option<Millis>> = emails.iter().map(|email| email.sent_at).collect();
-        let recorded: std::collections::HashSet<String> = on_connection!(self, |client| async {
+        let recorded: std::collections::HashSet<String> = on_connection!(write self, |client| async {
             let rows = client
                 .query(
                     &client
@@ -965,7 +1041,7 @@ impl Store for PgStore {
 
     async fn replace_signing_keys(&self, expected: &[SigningKeyRecord], new: &[SigningKeyRecord]) -> Result<bool> {
         let (expected, new) = (rows::keys_to_json(expected), rows::keys_to_json(new));
-        on_connection!(self, |client| async {
+        on_connection!(write self, |client| async {
             let swapped = client
                 .execute(
                     &client
@@ -978,15 +1054,94 @@ impl Store for PgStore {
         })
     }
 
+    async fn claim_idempotency_key(&self, claim: IdempotencyClaim<'_>) -> Result<IdempotencyState> {
+        let (key, request) = (&claim.key.0[..], &claim.request.0[..]);
+        let (lease_until, expires_at) = (claim.now + claim.lease, claim.now + claim.keep);
+        on_connection!(write self, |client| async {
+            // New, past its keep, or left without an answer by a claimant whose lease ran out.
+            let claimed = client
+                .query_opt(
+                    &client
+                        .prepare_cached(
+                            "INSERT INTO idempotency_keys (key_digest, request_digest, answer, lease_until, expires_at) \
+                             VALUES ($1, $2, NULL, $3, $4) ON CONFLICT (key_digest) DO UPDATE \
+                             SET request_digest = $2, answer = NULL, lease_until = $3, expires_at = $4 \
+                             WHERE idempotency_keys.expires_at <= $5 OR (idempotency_keys.answer IS NULL \
+                               AND idempotency_keys.request_digest = $2 AND idempotency_keys.lease_until <= $5) \
+                             RETURNING 1",
+                        )
+                        .await?,
+                    &[&key, &request, &lease_until, &expires_at, &claim.now],
+                )
+                .await?;
+            if claimed.is_some() {
+                return Step::Ok(IdempotencyState::Claimed);
+            }
+            let held = client
+                .query_opt(
+                    &client
+                        .prepare_cached("SELECT request_digest, answer FROM idempotency_keys WHERE key_digest = $1")
+                        .await?,
+                    &[&key],
+                )
+                .await?;
+            Ok(match held {
+                Some(row) if row.get::<_, &[u8]>(0) != request => IdempotencyState::Reused,
+                Some(row) => match row.get::<_, Option<Vec<u8>>>(1) {
+                    Some(answer) => IdempotencyState::Answered(answer),
+                    None => IdempotencyState::Running,
+                },
+                // Purged between the two statements: the repeat claims it next time.
+                None => IdempotencyState::Running,
+            })
+        })
+    }
+
+    async fn settle_idempotency_key(&self, key: &Digest32, request: &Digest32, answer: Option<&[u8]>) -> Result<()> {
+        let (key, request) = (&key.0[..], &request.0[..]);
+        on_connection!(write self, |client| async {
+            match answer {
+                Some(answer) => {
+                    client
+                        .execute(
+                            &client
+                                .prepare_cached(
+                                    "UPDATE idempotency_keys SET answer = $3 \
+                                     WHERE key_digest = $1 AND request_digest = $2",
+                                )
+                                .await?,
+                            &[&key, &request, &answer],
+                        )
+                        .await?
+                }
+                None => {
+                    client
+                        .execute(
+                            &client
+                                .prepare_cached(
+                                    "DELETE FROM idempotency_keys \
+                                     WHERE key_digest = $1 AND request_digest = $2 AND answer IS NULL",
+                                )
+                                .await?,
+                            &[&key, &request],
+                        )
+                        .await?
+                }
+            };
+            Step::Ok(())
+        })
+    }
+
     async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize> {
         // Each table in turn, a batch at a time; rows another replica is purging are skipped.
-        const TABLES: [(&str, &str, &str); 6] = [
+        const TABLES: [(&str, &str, &str); 7] = [
             ("links", "token_digest", "purge_at"),
             ("sessions", "id", "purge_at"),
             ("emails", "id", "purge_at"),
             ("attempts", "ref_digest", "purge_at"),
             ("codes", "code_digest", "purge_at"),
             ("rate_buckets", "key", "full_at"),
+            ("idempotency_keys", "key_digest", "expires_at"),
         ];
         let mut purged = 0;
         for (table, key, due) in TABLES {
@@ -998,7 +1153,7 @@ impl Store for PgStore {
                  SELECT {key} FROM {table} WHERE {due} < $1 LIMIT $2 FOR UPDATE SKIP LOCKED))"
             );
             let batch = (limit - purged) as i64;
-            let removed = on_connection!(self, |client| async {
+            let removed = on_connection!(write self, |client| async {
                 let removed = client
                     .execute(&client.prepare_cached(&sql).await?, &[&now, &batch])
                     .await?;

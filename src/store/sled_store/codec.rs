@@ -51,6 +51,7 @@ pub enum Expiring {
     Attempt = b'A' as isize,
     Code = b'C' as isize,
     RateBucket = b'R' as isize,
+    IdempotencyKey = b'I' as isize,
 }
 
 /// `purge_at (big-endian, sign-flipped) | kind | record key`: a range scan up to now finds every
@@ -89,6 +90,7 @@ pub fn parse_expiry_key(key: &[u8]) -> Option<(Expiring, &[u8])> {
         b'A' => Expiring::Attempt,
         b'C' => Expiring::Code,
         b'R' => Expiring::RateBucket,
+        b'I' => Expiring::IdempotencyKey,
         _ => return None,
     };
     Some((kind, &key[9..]))

@@ -20,6 +20,8 @@
 //! - `rate_limits`: recipient key → RateBucket (its expiry entry is at `full_at`, moved on each send)
 //! - `attempts`: pending-ref digest → Attempt (enchanted links)
 //! - `codes`: authorization-code digest → AuthCode
+//! - `idempotency_keys`: digest of caller and key → IdempotencyRecord (its expiry entry at the
+//!   end of its keep)
 //! - `meta`: named singletons (the signing key set, markers of one-time migrations)
 
 pub mod codec;
@@ -39,7 +41,7 @@ pub use commit::Durability;
 
 use self::codec::{Expiring, child_key, child_prefix, decode, encode, expiry_key, outbox_key};
 use self::commit::GroupCommit;
-use self::records::{KeyRecord, LinkNote, LinkRecord, RateBucketRecord, SessionRecord, UserRecord};
+use self::records::{IdempotencyRecord, KeyRecord, LinkNote, LinkRecord, RateBucketRecord, SessionRecord, UserRecord};
 use self::writer::{TxTree, Writer, storage};
 use crate::crypto::Digest32;
 use crate::domain::error::{Error, Reason, Result};
@@ -48,8 +50,8 @@ use crate::domain::model::{
     UserStatus,
 };
 use crate::domain::store::{
-    CodeRedemption, Collection, LinkInsert, NewEmail, OutboxClaim, OutboxDepth, RedeemCodeFn, RedeemFn, Redemption,
-    Store, UpdateUserFn, UserDeletion,
+    CodeRedemption, Collection, IdempotencyClaim, IdempotencyState, LinkInsert, NewEmail, OutboxClaim, OutboxDepth,
+    RedeemCodeFn, RedeemFn, Redemption, Store, UpdateUserFn, UserDeletion,
 };
 
 const SIGNING_KEYS: &[u8] = b"signing_keys";
@@ -108,6 +110,7 @@ struct Trees {
     rate_limits: sled::Tree,
     attempts: sled::Tree,
     codes: sled::Tree,
+    idempotency_keys: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -170,6 +173,7 @@ impl Inner {
             rate_limits: tree("rate_limits")?,
             attempts: tree("attempts")?,
             codes: tree("codes")?,
+            idempotency_keys: tree("idempotency_keys")?,
             meta: tree("meta")?,
         };
         migrate_reuse_index(&db, &trees).map_err(|source| open_error(&options.path, source))?;
@@ -1128,6 +1132,17 @@ impl Inner {
                         })
                         .await?;
                 }
+                Some((Expiring::IdempotencyKey, key)) => {
+                    let t = &self.trees;
+                    self.writer
+                        .write(|tx| {
+                            let (keys, expiry) = (tx.on(&t.idempotency_keys), tx.on(&t.expiry));
+                            keys.remove(key)?;
+                            expiry.remove(entry.as_ref())?;
+                            Ok(())
+                        })
+                        .await?;
+                }
                 None => {
                     self.trees.expiry.remove(entry).map_err(storage)?;
                 }
@@ -1137,6 +1152,72 @@ impl Inner {
             self.durable().await?;
         }
         Ok(due.len())
+    }
+
+    async fn claim_idempotency_key(&self, claim: IdempotencyClaim<'_>) -> Result<IdempotencyState> {
+        let t = &self.trees;
+        let key = &claim.key.0[..];
+        let state = self
+            .writer
+            .write(|tx| {
+                let (keys, expiry) = (tx.on(&t.idempotency_keys), tx.on(&t.expiry));
+                if let Some(held) = read::<IdempotencyRecord>(&keys, key)? {
+                    let taken_over = held.expires_at <= claim.now
+                        || (held.answer.is_none() && held.request == *claim.request && held.lease_until <= claim.now);
+                    if !taken_over {
+                        return Ok(if held.request != *claim.request {
+                            IdempotencyState::Reused
+                        } else {
+                            held.answer
+                                .map_or(IdempotencyState::Running, IdempotencyState::Answered)
+                        });
+                    }
+                    expiry.remove(expiry_key(held.expires_at, Expiring::IdempotencyKey, key))?;
+                }
+                let record = IdempotencyRecord {
+                    request: *claim.request,
+                    answer: None,
+                    lease_until: claim.now + claim.lease,
+                    expires_at: claim.now + claim.keep,
+                };
+                keys.insert(key, encode(&record));
+                expiry.insert(expiry_key(record.expires_at, Expiring::IdempotencyKey, key), &[]);
+                Ok(IdempotencyState::Claimed)
+            })
+            .await?;
+        if state == IdempotencyState::Claimed {
+            self.durable().await?;
+        }
+        Ok(state)
+    }
+
+    async fn settle_idempotency_key(&self, key: &Digest32, request: &Digest32, answer: Option<&[u8]>) -> Result<()> {
+        let t = &self.trees;
+        let key = &key.0[..];
+        self.writer
+            .write(|tx| {
+                let (keys, expiry) = (tx.on(&t.idempotency_keys), tx.on(&t.expiry));
+                let Some(mut held) = read::<IdempotencyRecord>(&keys, key)? else {
+                    return Ok(());
+                };
+                if held.request != *request {
+                    return Ok(());
+                }
+                match answer {
+                    Some(answer) => {
+                        held.answer = Some(answer.to_vec());
+                        keys.insert(key, encode(&held));
+                    }
+                    None if held.answer.is_none() => {
+                        keys.remove(key)?;
+                        expiry.remove(expiry_key(held.expires_at, Expiring::IdempotencyKey, key))?;
+                    }
+                    None => {}
+                }
+                Ok(())
+            })
+            .await?;
+        self.durable().await
     }
 
     fn refuses_writes(&self) -> bool {
@@ -1235,6 +1316,14 @@ impl Store for SledStore {
 
     async fn replace_signing_keys(&self, expected: &[SigningKeyRecord], new: &[SigningKeyRecord]) -> Result<bool> {
         self.inner()?.replace_signing_keys(expected, new).await
+    }
+
+    async fn claim_idempotency_key(&self, claim: IdempotencyClaim<'_>) -> Result<IdempotencyState> {
+        self.inner()?.claim_idempotency_key(claim).await
+    }
+
+    async fn settle_idempotency_key(&self, key: &Digest32, request: &Digest32, answer: Option<&[u8]>) -> Result<()> {
+        self.inner()?.settle_idempotency_key(key, request, answer).await
     }
 
     async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize> {

@@ -344,3 +344,13 @@ impl From<KeyRecord> for SigningKeyRecord {
         }
     }
 }
+
+/// A call made under an idempotency key (see `Store::claim_idempotency_key`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub request: crate::crypto::Digest32,
+    /// The call's answer, sealed under the server key; none while it runs.
+    pub answer: Option<Vec<u8>>,
+    pub lease_until: Millis,
+    pub expires_at: Millis,
+}
