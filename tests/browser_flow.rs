@@ -103,7 +103,7 @@ fn the_sign_in_pages_work_in_a_real_browser_with_a_certified_relying_party() {
         .env("MAIL_DIR", dir.path().join("data/mail"))
         .env("CHROMIUM", &chromium)
         .env("SECOND_SECRET", SECOND_SECRET)
-        .envs(std::env::var_os("LATCHKEY_SCREENSHOTS").map(|dir| ("SCREENSHOTS", dir)))
+        .envs(std::env::var_os("SIGN_IN_SCREENSHOTS").map(|dir| ("SCREENSHOTS", dir)))
         .output()
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
