@@ -71,6 +71,8 @@ pub enum StartError {
     Mail(String),
     #[error("tls: {0}")]
     Tls(String),
+    #[error("sign-in pages: {0}")]
+    Pages(String),
 }
 
 /// A started server.
@@ -226,6 +228,11 @@ fn settings(validated: &Validated) -> Settings {
                 name: client.name.clone(),
                 redirect_uris: client.redirect_uris.clone(),
                 scopes: client.scopes.clone(),
+                secret_sha256: client
+                    .client_secret_sha256
+                    .as_deref()
+                    .and_then(crate::config::hex_digest),
+                post_logout_redirect_uris: client.post_logout_redirect_uris.clone(),
             })
             .collect(),
         access_token_minutes: config.oauth.access_token_minutes,
@@ -285,6 +292,7 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
     let server = grpc
         .serve(validated.tls.as_ref(), tls_updates_rx, shutdown.clone())
         .map_err(StartError::Tls)?;
+    let site = Arc::new(crate::http::Site::new(config, validated.server_key.clone()).map_err(StartError::Pages)?);
     let ready = Arc::new(AtomicBool::new(false));
     let http_addr = listeners.http.as_ref().map(|(_, addr)| *addr);
     let http_server = listeners.http.map(|(listener, _)| {
@@ -292,6 +300,7 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
             domain: domain.clone(),
             metrics: metrics.clone(),
             ready: ready.clone(),
+            site: site.clone(),
         };
         serve_http(state, listener, config, close_all.clone(), shutdown.clone())
     });

@@ -108,6 +108,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub mail: MailConfig,
     pub oauth: OAuthConfig,
+    pub sign_in: SignInConfig,
     pub tls: TlsConfig,
 }
 
@@ -149,6 +150,33 @@ pub struct OAuthClientConfig {
     /// Compared exactly with the request's `redirect_uri`.
     pub redirect_uris: Vec<String>,
     pub scopes: Vec<String>,
+    /// Hex SHA-256 of the client's secret (`latchkey hash-key`): a confidential client, which
+    /// authenticates at the token endpoint (`client_secret_basic` or `client_secret_post`) and
+    /// may leave PKCE out. Unset: a public client, which must use PKCE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_sha256: Option<String>,
+    /// Where the end-session endpoint may send the browser after signing out (exact match).
+    #[serde(default)]
+    pub post_logout_redirect_uris: Vec<String>,
+}
+
+/// The hosted sign-in pages on the HTTP port: where browsers reach them and how they look.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignInConfig {
+    /// The HTTP port's address as browsers see it (behind an ingress, its https URL); the
+    /// discovery document's endpoints and the links in sign-in emails start with it. Default:
+    /// `issuer`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// The name the pages show; default `mail.product_name`.
+    #[serde(default)]
+    pub product_name: Option<String>,
+    /// An image shown above the form (an absolute https URL, or a path on the same host).
+    #[serde(default)]
+    pub logo_url: Option<String>,
+    /// The colour of buttons and links, `#rrggbb`.
+    pub accent_color: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -541,12 +569,20 @@ impl Config {
                         name: "Development client".into(),
                         redirect_uris: vec!["http://localhost:3000/oauth/callback".into()],
                         scopes: vec!["openid".into(), "email".into(), "profile".into()],
+                        client_secret_sha256: None,
+                        post_logout_redirect_uris: vec!["http://localhost:3000/".into()],
                     }]
                 } else {
                     Vec::new()
                 },
                 access_token_minutes: 60,
                 access_token_audience: None,
+            },
+            sign_in: SignInConfig {
+                public_url: None,
+                product_name: None,
+                logo_url: None,
+                accent_color: "#1f5fbf".into(),
             },
             sessions: SessionsConfig {
                 default_duration_minutes: 1440,
@@ -696,6 +732,11 @@ fn describe(error: figment::Error) -> String {
         .join("\n")
 }
 
+/// A 64-character hex SHA-256 digest as config writes it.
+pub fn hex_digest(text: &str) -> Option<[u8; 32]> {
+    hex::decode(text.trim()).ok().and_then(|bytes| bytes.try_into().ok())
+}
+
 /// A configured API key, ready for constant-time checks.
 #[derive(Clone, Debug)]
 pub struct ApiKey {
@@ -757,15 +798,12 @@ impl Config {
             if key.name.trim().is_empty() {
                 return Err(invalid(at("name"), "every API key needs a name"));
             }
-            let digest: [u8; 32] = hex::decode(key.sha256.trim())
-                .ok()
-                .and_then(|bytes| bytes.try_into().ok())
-                .ok_or_else(|| {
-                    invalid(
-                        at("sha256"),
-                        "must be the 64-character hex SHA-256 of the key (latchkey hash-key)",
-                    )
-                })?;
+            let digest: [u8; 32] = hex_digest(&key.sha256).ok_or_else(|| {
+                invalid(
+                    at("sha256"),
+                    "must be the 64-character hex SHA-256 of the key (latchkey hash-key)",
+                )
+            })?;
             if key.scopes.is_empty() {
                 return Err(invalid(at("scopes"), "give at least one of links, sessions, admin"));
             }
@@ -781,6 +819,7 @@ impl Config {
                 .map_err(|problem| invalid(format!("links.redirect_allow_list[{index}]"), problem))?;
             allowed.push(entry);
         }
+        allowed.extend(self.validate_sign_in()?);
         let redirects = RedirectPolicy::new(allowed);
         for (key, url) in [
             ("links.default_redirect_url", &self.links.default_redirect_url),
@@ -900,6 +939,15 @@ impl Config {
         }
     }
 
+    /// Where browsers reach the HTTP port, without a trailing slash.
+    pub fn public_url(&self) -> &str {
+        self.sign_in
+            .public_url
+            .as_deref()
+            .unwrap_or(&self.issuer)
+            .trim_end_matches('/')
+    }
+
     /// The `aud` of OAuth access tokens.
     pub fn access_token_audience(&self) -> &str {
         self.oauth.access_token_audience.as_deref().unwrap_or(&self.issuer)
@@ -936,6 +984,52 @@ impl Config {
                 },
             })),
         }
+    }
+
+    /// Checks `sign_in`; returns the allow-list entry of the hosted sign-in pages, so links may
+    /// point at them. An issuer that is no URL (allowed before these pages existed) leaves them
+    /// without an address: they then need `sign_in.public_url`.
+    fn validate_sign_in(&self) -> Result<Option<AllowedRedirect>, ConfigError> {
+        let sign_in = &self.sign_in;
+        let public_url = self.public_url();
+        let usable = url::Url::parse(public_url).is_ok_and(|url| {
+            matches!(url.scheme(), "http" | "https")
+                && url.query().is_none()
+                && url.fragment().is_none()
+                && url.username().is_empty()
+        });
+        let pages = match (usable, sign_in.public_url.is_some()) {
+            (true, _) => Some(
+                AllowedRedirect::parse(&format!("{public_url}{}", crate::http::SIGN_IN_PREFIX))
+                    .map_err(|problem| invalid("sign_in.public_url", problem))?,
+            ),
+            (false, true) => {
+                return Err(invalid(
+                    "sign_in.public_url",
+                    "must be an http(s) URL without query or fragment",
+                ));
+            }
+            (false, false) => None,
+        };
+        if let Some(name) = &sign_in.product_name
+            && (name.trim().is_empty() || name.chars().count() > 100)
+        {
+            return Err(invalid("sign_in.product_name", "1-100 characters when set"));
+        }
+        if let Some(logo) = &sign_in.logo_url {
+            let absolute = url::Url::parse(logo).is_ok_and(|url| url.scheme() == "https");
+            if !(absolute || (logo.starts_with('/') && !logo.starts_with("//"))) || logo.contains(['"', '<', '>']) {
+                return Err(invalid(
+                    "sign_in.logo_url",
+                    "an https URL, or a path on the same host starting with /",
+                ));
+            }
+        }
+        let color = sign_in.accent_color.as_bytes();
+        if !(color.len() == 7 && color[0] == b'#' && color[1..].iter().all(u8::is_ascii_hexdigit)) {
+            return Err(invalid("sign_in.accent_color", "a colour written #rrggbb"));
+        }
+        Ok(pages)
     }
 
     fn validate_oauth(&self) -> Result<(), ConfigError> {
@@ -981,6 +1075,18 @@ impl Config {
             for uri in &client.redirect_uris {
                 crate::domain::redirect::check_registered_uri(uri)
                     .map_err(|problem| invalid(at("redirect_uris"), problem))?;
+            }
+            if let Some(digest) = &client.client_secret_sha256
+                && hex_digest(digest).is_none()
+            {
+                return Err(invalid(
+                    at("client_secret_sha256"),
+                    "must be the 64-character hex SHA-256 of the secret (latchkey hash-key)",
+                ));
+            }
+            for uri in &client.post_logout_redirect_uris {
+                crate::domain::redirect::check_registered_uri(uri)
+                    .map_err(|problem| invalid(at("post_logout_redirect_uris"), problem))?;
             }
             let scope_ok =
                 |s: &String| !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\');
@@ -1451,6 +1557,62 @@ mod tests {
             None,
             "a registered URI may have a query"
         );
+    }
+
+    #[test]
+    fn sign_in_pages_and_client_secrets_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |change: &dyn Fn(&mut Config)| {
+            let mut config = Config::defaults(Profile::Development);
+            config.data_dir = dir.path().join("data");
+            change(&mut config);
+            config
+                .validate(dir.path())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        type Change<'a> = &'a dyn Fn(&mut Config);
+        let cases: [(Change, &str); 6] = [
+            (
+                &|c| c.sign_in.public_url = Some("ftp://login.example.com".into()),
+                "sign_in.public_url",
+            ),
+            (
+                &|c| c.sign_in.public_url = Some("http://login.example.com".into()),
+                "sign_in.public_url",
+            ),
+            (&|c| c.sign_in.accent_color = "blue".into(), "sign_in.accent_color"),
+            (
+                &|c| c.sign_in.logo_url = Some("http://cdn.example.com/logo.png".into()),
+                "sign_in.logo_url",
+            ),
+            (
+                &|c| c.oauth.clients[0].client_secret_sha256 = Some("not hex".into()),
+                "oauth.clients[0].client_secret_sha256",
+            ),
+            (
+                &|c| c.oauth.clients[0].post_logout_redirect_uris = vec!["not a url".into()],
+                "oauth.clients[0].post_logout_redirect_uris",
+            ),
+        ];
+        for (change, key) in cases {
+            let error = check(change);
+            assert!(error.contains(key), "{key}: {error:?}");
+        }
+        let good = |c: &mut Config| {
+            c.sign_in.public_url = Some("https://login.example.com/".into());
+            c.sign_in.logo_url = Some("/logo.svg".into());
+            c.oauth.clients[0].client_secret_sha256 = Some(hash_api_key("s"));
+        };
+        assert_eq!(check(&good), "");
+        let mut config = Config::defaults(Profile::Development);
+        good(&mut config);
+        assert_eq!(config.public_url(), "https://login.example.com");
+        // The links of sign-in emails may point at the pages.
+        let validated = config.validate(dir.path()).unwrap();
+        let confirm = "https://login.example.com/oauth/sign-in/confirm";
+        assert!(validated.redirects.check("url", confirm, "t").is_ok());
     }
 
     #[test]

@@ -510,6 +510,62 @@ async fn one_of_64_concurrent_exchanges_of_a_code_wins_and_a_replay_revokes_its_
     );
 }
 
+/// A code a browser session yields (no link): stored as it is, exchanged once, purged after its
+/// retention like a link's code.
+#[tokio::test]
+async fn an_inserted_code_redeems_like_a_link_s_and_is_purged() {
+    let TestStore { store, .. } = open_test_store().await;
+    let (ada, _) = stored_user(store.as_ref(), 1).await;
+    let code = AuthCode {
+        code_digest: Digest32::of("session code"),
+        user_id: ada.id.clone(),
+        request: OAuthRequest {
+            client_id: "grafana".into(),
+            redirect_uri: "https://grafana.example/login/generic_oauth".into(),
+            scope: "openid email".into(),
+            state: "s".into(),
+            nonce: String::new(),
+            code_challenge: String::new(),
+        },
+        created_at: NOW,
+        expires_at: NOW + MINUTE,
+        auth_time: NOW - HOUR,
+        used_at: None,
+        session_id: None,
+    };
+    store.insert_code(&code).await.unwrap();
+    let seen = std::sync::Mutex::new(None);
+    let exchange = |stored: &AuthCode, user: &User| -> Result<CodeRedemption> {
+        *seen.lock().unwrap() = Some(stored.clone());
+        Ok(CodeRedemption {
+            code: AuthCode {
+                used_at: Some(NOW + 1),
+                ..stored.clone()
+            },
+            user: user.clone(),
+            session: None,
+            revoke_session: None,
+            refusal: None,
+        })
+    };
+    store.redeem_code(&code.code_digest, &exchange).await.unwrap();
+    assert_eq!(seen.lock().unwrap().as_ref(), Some(&code), "stored as given");
+    let again = |stored: &AuthCode, _: &User| -> Result<CodeRedemption> {
+        assert_eq!(stored.used_at, Some(NOW + 1), "the exchange was written");
+        Err(Error::new(Reason::CODE_ALREADY_USED, "used"))
+    };
+    assert_eq!(
+        reason(store.redeem_code(&code.code_digest, &again).await),
+        Reason::CODE_ALREADY_USED
+    );
+    assert!(store.purge_expired(LONG_AFTER, 100).await.unwrap() >= 1);
+    assert_eq!(
+        reason(store.redeem_code(&code.code_digest, &again).await),
+        Reason::CODE_NOT_FOUND,
+        "purged with its retention"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_of_64_concurrent_collections_of_an_attempt_gets_the_session() {
     let TestStore { store, wakeups, .. } = open_test_store().await;

@@ -176,7 +176,7 @@ impl Domain {
         let oauth = request
             .oauth
             .as_ref()
-            .map(|params| self.validate_oauth(params))
+            .map(|params| self.validate_oauth(params, super::oauth::Pkce::Required))
             .transpose()?;
         let minutes = validate::minutes(
             "expiration_minutes",

@@ -16,6 +16,7 @@ pub mod rate_limit;
 pub mod redirect;
 pub mod sessions;
 pub mod store;
+pub mod userinfo;
 pub mod users;
 pub mod validate;
 pub mod wakeups;

@@ -9,7 +9,7 @@ use super::error::{Error, Reason, Result};
 use super::model::{AuthCode, MINUTE, Millis, OAuthRequest, User, UserStatus};
 use super::store::CodeRedemption;
 use super::{Domain, validate};
-use crate::crypto::{Digest32, pkce};
+use crate::crypto::{Digest32, new_secret, pkce};
 use crate::jwt::TokenType;
 
 /// Authorization codes live 60 seconds (docs/api.md, "OAuth").
@@ -22,6 +22,33 @@ pub struct OAuthClient {
     pub name: String,
     pub redirect_uris: Vec<String>,
     pub scopes: Vec<String>,
+    /// SHA-256 of the secret of a confidential client; `None` for a public one.
+    pub secret_sha256: Option<[u8; 32]>,
+    pub post_logout_redirect_uris: Vec<String>,
+}
+
+impl OAuthClient {
+    /// A public client has no secret, so it must prove itself with PKCE.
+    pub fn is_public(&self) -> bool {
+        self.secret_sha256.is_none()
+    }
+
+    /// Whether `secret` is this confidential client's, compared in constant time.
+    pub fn secret_matches(&self, secret: &str) -> bool {
+        self.secret_sha256.is_some_and(|digest| {
+            let presented = Digest32::of_bytes(secret.as_bytes());
+            crate::crypto::constant_time_eq(presented.as_bytes(), &digest)
+        })
+    }
+}
+
+/// Whether an authorization request must carry a PKCE challenge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pkce {
+    /// Always (IssueLoginLink's `oauth`).
+    Required,
+    /// For public clients only (the HTTP authorization endpoint).
+    PublicClients,
 }
 
 /// An authorization request as the caller sent it.
@@ -77,12 +104,12 @@ pub fn callback_url(request: &OAuthRequest, code: &str) -> String {
 }
 
 impl Domain {
-    fn oauth_client(&self, client_id: &str) -> Option<&OAuthClient> {
+    pub fn oauth_client(&self, client_id: &str) -> Option<&OAuthClient> {
         self.settings.oauth_clients.iter().find(|client| client.id == client_id)
     }
 
     /// Checks an authorization request against the client's registration.
-    pub(crate) fn validate_oauth(&self, params: &OAuthParams) -> Result<OAuthRequest> {
+    pub fn validate_oauth(&self, params: &OAuthParams, pkce: Pkce) -> Result<OAuthRequest> {
         let client_id = params.client_id.trim();
         if client_id.is_empty() {
             return Err(Error::missing("oauth.client_id"));
@@ -146,7 +173,7 @@ impl Domain {
                 ));
             }
         }
-        if params.code_challenge.is_empty() {
+        if params.code_challenge.is_empty() && (pkce == Pkce::Required || client.is_public()) {
             return Err(Error::missing("oauth.code_challenge"));
         }
         let code_challenge =
@@ -159,6 +186,20 @@ impl Domain {
             nonce: printable("oauth.nonce", &params.nonce)?,
             code_challenge,
         })
+    }
+
+    /// A code for a person a browser session already signed in (`auth_time`: when that session
+    /// began); returns the code and the client's callback URL with it.
+    pub async fn issue_code(&self, user: &User, request: &OAuthRequest, auth_time: Millis) -> Result<(String, String)> {
+        let now = self.clock.now();
+        let code = new_secret(now);
+        let record = AuthCode {
+            auth_time,
+            ..self.new_code(&code, user, request, now)
+        };
+        self.store.insert_code(&record).await?;
+        let callback = callback_url(request, &code);
+        Ok((code, callback))
     }
 
     /// The code a verified OAuth login link yields.
@@ -184,8 +225,12 @@ impl Domain {
             ));
         }
         let code = validate::secret("code", &request.code, Reason::CODE_NOT_FOUND)?;
-        let verifier = validate::code_verifier("code_verifier", &request.code_verifier)?
-            .ok_or_else(|| Error::missing("code_verifier"))?;
+        let verifier = validate::code_verifier("code_verifier", &request.code_verifier)?;
+        // Only a confidential client's code may lack PKCE (its secret was checked at the edge).
+        let confidential = self.oauth_client(&request.client_id).is_some_and(|c| !c.is_public());
+        if verifier.is_none() && !confidential {
+            return Err(Error::missing("code_verifier"));
+        }
         if request.client_id.is_empty() {
             return Err(Error::missing("client_id"));
         }
@@ -225,11 +270,28 @@ impl Domain {
                     "redirect_uri differs from the authorization's",
                 ));
             }
-            if !pkce::matches(&code.request.code_challenge, verifier) {
-                return Err(Error::new(
-                    Reason::PKCE_MISMATCH,
-                    "the code_verifier does not match the code_challenge",
-                ));
+            match (code.request.code_challenge.as_str(), verifier) {
+                ("", None) => {}
+                // A verifier for a code issued without a challenge: a downgrade, refused.
+                ("", Some(_)) => {
+                    return Err(Error::new(
+                        Reason::PKCE_MISMATCH,
+                        "this code was issued without a code_challenge; send no code_verifier",
+                    ));
+                }
+                (_, None) => {
+                    return Err(Error::new(
+                        Reason::PKCE_REQUIRED,
+                        "this code was issued with a code_challenge: send its code_verifier",
+                    ));
+                }
+                (challenge, Some(verifier)) if !pkce::matches(challenge, verifier) => {
+                    return Err(Error::new(
+                        Reason::PKCE_MISMATCH,
+                        "the code_verifier does not match the code_challenge",
+                    ));
+                }
+                _ => {}
             }
             // Disabled between the click and the exchange: no session.
             if user.status == UserStatus::Disabled {

@@ -209,6 +209,8 @@ pub trait Store: Send + Sync + 'static {
     async fn next_email_due(&self) -> Result<Option<Millis>>;
     async fn outbox_depth(&self) -> Result<OutboxDepth>;
 
+    /// Stores a new authorization code (one a browser session, not a link, yields).
+    async fn insert_code(&self, code: &AuthCode) -> Result<()>;
     /// Atomically re-reads the code and its user, lets `decide` rule, and writes the outcome;
     /// `CODE_NOT_FOUND` when there is no such code or its user was deleted.
     async fn redeem_code(&self, code_digest: &Digest32, decide: RedeemCodeFn<'_>) -> Result<CodeRedemption>;

@@ -8,6 +8,7 @@ pub mod mail;
 pub mod mime;
 pub mod process;
 pub mod store;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -44,7 +44,8 @@ use crate::config::StoreConfig;
 use crate::crypto::Digest32;
 use crate::domain::error::{Error, Reason, Result};
 use crate::domain::model::{
-    Attempt, AttemptStatus, Email, HOUR, Link, Millis, RateBucket, Session, SigningKeyRecord, User, UserStatus,
+    Attempt, AttemptStatus, AuthCode, Email, HOUR, Link, Millis, RateBucket, Session, SigningKeyRecord, User,
+    UserStatus,
 };
 use crate::domain::store::{
     CodeRedemption, Collection, IdempotencyClaim, IdempotencyState, LinkInsert, NewEmail, OutboxClaim, OutboxDepth,
@@ -469,6 +470,29 @@ async fn update_attempt_row(tx: &impl GenericClient, attempt: &Attempt) -> Step<
     Ok(())
 }
 
+async fn insert_code_row(tx: &impl GenericClient, code: &AuthCode, purge_at: Millis) -> Step<()> {
+    tx.execute(
+        &tx.prepare_cached(
+            "INSERT INTO codes (code_digest, user_id, request, created_at, expires_at, auth_time, used_at, \
+             session_id, purge_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .await?,
+        &[
+            &&code.code_digest.0[..],
+            &code.user_id,
+            &rows::to_json(&code.request),
+            &code.created_at,
+            &code.expires_at,
+            &code.auth_time,
+            &code.used_at,
+            &code.session_id,
+            &purge_at,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 async fn write_email_row(tx: &impl GenericClient, email: &Email, purge_at: Millis) -> Step<()> {
     tx.execute(
         &tx.prepare_cached(
@@ -685,25 +709,7 @@ impl Store for PgStore {
                 update_attempt_row(&tx, attempt).await?;
             }
             if let Some(code) = &redemption.code {
-                tx.execute(
-                    &tx.prepare_cached(
-                        "INSERT INTO codes (code_digest, user_id, request, created_at, expires_at, auth_time, used_at, \
-                     session_id, purge_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    )
-                    .await?,
-                    &[
-                        &&code.code_digest.0[..],
-                        &code.user_id,
-                        &rows::to_json(&code.request),
-                        &code.created_at,
-                        &code.expires_at,
-                        &code.auth_time,
-                        &code.used_at,
-                        &code.session_id,
-                        &(code.expires_at + retention),
-                    ],
-                )
-                .await?;
+                insert_code_row(&tx, code, code.expires_at + retention).await?;
             }
             tx.execute(
                 &tx.prepare_cached("UPDATE links SET used_at = $2 WHERE token_digest = $1")
@@ -931,6 +937,14 @@ impl Store for PgStore {
                 queued: row.get::<_, i64>(0) as u64,
                 sending: row.get::<_, i64>(1) as u64,
             })
+        })
+    }
+
+    async fn insert_code(&self, code: &AuthCode) -> Result<()> {
+        let purge_at = code.expires_at + self.retention;
+        in_transaction!(self, |tx| async {
+            insert_code_row(&tx, code, purge_at).await?;
+            Step::Ok(())
         })
     }
 

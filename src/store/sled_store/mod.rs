@@ -567,6 +567,13 @@ fn revoke_live_sessions(
     Ok(revoked)
 }
 
+/// Stores an authorization code with its purge note.
+fn insert_code(codes: &TxTree<'_>, expiry: &TxTree<'_>, code: &AuthCode, retention: Millis) {
+    let key = code.code_digest.as_bytes();
+    codes.insert(key, encode(code));
+    expiry.insert(expiry_key(code.expires_at + retention, Expiring::Code, key), &[]);
+}
+
 fn insert_session(
     sessions: &TxTree<'_>,
     tokens: &TxTree<'_>,
@@ -757,9 +764,7 @@ impl Inner {
                     attempts.insert(attempt.ref_digest.as_bytes(), encode(attempt));
                 }
                 if let Some(code) = &redemption.code {
-                    let key = code.code_digest.as_bytes();
-                    codes.insert(key, encode(code));
-                    expiry.insert(expiry_key(code.expires_at + retention, Expiring::Code, key), &[]);
+                    insert_code(&codes, &expiry, code, retention);
                 }
                 links.insert(token_digest.as_bytes(), encode_link(&redemption.link));
                 // A used link keeps its note until it expires, so that DeleteUser still removes it.
@@ -773,6 +778,19 @@ impl Inner {
             .await?;
         self.durable().await?;
         Ok(redemption)
+    }
+
+    async fn insert_code(&self, code: &AuthCode) -> Result<()> {
+        let t = &self.trees;
+        let retention = self.retention;
+        self.writer
+            .write(|tx| {
+                let (codes, expiry) = (tx.on(&t.codes), tx.on(&t.expiry));
+                insert_code(&codes, &expiry, code, retention);
+                Ok(())
+            })
+            .await?;
+        self.durable().await
     }
 
     fn session(&self, session_id: &str) -> Result<Option<Session>> {
@@ -1296,6 +1314,10 @@ impl Store for SledStore {
 
     async fn outbox_depth(&self) -> Result<OutboxDepth> {
         Ok(self.inner()?.outbox_depth())
+    }
+
+    async fn insert_code(&self, code: &AuthCode) -> Result<()> {
+        self.inner()?.insert_code(code).await
     }
 
     async fn redeem_code(&self, code_digest: &Digest32, decide: RedeemCodeFn<'_>) -> Result<CodeRedemption> {

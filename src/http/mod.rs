@@ -1,6 +1,16 @@
 //! The HTTP port (`metrics_listen`): the JWKS and OpenID Connect discovery for JWT libraries that
-//! fetch keys by URL (the same keys as `Sessions/GetJwks`), Prometheus metrics, and liveness and
-//! readiness for probes that cannot speak gRPC (Kubernetes' gRPC probes do not do TLS).
+//! fetch keys by URL (the same keys as `Sessions/GetJwks`), the OpenID Connect provider's
+//! endpoints and hosted sign-in pages, Prometheus metrics, and liveness and readiness for probes
+//! that cannot speak gRPC (Kubernetes' gRPC probes do not do TLS).
+
+mod authorize;
+mod browser;
+mod discovery;
+mod form;
+mod pages;
+mod sign_in;
+mod token;
+mod userinfo;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,14 +21,21 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use serde_json::json;
+use axum::routing::{get, post};
 
 use crate::domain::Domain;
 use crate::metrics::Metrics;
 
+pub use pages::Site;
+
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+pub const AUTHORIZE_PATH: &str = "/oauth/authorize";
+pub const TOKEN_PATH: &str = "/oauth/token";
+pub const USERINFO_PATH: &str = "/oauth/userinfo";
+pub const END_SESSION_PATH: &str = "/oauth/logout";
+/// The hosted sign-in pages live under this path; links in sign-in emails point into it.
+pub const SIGN_IN_PREFIX: &str = "/oauth/sign-in/";
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -26,13 +43,23 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// True while health's overall status is SERVING.
     pub ready: Arc<AtomicBool>,
+    /// The sign-in pages' address, branding and templates.
+    pub site: Arc<Site>,
 }
 
 /// The routes, each answered within `request_timeout` (503 past it).
 pub fn router(state: HttpState, request_timeout: Duration) -> Router {
     Router::new()
         .route(JWKS_PATH, get(jwks))
-        .route(DISCOVERY_PATH, get(discovery))
+        .route(DISCOVERY_PATH, get(discovery::document))
+        .route(TOKEN_PATH, post(token::exchange))
+        .route(USERINFO_PATH, get(userinfo::answer).post(userinfo::answer))
+        .route(AUTHORIZE_PATH, get(authorize::authorize))
+        .route(
+            END_SESSION_PATH,
+            get(authorize::end_session).post(authorize::end_session_confirmed),
+        )
+        .merge(sign_in::routes())
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -59,32 +86,6 @@ async fn jwks(State(state): State<HttpState>) -> impl IntoResponse {
         ],
         document.to_string(),
     )
-}
-
-async fn discovery(State(state): State<HttpState>) -> impl IntoResponse {
-    let settings = &state.domain.settings;
-    let issuer = settings.issuer.trim_end_matches('/').to_string();
-    let mut scopes: Vec<&str> = settings
-        .oauth_clients
-        .iter()
-        .flat_map(|c| c.scopes.iter().map(String::as_str))
-        .collect();
-    scopes.sort_unstable();
-    scopes.dedup();
-    // The authorization and token endpoints are gRPC methods (IssueLoginLink, ExchangeCode), so
-    // this document names what a token verifier needs rather than browser endpoints.
-    let document = json!({
-        "issuer": settings.issuer,
-        "jwks_uri": format!("{issuer}{JWKS_PATH}"),
-        "response_types_supported": ["code"],
-        "grant_types_supported": ["authorization_code"],
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["EdDSA"],
-        "code_challenge_methods_supported": ["S256"],
-        "scopes_supported": scopes,
-        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "email", "email_verified", "sid"],
-    });
-    ([(header::CACHE_CONTROL, CACHE)], axum::Json(document))
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
