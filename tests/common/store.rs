@@ -73,7 +73,12 @@ pub fn stored_bytes(dir: &Path) -> Vec<u8> {
             let url = postgres_url(dir);
             let (base, options) = url.split_once("?options=").expect("the test URL names its schema");
             let schema = options.rsplit("%3D").next().unwrap();
-            let dump = std::process::Command::new("pg_dump")
+            // The server's own version of pg_dump: an older one refuses a newer server.
+            let pg_dump = std::env::var_os("POSTGRES_BIN_DIR")
+                .map(|dir| Path::new(&dir).join("pg_dump"))
+                .filter(|path| path.exists())
+                .unwrap_or_else(|| "pg_dump".into());
+            let dump = std::process::Command::new(pg_dump)
                 .args(["--data-only", "--schema", schema, base])
                 .output()
                 .expect("pg_dump runs");
