@@ -987,8 +987,9 @@ impl Config {
     }
 
     /// Checks `sign_in`; returns the allow-list entry of the hosted sign-in pages, so links may
-    /// point at them. An issuer that is no URL (allowed before these pages existed) leaves them
-    /// without an address: they then need `sign_in.public_url`.
+    /// point at them. An issuer that is no URL (allowed before these pages existed), or one links
+    /// may not point at (plain http off loopback), leaves them without an address: they then need
+    /// `sign_in.public_url`.
     fn validate_sign_in(&self) -> Result<Option<AllowedRedirect>, ConfigError> {
         let sign_in = &self.sign_in;
         let public_url = self.public_url();
@@ -999,10 +1000,14 @@ impl Config {
                 && url.username().is_empty()
         });
         let pages = match (usable, sign_in.public_url.is_some()) {
-            (true, _) => Some(
+            (true, true) => Some(
                 AllowedRedirect::parse(&format!("{public_url}{}", crate::http::SIGN_IN_PREFIX))
                     .map_err(|problem| invalid("sign_in.public_url", problem))?,
             ),
+            // From the issuer: one that links may not point at (plain http off loopback, as the
+            // Helm chart's in-cluster default) still starts; the pages then need
+            // `sign_in.public_url`.
+            (true, false) => AllowedRedirect::parse(&format!("{public_url}{}", crate::http::SIGN_IN_PREFIX)).ok(),
             (false, true) => {
                 return Err(invalid(
                     "sign_in.public_url",
@@ -1613,6 +1618,10 @@ mod tests {
         let validated = config.validate(dir.path()).unwrap();
         let confirm = "https://login.example.com/oauth/sign-in/confirm";
         assert!(validated.redirects.check("url", confirm, "t").is_ok());
+        // An in-cluster http issuer (the Helm chart's default) still starts; the pages then have
+        // no address links may point at.
+        let in_cluster = |c: &mut Config| c.issuer = "http://latchkey.identity.svc:9464".into();
+        assert_eq!(check(&in_cluster), "");
     }
 
     #[test]
