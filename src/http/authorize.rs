@@ -237,12 +237,7 @@ async fn sign_out(state: &HttpState, headers: &HeaderMap, target: Option<String>
 pub async fn end_session(State(state): State<HttpState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     let site = &state.site;
     let Ok(params) = Params::parse(query.unwrap_or_default().as_bytes()) else {
-        return site.message(
-            StatusCode::BAD_REQUEST,
-            "Sign-out failed",
-            "A parameter is given twice.",
-            None,
-        );
+        return sign_out_refused(site);
     };
     let hint = hinted_client(&state, &params);
     let Ok(target) = post_logout_target(&state, &params, hint.as_deref()) else {
@@ -268,17 +263,22 @@ pub async fn end_session(State(state): State<HttpState>, headers: HeaderMap, Raw
     response
 }
 
+/// A sign-out request with a parameter given twice: ambiguous, so refused.
+fn sign_out_refused(site: &super::pages::Site) -> Response {
+    site.message(
+        StatusCode::BAD_REQUEST,
+        "Sign-out failed",
+        "A parameter is given twice.",
+        None,
+    )
+}
+
 /// `POST /oauth/logout`: the confirmation's button (or a client posting the same parameters with
 /// an `id_token_hint`).
 pub async fn end_session_confirmed(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let site = &state.site;
     let Ok(params) = Params::parse(&body) else {
-        return site.message(
-            StatusCode::BAD_REQUEST,
-            "Sign-out failed",
-            "A parameter is given twice.",
-            None,
-        );
+        return sign_out_refused(site);
     };
     let hint = hinted_client(&state, &params);
     if hint.is_none() && !browser::csrf_ok(&site.server_key, &headers, params.get("csrf")) {
