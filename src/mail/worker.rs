@@ -334,10 +334,7 @@ impl Worker {
                         }),
                     }
                 }
-                Err(problem) => Err(SendFailure {
-                    permanent: true,
-                    detail: problem,
-                }),
+                Err(failure) => Err(failure),
             }
         };
         let now = self.domain.clock.now();
@@ -378,8 +375,14 @@ impl Worker {
         (email, delivery)
     }
 
-    /// Renders the email with its links' tokens derived again from the server key.
-    async fn compose(&self, email: &Email) -> Result<Message, String> {
+    /// Renders the email with its links' tokens derived again from the server key. A store that
+    /// does not answer (a database failing over) is retried like a relay that does not; what is
+    /// wrong with the email itself is permanent.
+    async fn compose(&self, email: &Email) -> Result<Message, SendFailure> {
+        let permanent = |detail: String| SendFailure {
+            permanent: true,
+            detail,
+        };
         let mut links = Vec::with_capacity(email.links.len());
         for item in &email.links {
             let link = self
@@ -387,10 +390,15 @@ impl Worker {
                 .store
                 .link(&item.token_digest)
                 .await
-                .map_err(|error| format!("cannot read the email's link: {error}"))?
-                .ok_or("the email's link no longer exists (its user was deleted, or it expired long ago)")?;
+                .map_err(|error| SendFailure {
+                    permanent: false,
+                    detail: format!("cannot read the email's link: {error}"),
+                })?
+                .ok_or_else(|| {
+                    permanent("the email's link no longer exists (its user was deleted, or it expired long ago)".into())
+                })?;
             if link.expires_at <= self.domain.clock.now() {
-                return Err("the link expired before the email could be sent".into());
+                return Err(permanent("the link expired before the email could be sent".into()));
             }
             let number = item.number.map(|n| n.to_string()).unwrap_or_default();
             links.push(NumberedLink {
@@ -411,11 +419,12 @@ impl Worker {
         };
         let rendered = self
             .templates
-            .render(email.kind, email.template_id.as_deref(), &context)?;
+            .render(email.kind, email.template_id.as_deref(), &context)
+            .map_err(permanent)?;
         let to: Mailbox = email
             .recipient
             .parse()
-            .map_err(|error| format!("bad recipient address: {error}"))?;
+            .map_err(|error| permanent(format!("bad recipient address: {error}")))?;
         Message::builder()
             // Not a secret: lets a bounce or a support question be matched to GetEmailStatus.
             .raw_header(HeaderValue::new(EMAIL_ID_HEADER, email.id.clone()))
@@ -429,7 +438,7 @@ impl Worker {
             } else {
                 MultiPart::alternative_plain_html(rendered.text, rendered.html)
             })
-            .map_err(|error| format!("cannot build the message: {error}"))
+            .map_err(|error| permanent(format!("cannot build the message: {error}")))
     }
 }
 
