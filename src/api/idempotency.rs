@@ -34,6 +34,11 @@ const LEASE: Millis = 2 * 60 * 1000;
 /// How long a repeat waits for the first call before it answers `IDEMPOTENCY_KEY_IN_USE`.
 const WAIT: Duration = Duration::from_secs(20);
 const WAIT_STEP: Duration = Duration::from_millis(50);
+/// A settle that failed (the store was unreachable) is tried again in the background this often,
+/// for at most half the lease: until then no repeat can have taken the key over, so the claim is
+/// surely this call's own.
+const SETTLE_RETRY: Duration = Duration::from_millis(250);
+const SETTLE_WITHIN: Duration = Duration::from_millis(LEASE as u64 / 2);
 const SEAL_LABEL: &str = "idempotency answers";
 
 pub struct Idempotency {
@@ -73,7 +78,7 @@ impl Idempotency {
         let key = Digest32::of_bytes(&[caller.as_bytes(), b"\0", key].concat());
         let digest = Digest32::of_bytes(&[method.as_bytes(), b"\0", &request.get_ref().encode_to_vec()].concat());
         let waited_since = tokio::time::Instant::now();
-        loop {
+        let claimed_at = loop {
             let claim = IdempotencyClaim {
                 key: &key,
                 request: &digest,
@@ -82,7 +87,7 @@ impl Idempotency {
                 keep: KEEP,
             };
             match self.store.claim_idempotency_key(claim).await.map_err(to_status)? {
-                IdempotencyState::Claimed => break,
+                IdempotencyState::Claimed => break tokio::time::Instant::now(),
                 IdempotencyState::Answered(sealed) => {
                     let answer = open(&self.seal, &key, sealed).map_err(|what| {
                         to_status(Error::internal(format!(
@@ -109,7 +114,7 @@ impl Idempotency {
                 }
                 IdempotencyState::Running => tokio::time::sleep(WAIT_STEP).await,
             }
-        }
+        };
         let answer = call(request).await;
         let sealed = match &answer {
             Ok(response) => Some(seal(&self.seal, &key, &response.get_ref().encode_to_vec())),
@@ -120,18 +125,49 @@ impl Idempotency {
             .settle_idempotency_key(&key, &digest, sealed.as_deref())
             .await
         {
-            // The call's own outcome stands; its key stays claimed until the lease runs out.
-            tracing::warn!(%error, method, "cannot record the answer under its idempotency key");
+            // The call's own outcome stands. Left claimed, the key would make every repeat wait
+            // out the lease (minutes, in a failover), so the settle goes on in the background.
+            tracing::warn!(%error, method, "cannot record the answer under its idempotency key yet");
+            tokio::spawn(settle_later(
+                self.store.clone(),
+                key,
+                digest,
+                sealed,
+                claimed_at + SETTLE_WITHIN,
+            ));
             if answer.is_ok() {
                 return Err(to_status(Error::new(
                     Reason::STORE_UNAVAILABLE,
-                    "the call was done but its answer could not be kept under its idempotency-key; \
-                     the outcome is unknown to a repeat",
+                    "the call was done but its answer could not be kept under its idempotency-key yet; \
+                     retry with the same key",
                 )));
             }
         }
         answer
     }
+}
+
+/// Settles a key whose settle failed, once the store answers again, unless `until` passes first
+/// (the key is then left to its lease, as a crashed replica leaves it).
+async fn settle_later(
+    store: Arc<dyn Store>,
+    key: Digest32,
+    request: Digest32,
+    answer: Option<Vec<u8>>,
+    until: tokio::time::Instant,
+) {
+    while tokio::time::Instant::now() + SETTLE_RETRY < until {
+        tokio::time::sleep(SETTLE_RETRY).await;
+        if store
+            .settle_idempotency_key(&key, &request, answer.as_deref())
+            .await
+            .is_ok()
+        {
+            tracing::info!("recorded the outcome under an idempotency key after the store came back");
+            return;
+        }
+    }
+    tracing::warn!("gave up recording an outcome under its idempotency key; the key waits out its lease");
 }
 
 /// `answer` encrypted and authenticated under the sealing key, bound to its idempotency key:
