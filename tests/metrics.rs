@@ -1,6 +1,7 @@
 //! The HTTP port's `/metrics` scraped after real calls: calls by service, method and code (also
 //! the API-key interceptor's refusals), latency histograms, outbox depth and sends, live
-//! long-polls, store figures; and `/healthz` and `/readyz`, which turns 503 as shutdown starts.
+//! long-polls, store figures, `latchkey_store_unavailable` (1 while a database of the test's own is
+//! stopped); and `/healthz` and `/readyz`, which turns 503 as shutdown starts.
 
 mod common;
 
@@ -95,6 +96,7 @@ async fn calls_are_counted_by_service_method_and_code_with_latency() {
             assert_eq!(sample(&text, "latchkey_postgres_waiting"), Some(0.0));
         }
     }
+    assert_eq!(sample(&text, "latchkey_store_unavailable"), Some(0.0));
     assert!(text.ends_with("# EOF\n"), "OpenMetrics text");
 
     // A made-up method gets no labels of its own.
@@ -196,4 +198,35 @@ async fn readiness_follows_health_and_turns_off_as_shutdown_starts() {
     .await;
     assert_eq!(http_get(http, "/healthz").await.0, 200);
     stopping.await.unwrap();
+}
+
+/// The series an outage alert watches: 1 while the database does not answer, 0 again once it does
+/// (a PostgreSQL of the test's own, stopped and started again, whatever the suite's backend).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_unavailable_is_one_while_the_database_does_not_answer() {
+    let pg_dir = tempfile::Builder::new()
+        .prefix("latchkey-pg-metrics")
+        .tempdir()
+        .unwrap();
+    let (database, url) = common::store::Database::start(pg_dir.path().join("cluster"), &[]);
+    let app = TestApp::spawn_with(|config| {
+        config.store.backend = StoreBackend::Postgres;
+        config.store.postgres.url = Some(url.clone().into());
+        config.store.postgres.connect_timeout_seconds = 2;
+        config.store.postgres.statement_timeout_seconds = 2;
+    })
+    .await;
+    let unavailable = async |app: &TestApp| sample(&app.scrape().await, "latchkey_store_unavailable");
+    assert_eq!(unavailable(&app).await, Some(0.0));
+
+    database.stop();
+    eventually("latchkey_store_unavailable to turn 1", async || {
+        (unavailable(&app).await == Some(1.0)).then_some(())
+    })
+    .await;
+    database.resume();
+    eventually("latchkey_store_unavailable to turn 0 again", async || {
+        (unavailable(&app).await == Some(0.0)).then_some(())
+    })
+    .await;
 }

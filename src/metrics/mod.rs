@@ -1,6 +1,7 @@
 //! Prometheus metrics for `/metrics` on the HTTP port: gRPC calls by service, method and code with
 //! latency histograms (recorded by the tower layer in `layer.rs`), figures read at scrape time
-//! (outbox depth, sends by result, live long-polls), and the store backend's own series.
+//! (outbox depth, sends by result, live long-polls, whether the store is unavailable), and the
+//! store backend's own series.
 
 mod layer;
 
@@ -185,6 +186,13 @@ impl Collector for LiveFigures {
             "latchkey_long_polls_live",
             "PollSession calls waiting now",
             self.domain.live_polls.load(Ordering::Relaxed) as u64,
+        )?;
+        // What health follows, as a series an alert can hold for a while (docs/high-availability.md).
+        gauge(
+            e,
+            "latchkey_store_unavailable",
+            "1 while the store refuses calls (its database does not answer, its disk failed), else 0",
+            u64::from(self.domain.store.refuses_writes()),
         )?;
         Ok(())
     }
