@@ -14,19 +14,6 @@ use tonic::{Code, Request};
 
 const CALLBACK: &str = "http://localhost:3000/oauth/callback";
 
-fn keyed<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert("idempotency-key", key.parse().unwrap());
-    request
-}
-
-fn verify_request(token: &str) -> pb::VerifyTokenRequest {
-    pb::VerifyTokenRequest {
-        token: token.into(),
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_verification_gets_the_same_session_even_after_a_restart() {
     let app = TestApp::spawn().await;

@@ -15,17 +15,9 @@ use common::*;
 use pb::passwordless_client::PasswordlessClient;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// Far longer than a call may take with a 2 s statement timeout: a bound, not a measurement.
 const NO_HANG: Duration = Duration::from_secs(20);
-
-async fn health(channel: tonic::transport::Channel) -> Option<ServingStatus> {
-    let answer = HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await;
-    answer.ok().map(|answer| answer.into_inner().status())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_fails_calls_fast_and_the_replica_recovers_by_itself() {

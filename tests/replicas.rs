@@ -45,13 +45,6 @@ async fn clients(replicas: &[BinaryServer]) -> Vec<PasswordlessClient<Channel>> 
     clients
 }
 
-fn verify_request(token: &str) -> pb::VerifyTokenRequest {
-    pb::VerifyTokenRequest {
-        token: token.into(),
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_issued_on_one_replica_is_reused_on_another_and_verifies_once_on_any() {
     let dir = tempfile::tempdir().unwrap();

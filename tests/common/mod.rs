@@ -219,6 +219,28 @@ pub fn issue_for_user(user_id: &str) -> pb::IssueLoginLinkRequest {
 }
 
 /// The `token` query parameter of a link.
+/// `message` with an `idempotency-key` metadata value.
+pub fn keyed<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("idempotency-key", key.parse().unwrap());
+    request
+}
+
+pub fn verify_request(token: &str) -> pb::VerifyTokenRequest {
+    pb::VerifyTokenRequest {
+        token: token.into(),
+        ..Default::default()
+    }
+}
+
+/// The server's overall gRPC health, or None when it does not answer.
+pub async fn health(channel: Channel) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
+    let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await;
+    answer.ok().map(|answer| answer.into_inner().status())
+}
+
 pub fn token_of(link: &str) -> String {
     let url = url::Url::parse(link).expect("links are URLs");
     url.query_pairs()
