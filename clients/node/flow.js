@@ -3,6 +3,7 @@
 // proto/latchkey/v1/*.proto at run time (no generated code).
 //
 //   node clients/node/flow.js 127.0.0.1:50051 [--api-key KEY [--auth-required]] [--no-oauth]
+//   node clients/node/flow.js 127.0.0.1:50051 --retry-check
 //
 // The same flow as clients/python/latchkey_flow.py: IssueLoginLink (a new email with first and last
 // name) -> InspectToken -> VerifyToken -> AuthenticateSession (by session token, then by session JWT)
@@ -14,11 +15,19 @@
 // With --api-key every call carries `authorization: Bearer KEY`; with --auth-required a call without
 // a key must first fail UNAUTHENTICATED / API_KEY_INVALID.
 //
+// Retries: the channel carries clients/retry-service-config.json, a gRPC retry policy that retries
+// UNAVAILABLE. A mutating call is retried only when it carries an `idempotency-key` (the server then
+// answers a repeat with the first call's answer); without one it goes over a second channel with
+// retries off. The flow sends a fresh key with every mutating call. --retry-check, against a server
+// whose store is down, makes one LoginOrCreate with a key and one without, and expects both to end
+// UNAVAILABLE (the test counts the attempts the server saw).
+//
 // Prints one JSON object per line per step (tokens by length only); exits 1 on the first mismatch.
 // Set up with scripts/setup-clients (`npm ci` here).
 'use strict';
 
 const crypto = require('node:crypto');
+const fs = require('node:fs');
 const path = require('node:path');
 
 let grpc, protoLoader, protobuf;
@@ -34,6 +43,20 @@ try {
 const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'proto');
 const TIMEOUT_MS = 10_000;
 const DOMAIN = 'latchkey';
+const RETRY_POLICY = path.resolve(__dirname, '..', 'retry-service-config.json');
+// The RPCs that change something: retried only with an idempotency-key.
+const MUTATING = new Set([
+  'IssueLoginLink',
+  'LoginOrCreate',
+  'SendEnchantedLink',
+  'VerifyToken',
+  'PollSession',
+  'ExchangeCode',
+  'RevokeSession',
+  'RevokeUserSessions',
+  'UpdateUser',
+  'DeleteUser',
+]);
 
 // latchkey's API, straight from the .proto files. keepCase keeps the proto's snake_case field names
 // (the default would camelCase them, and a snake_case key in a request would then be silently dropped).
@@ -94,31 +117,46 @@ function errorInfo(error) {
 
 const codeName = (code) => Object.keys(grpc.status).find((name) => grpc.status[name] === code) || String(code);
 
+// A fresh idempotency key: one per logical operation, the same for its retries.
+const newKey = () => crypto.randomUUID();
+
 class Client {
   constructor(addr, apiKey) {
     const credentials = grpc.credentials.createInsecure();
-    this.passwordless = new latchkey.Passwordless(addr, credentials);
+    const retrying = { 'grpc.service_config': fs.readFileSync(RETRY_POLICY, 'utf8'), 'grpc.enable_retries': 1 };
+    this.passwordless = new latchkey.Passwordless(addr, credentials, retrying);
     this.sessions = new latchkey.Sessions(addr, credentials, { channelOverride: this.passwordless.getChannel() });
+    // Mutating calls without an idempotency-key: never retried.
+    const passwordlessOnce = new latchkey.Passwordless(addr, credentials, { 'grpc.enable_retries': 0 });
+    const sessionsOnce = new latchkey.Sessions(addr, credentials, { channelOverride: passwordlessOnce.getChannel() });
+    this.once = new Map([
+      [this.passwordless, passwordlessOnce],
+      [this.sessions, sessionsOnce],
+    ]);
     this.apiKey = apiKey;
   }
 
-  metadata(withKey = true) {
+  metadata(withKey, idempotencyKey) {
     const metadata = new grpc.Metadata();
     if (withKey && this.apiKey) metadata.set('authorization', `Bearer ${this.apiKey}`);
+    if (idempotencyKey) metadata.set('idempotency-key', idempotencyKey);
     return metadata;
   }
 
-  call(stub, method, request, withKey = true) {
+  // stub.method(request), over the retrying channel unless it is a mutating call without a key.
+  call(stub, method, request, { withKey = true, idempotencyKey = null } = {}) {
+    const target = MUTATING.has(method) && !idempotencyKey ? this.once.get(stub) : stub;
+    const metadata = this.metadata(withKey, idempotencyKey);
     return new Promise((resolve, reject) => {
-      stub[method](request, this.metadata(withKey), { deadline: Date.now() + TIMEOUT_MS }, (error, response) =>
+      target[method](request, metadata, { deadline: Date.now() + TIMEOUT_MS }, (error, response) =>
         error ? reject(error) : resolve(response),
       );
     });
   }
 
-  async expectError(step, stub, method, request, code, reason, withKey = true) {
+  async expectError(step, stub, method, request, code, reason, options = {}) {
     try {
-      await this.call(stub, method, request, withKey);
+      await this.call(stub, method, request, options);
     } catch (error) {
       if (error instanceof Mismatch || error.code === undefined) throw error;
       const info = errorInfo(error);
@@ -139,6 +177,7 @@ class Client {
 
   close() {
     this.passwordless.close();
+    this.once.get(this.passwordless).close();
   }
 }
 
@@ -154,15 +193,16 @@ async function run({ addr, apiKey, email, oauth, authRequired }) {
         { email, first_name: 'Ada', last_name: 'Lovelace' },
         grpc.status.UNAUTHENTICATED,
         'API_KEY_INVALID',
-        false,
+        { withKey: false },
       );
     }
 
-    const issued = await client.call(passwordless, 'IssueLoginLink', {
-      email,
-      first_name: 'Ada',
-      last_name: 'Lovelace',
-    });
+    const issued = await client.call(
+      passwordless,
+      'IssueLoginLink',
+      { email, first_name: 'Ada', last_name: 'Lovelace' },
+      { idempotencyKey: newKey() },
+    );
     const link = new URL(issued.link);
     const token = link.searchParams.get('token');
     expect(token, `IssueLoginLink: no token in ${issued.link}`);
@@ -192,7 +232,7 @@ async function run({ addr, apiKey, email, oauth, authRequired }) {
       `InspectToken: masked_email ${inspected.masked_email}`,
     );
 
-    const verified = await client.call(passwordless, 'VerifyToken', { token });
+    const verified = await client.call(passwordless, 'VerifyToken', { token }, { idempotencyKey: newKey() });
     const { user, session } = verified;
     emit('VerifyToken', {
       result: verified.result,
@@ -233,6 +273,7 @@ async function run({ addr, apiKey, email, oauth, authRequired }) {
       { token },
       grpc.status.FAILED_PRECONDITION,
       'TOKEN_ALREADY_USED',
+      { idempotencyKey: newKey() },
     );
 
     if (oauth) await runOAuth(client, issued.user_id);
@@ -246,20 +287,25 @@ async function runOAuth(client, userId, clientId = 'dev', redirectUri = 'http://
   const verifier = crypto.randomBytes(48).toString('base64url'); // 64 characters of [A-Za-z0-9-_]
   const state = crypto.randomBytes(16).toString('base64url');
   const nonce = crypto.randomBytes(16).toString('base64url');
-  const issued = await client.call(client.passwordless, 'IssueLoginLink', {
-    user_id: userId,
-    oauth: {
-      client_id: clientId,
-      redirect_uri: redirectUri,
-      scope: 'openid email',
-      state,
-      nonce,
-      code_challenge: s256(verifier),
-      code_challenge_method: 'S256',
+  const issued = await client.call(
+    client.passwordless,
+    'IssueLoginLink',
+    {
+      user_id: userId,
+      oauth: {
+        client_id: clientId,
+        redirect_uri: redirectUri,
+        scope: 'openid email',
+        state,
+        nonce,
+        code_challenge: s256(verifier),
+        code_challenge_method: 'S256',
+      },
     },
-  });
+    { idempotencyKey: newKey() },
+  );
   const token = new URL(issued.link).searchParams.get('token');
-  const verified = await client.call(client.passwordless, 'VerifyToken', { token });
+  const verified = await client.call(client.passwordless, 'VerifyToken', { token }, { idempotencyKey: newKey() });
   expect(verified.result === 'authorization', `VerifyToken of an oauth link: ${verified.result}`);
   const callback = new URL(verified.authorization.redirect_url);
   emit('VerifyTokenOAuth', {
@@ -270,13 +316,18 @@ async function runOAuth(client, userId, clientId = 'dev', redirectUri = 'http://
   expect(callback.searchParams.get('state') === state, 'the callback URL carries state');
   expect(callback.searchParams.get('code') === verified.authorization.code, 'the callback URL carries the code');
 
-  const exchanged = await client.call(client.passwordless, 'ExchangeCode', {
-    grant_type: 'authorization_code',
-    code: verified.authorization.code,
-    code_verifier: verifier,
-    client_id: clientId,
-    redirect_uri: redirectUri,
-  });
+  const exchanged = await client.call(
+    client.passwordless,
+    'ExchangeCode',
+    {
+      grant_type: 'authorization_code',
+      code: verified.authorization.code,
+      code_verifier: verifier,
+      client_id: clientId,
+      redirect_uri: redirectUri,
+    },
+    { idempotencyKey: newKey() },
+  );
   const idClaims = exchanged.id_token ? jwtPart(exchanged.id_token, 1) : {};
   emit('ExchangeCode', {
     token_type: exchanged.token_type,
@@ -292,19 +343,47 @@ async function runOAuth(client, userId, clientId = 'dev', redirectUri = 'http://
   expect(idClaims.sub === userId, "ExchangeCode: the ID token's subject is the user");
 }
 
+// Against a server whose store is down: a keyed LoginOrCreate (retried by the policy, then
+// UNAVAILABLE) and an unkeyed one (UNAVAILABLE at once).
+async function retryCheck({ addr, apiKey }) {
+  const client = new Client(addr, apiKey);
+  try {
+    for (const [step, idempotencyKey] of [
+      ['LoginOrCreateWithKey', newKey()],
+      ['LoginOrCreateWithoutKey', null],
+    ]) {
+      await client.expectError(
+        step,
+        client.passwordless,
+        'LoginOrCreate',
+        { email: `retry-${crypto.randomBytes(6).toString('hex')}@example.com` },
+        grpc.status.UNAVAILABLE,
+        'STORE_UNAVAILABLE',
+        { idempotencyKey },
+      );
+    }
+    emit('done', { ok: true });
+  } finally {
+    client.close();
+  }
+}
+
 function parseArgs(argv) {
-  const options = { addr: null, apiKey: null, email: null, oauth: true, authRequired: false };
+  const options = { addr: null, apiKey: null, email: null, oauth: true, authRequired: false, retryCheck: false };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === '--api-key') options.apiKey = argv[++i];
     else if (arg === '--email') options.email = argv[++i];
     else if (arg === '--no-oauth') options.oauth = false;
     else if (arg === '--auth-required') options.authRequired = true;
+    else if (arg === '--retry-check') options.retryCheck = true;
     else if (!arg.startsWith('-') && !options.addr) options.addr = arg;
     else throw new Error(`unknown argument ${arg}`);
   }
   if (!options.addr) {
-    throw new Error('usage: node flow.js HOST:PORT [--api-key KEY [--auth-required]] [--email EMAIL] [--no-oauth]');
+    throw new Error(
+      'usage: node flow.js HOST:PORT [--api-key KEY [--auth-required]] [--email EMAIL] [--no-oauth] [--retry-check]',
+    );
   }
   options.email = options.email || `node-${crypto.randomBytes(6).toString('hex')}@example.com`;
   return options;
@@ -319,7 +398,7 @@ async function main() {
     return 2;
   }
   try {
-    await run(options);
+    await (options.retryCheck ? retryCheck(options) : run(options));
     return 0;
   } catch (error) {
     if (error instanceof Mismatch) {

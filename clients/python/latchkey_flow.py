@@ -2,6 +2,7 @@
 """A Python client of latchkey, end to end, with stubs generated from proto/ by grpcio-tools.
 
     .venv/bin/python clients/python/latchkey_flow.py 127.0.0.1:50051 [--api-key KEY [--auth-required]] [--no-oauth]
+    .venv/bin/python clients/python/latchkey_flow.py 127.0.0.1:50051 --retry-check
 
 Runs IssueLoginLink (a new email with first and last name) -> InspectToken -> VerifyToken ->
 AuthenticateSession (by session token, then by session JWT) -> VerifyToken of the same token again,
@@ -11,6 +12,13 @@ client: IssueLoginLink with `oauth` and PKCE -> VerifyToken (an authorization co
 With --api-key it sends `authorization: Bearer KEY` on every call (a development server, auth off,
 accepts that too); with --auth-required it first checks that a call without a key fails
 UNAUTHENTICATED with the reason API_KEY_INVALID.
+
+Retries: the channel carries clients/retry-service-config.json, a gRPC retry policy that retries
+UNAVAILABLE. A mutating call is retried only when it carries an `idempotency-key` (the server then
+answers a repeat with the first call's answer); without one it goes over a second channel with
+retries off. The flow sends a fresh key with every mutating call. --retry-check, against a server
+whose store is down, makes one LoginOrCreate with a key and one without, and expects both to end
+UNAVAILABLE (the test counts the attempts the server saw).
 
 Prints one JSON object per line for each step (no secrets: tokens are shown by length only) and
 exits 1 on the first mismatch. Set up with scripts/setup-clients (it generates clients/python/gen).
@@ -24,6 +32,7 @@ import os
 import secrets
 import sys
 import urllib.parse
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "gen"))
@@ -39,6 +48,12 @@ except ImportError as error:  # pragma: no cover - a set-up problem, said plainl
 
 TIMEOUT_SECONDS = 10
 DOMAIN = "latchkey"
+RETRY_POLICY = os.path.join(HERE, "..", "retry-service-config.json")
+# The RPCs that change something: retried only with an idempotency-key.
+MUTATING = {
+    "IssueLoginLink", "LoginOrCreate", "SendEnchantedLink", "VerifyToken", "PollSession", "ExchangeCode",
+    "RevokeSession", "RevokeUserSessions", "UpdateUser", "DeleteUser",
+}
 
 
 class Mismatch(Exception):
@@ -79,17 +94,35 @@ def error_info(error):
 
 class Client:
     def __init__(self, addr, api_key):
-        self.channel = grpc.insecure_channel(addr)
-        self.passwordless = passwordless_pb2_grpc.PasswordlessStub(self.channel)
-        self.sessions = sessions_pb2_grpc.SessionsStub(self.channel)
+        with open(RETRY_POLICY) as policy:
+            service_config = policy.read()
+        retrying = grpc.insecure_channel(
+            addr, options=[("grpc.service_config", service_config), ("grpc.enable_retries", 1)]
+        )
+        once = grpc.insecure_channel(addr, options=[("grpc.enable_retries", 0)])
+        self.channels = (retrying, once)
+        self.stubs = {
+            channel: {
+                "passwordless": passwordless_pb2_grpc.PasswordlessStub(channel),
+                "sessions": sessions_pb2_grpc.SessionsStub(channel),
+            }
+            for channel in self.channels
+        }
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
-    def call(self, method, request, metadata=None):
-        return method(request, metadata=self.metadata if metadata is None else metadata, timeout=TIMEOUT_SECONDS)
+    def call(self, service, method, request, metadata=None, idempotency_key=None):
+        """`service.method(request)`; over the retrying channel unless it is a mutating call without a key."""
+        metadata = tuple(self.metadata if metadata is None else metadata)
+        if idempotency_key is not None:
+            metadata += (("idempotency-key", idempotency_key),)
+        retrying, once = self.channels
+        channel = once if method in MUTATING and idempotency_key is None else retrying
+        stub = self.stubs[channel][service]
+        return getattr(stub, method)(request, metadata=metadata, timeout=TIMEOUT_SECONDS)
 
-    def expect_error(self, step, method, request, code, reason, metadata=None):
+    def expect_error(self, step, service, method, request, code, reason, metadata=None, idempotency_key=None):
         try:
-            self.call(method, request, metadata)
+            self.call(service, method, request, metadata, idempotency_key)
         except grpc.RpcError as error:
             info = error_info(error)
             emit(
@@ -107,6 +140,11 @@ class Client:
         raise Mismatch(f"{step}: the call succeeded, expected {code.name} {reason}")
 
 
+def new_key():
+    """A fresh idempotency key: one per logical operation, the same for its retries."""
+    return str(uuid.uuid4())
+
+
 def s256(verifier):
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
@@ -118,7 +156,8 @@ def run(addr, api_key, email, oauth, auth_required):
     if auth_required:
         client.expect_error(
             "NoApiKey",
-            client.passwordless.IssueLoginLink,
+            "passwordless",
+            "IssueLoginLink",
             pb.IssueLoginLinkRequest(email=email, first_name="Ada", last_name="Lovelace"),
             grpc.StatusCode.UNAUTHENTICATED,
             "API_KEY_INVALID",
@@ -126,8 +165,10 @@ def run(addr, api_key, email, oauth, auth_required):
         )
 
     issued = client.call(
-        client.passwordless.IssueLoginLink,
+        "passwordless",
+        "IssueLoginLink",
         pb.IssueLoginLinkRequest(email=email, first_name="Ada", last_name="Lovelace"),
+        idempotency_key=new_key(),
     )
     link = urllib.parse.urlsplit(issued.link)
     tokens = urllib.parse.parse_qs(link.query).get("token", [])
@@ -145,7 +186,7 @@ def run(addr, api_key, email, oauth, auth_required):
     expect(issued.user_created, "IssueLoginLink: user_created should be true for a new email")
     expect(issued.user_id.startswith("user-"), f"IssueLoginLink: user_id {issued.user_id!r}")
 
-    inspected = client.call(client.passwordless.InspectToken, pb.InspectTokenRequest(token=token))
+    inspected = client.call("passwordless", "InspectToken", pb.InspectTokenRequest(token=token))
     emit(
         "InspectToken",
         link_kind=pb.LinkKind.Name(inspected.link_kind),
@@ -161,7 +202,9 @@ def run(addr, api_key, email, oauth, auth_required):
         f"InspectToken: masked_email {inspected.masked_email!r}",
     )
 
-    verified = client.call(client.passwordless.VerifyToken, pb.VerifyTokenRequest(token=token))
+    verified = client.call(
+        "passwordless", "VerifyToken", pb.VerifyTokenRequest(token=token), idempotency_key=new_key()
+    )
     result = verified.WhichOneof("result")
     user = verified.user
     emit(
@@ -186,7 +229,7 @@ def run(addr, api_key, email, oauth, auth_required):
 
     for credential in ("session_token", "session_jwt"):
         request = sessions_pb2.AuthenticateSessionRequest(**{credential: getattr(session, credential)})
-        authenticated = client.call(client.sessions.AuthenticateSession, request)
+        authenticated = client.call("sessions", "AuthenticateSession", request)
         claims = jwt_part(authenticated.session.session_jwt, 1)
         emit(
             "AuthenticateSession",
@@ -201,10 +244,12 @@ def run(addr, api_key, email, oauth, auth_required):
 
     client.expect_error(
         "VerifyTokenAgain",
-        client.passwordless.VerifyToken,
+        "passwordless",
+        "VerifyToken",
         pb.VerifyTokenRequest(token=token),
         grpc.StatusCode.FAILED_PRECONDITION,
         "TOKEN_ALREADY_USED",
+        idempotency_key=new_key(),
     )
 
     if oauth:
@@ -218,7 +263,8 @@ def run_oauth(client, user_id, client_id="dev", redirect_uri="http://localhost:3
     verifier = secrets.token_urlsafe(48)  # 64 characters of [A-Za-z0-9-_]
     state, nonce = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     issued = client.call(
-        client.passwordless.IssueLoginLink,
+        "passwordless",
+        "IssueLoginLink",
         pb.IssueLoginLinkRequest(
             user_id=user_id,
             oauth=pb.OAuthParameters(
@@ -231,9 +277,12 @@ def run_oauth(client, user_id, client_id="dev", redirect_uri="http://localhost:3
                 code_challenge_method="S256",
             ),
         ),
+        idempotency_key=new_key(),
     )
     token = urllib.parse.parse_qs(urllib.parse.urlsplit(issued.link).query)["token"][0]
-    verified = client.call(client.passwordless.VerifyToken, pb.VerifyTokenRequest(token=token))
+    verified = client.call(
+        "passwordless", "VerifyToken", pb.VerifyTokenRequest(token=token), idempotency_key=new_key()
+    )
     expect(verified.WhichOneof("result") == "authorization", "VerifyToken of an oauth link: an authorization")
     callback = urllib.parse.urlsplit(verified.authorization.redirect_url)
     query = urllib.parse.parse_qs(callback.query)
@@ -247,7 +296,8 @@ def run_oauth(client, user_id, client_id="dev", redirect_uri="http://localhost:3
     expect(query.get("code") == [verified.authorization.code], "the callback URL carries the code")
 
     exchanged = client.call(
-        client.passwordless.ExchangeCode,
+        "passwordless",
+        "ExchangeCode",
         pb.ExchangeCodeRequest(
             grant_type="authorization_code",
             code=verified.authorization.code,
@@ -255,6 +305,7 @@ def run_oauth(client, user_id, client_id="dev", redirect_uri="http://localhost:3
             client_id=client_id,
             redirect_uri=redirect_uri,
         ),
+        idempotency_key=new_key(),
     )
     id_claims = jwt_part(exchanged.id_token, 1) if exchanged.id_token else {}
     emit(
@@ -272,6 +323,23 @@ def run_oauth(client, user_id, client_id="dev", redirect_uri="http://localhost:3
     expect(id_claims.get("sub") == user_id, "ExchangeCode: the ID token's subject is the user")
 
 
+def retry_check(addr, api_key):
+    """Against a server whose store is down: a keyed LoginOrCreate (retried by the policy, then
+    UNAVAILABLE) and an unkeyed one (UNAVAILABLE at once)."""
+    client = Client(addr, api_key)
+    for step, key in (("LoginOrCreateWithKey", new_key()), ("LoginOrCreateWithoutKey", None)):
+        client.expect_error(
+            step,
+            "passwordless",
+            "LoginOrCreate",
+            passwordless_pb2.LoginOrCreateRequest(email=f"retry-{secrets.token_hex(6)}@example.com"),
+            grpc.StatusCode.UNAVAILABLE,
+            "STORE_UNAVAILABLE",
+            idempotency_key=key,
+        )
+    emit("done", ok=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("addr", help="host:port of latchkey's gRPC port, e.g. 127.0.0.1:50051")
@@ -281,10 +349,16 @@ def main():
     )
     parser.add_argument("--email", help="the new user's email (default: a random python-…@example.com)")
     parser.add_argument("--no-oauth", action="store_true", help="skip the OAuth flow (no `dev` client)")
+    parser.add_argument(
+        "--retry-check", action="store_true", help="against a server whose store is down: the retry policy"
+    )
     args = parser.parse_args()
     email = args.email or f"python-{secrets.token_hex(6)}@example.com"
     try:
-        run(args.addr, args.api_key, email, oauth=not args.no_oauth, auth_required=args.auth_required)
+        if args.retry_check:
+            retry_check(args.addr, args.api_key)
+        else:
+            run(args.addr, args.api_key, email, oauth=not args.no_oauth, auth_required=args.auth_required)
     except Mismatch as mismatch:
         print(f"latchkey_flow.py: MISMATCH: {mismatch}", file=sys.stderr)
         return 1
