@@ -72,6 +72,19 @@ impl Connector {
         )
     }
 
+    /// How long opening one connection may take: `connect_timeout_seconds` for each host of the
+    /// URL, since hosts are tried in turn (a standby is reached, authenticated and turned down
+    /// before the primary is tried). The client's own timeout bounds each TCP connect only.
+    pub fn connect_budget(&self) -> Duration {
+        let per_host = self
+            .config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(Duration::from_secs(5));
+        let hosts = u32::try_from(self.config.get_hosts().len()).unwrap_or(u32::MAX);
+        per_host.saturating_mul(hosts.max(1))
+    }
+
     pub fn unreachable(&self, error: &(dyn std::error::Error + 'static)) -> OpenError {
         OpenError::Unreachable {
             target: self.target(),
@@ -92,7 +105,7 @@ impl Connector {
             .max_size(size)
             .runtime(Runtime::Tokio1)
             .wait_timeout(timeout)
-            .create_timeout(timeout)
+            .create_timeout(Some(self.connect_budget()))
             .build()
             .map_err(|error| OpenError::Config(error.to_string()))
     }
@@ -240,6 +253,16 @@ mod tests {
     /// Any well-formed CA certificate will do for building the client config.
     fn ca_file() -> std::path::PathBuf {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart/fixtures/ca.crt")
+    }
+
+    #[test]
+    fn a_multi_host_url_gives_each_host_its_connect_timeout() {
+        let mut one = settings("postgres://u:pw@db1/app", None);
+        one.connect_timeout_seconds = 2;
+        assert_eq!(Connector::new(&one).unwrap().connect_budget(), Duration::from_secs(2));
+        let mut three = settings("postgres://u:pw@db1:5432,db2:5432,db3:5432/app", None);
+        three.connect_timeout_seconds = 2;
+        assert_eq!(Connector::new(&three).unwrap().connect_budget(), Duration::from_secs(6));
     }
 
     #[test]

@@ -104,15 +104,16 @@ pub async fn open(config: &StoreConfig) -> std::result::Result<(PgStore, PgWakeu
 async fn probe(connector: connect::Connector, unreachable: Arc<AtomicBool>, stop: CancellationToken) {
     let mut connection: Option<tokio_postgres::Client> = None;
     loop {
-        let answered = tokio::time::timeout(Duration::from_secs(3), async {
+        let answered = async {
             if connection.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
-                connection = Some(connector.dedicated(None).await.ok()?);
+                // Each host of a multi-host URL may take its connect timeout.
+                let connecting = tokio::time::timeout(connector.connect_budget(), connector.dedicated(None));
+                connection = Some(connecting.await.ok()?.ok()?);
             }
-            connection.as_ref()?.simple_query("SELECT 1").await.ok()
-        })
+            let query = connection.as_ref()?.simple_query("SELECT 1");
+            tokio::time::timeout(Duration::from_secs(3), query).await.ok()?.ok()
+        }
         .await
-        .ok()
-        .flatten()
         .is_some();
         if !answered {
             // A connection that failed once is not trusted again.
