@@ -286,12 +286,25 @@ fn diagnose(replicas: &[BinaryServer], ledger: &Mutex<Ledger>) -> String {
         );
     }
     for replica in replicas {
-        let log = replica.log();
-        let lines: Vec<&str> = log.lines().collect();
-        said += &lines[lines.len().saturating_sub(15)..].join("\n");
-        said += "\n---\n";
+        said += &tail(&replica.log(), 15);
+    }
+    // The cluster's own logs, when it is still there (Patroni's and PostgreSQL's, per node).
+    let cluster = replicas
+        .first()
+        .map(|replica| replica.dir.join("cluster-dir"))
+        .and_then(|link| std::fs::read_to_string(link).ok());
+    for node in 1..=3 {
+        let log = cluster
+            .as_ref()
+            .and_then(|dir| std::fs::read_to_string(Path::new(dir.trim()).join(format!("n{node}/log"))).ok());
+        said += &format!("node {node}:\n{}", tail(&log.unwrap_or_default(), 15));
     }
     said
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n") + "\n---\n"
 }
 
 /// Polls `condition` every 100 ms until it holds; after `bound`, fails with `diagnose`'s report.
@@ -322,6 +335,8 @@ async fn killing_the_primary_under_load_loses_nothing_acknowledged() {
     let cluster_dir = tempfile::Builder::new().prefix("latchkey-patroni").tempdir().unwrap();
     let booted = Instant::now();
     let (cluster, url) = Cluster::start(cluster_dir.path().join("cluster"));
+    // Where `diagnose` finds the cluster's logs.
+    std::fs::write(dir.path().join("cluster-dir"), cluster.dir.display().to_string()).unwrap();
     println!("the cluster booted in {:?}", booted.elapsed());
     let mail_dir = dir.path().join("mail");
     let mail_dir_setting = mail_dir.display().to_string();
