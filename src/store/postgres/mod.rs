@@ -257,8 +257,12 @@ macro_rules! on_connection {
     (@run $store:expr, $writes:expr, |$client:ident| $body:expr) => {{
         let store: &PgStore = $store;
         let committing = AtomicBool::new($writes);
+        // Outside the deadline: getting a connection has bounds of its own (the pool's wait and
+        // connect timeouts), and a connection still being opened when the deadline fired would be
+        // abandoned. With a multi-host URL, opening one can take longer than the deadline under
+        // load (a standby is reached and turned down first), and then none would ever be opened.
+        let held = held::Held::get(&store.pool).await.map_err(|error| unavailable(&error))?;
         let work = async {
-            let held = held::Held::get(&store.pool).await.map_err(|error| unavailable(&error))?;
             let outcome: Step<_> = {
                 let $client = &held;
                 $body.await
