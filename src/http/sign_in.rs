@@ -13,14 +13,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use super::authorize::{browser_session, complete};
+use super::authorize::{browser_session, complete, see_other};
 use super::browser::{self, ATTEMPT_COOKIE, Attempt, CSRF_COOKIE, SESSION_COOKIE};
 use super::form::Params;
 use super::pages::{ASSETS, WAIT_SCRIPT};
 use super::{HttpState, SIGN_IN_PREFIX};
 use crate::domain::enchanted::{PollOutcome, SendEnchantedLink};
 use crate::domain::error::{Error, Reason};
-use crate::domain::links::VerifyOutcome;
+use crate::domain::links::{Inspection, VerifyOutcome};
 use crate::domain::model::{LinkKind, OAuthRequest};
 use crate::domain::sessions::{NewSession, SessionRef};
 
@@ -367,6 +367,13 @@ async fn continue_(State(state): State<HttpState>, headers: HeaderMap, body: Byt
     }
     match attempt_of(&state, &headers) {
         Some(attempt) => go_on(&state, &headers, &attempt, false).await,
+        // The attempt ended in another tab of this browser, which went on signed in.
+        None if browser_session(&state, &headers).await.is_some() => state.site.message(
+            StatusCode::OK,
+            "You are signed in",
+            "This sign-in was completed in another tab or window. You can close this one.",
+            None,
+        ),
         None => no_attempt(&state),
     }
 }
@@ -394,11 +401,40 @@ fn link_problem(state: &HttpState, error: &Error) -> Response {
     state.site.message(StatusCode::BAD_REQUEST, title, message, None)
 }
 
+/// The links the confirm page takes: the enchanted links of the sign-in page, and
+/// IssueLoginLink's OAuth links (which end in an authorization code). A link that needs the
+/// caller's PKCE verifier can only be used by the caller's own landing page.
+fn confirmable(inspection: &Inspection) -> bool {
+    match inspection.kind {
+        LinkKind::Enchanted => true,
+        LinkKind::Login => inspection.oauth && !inspection.pkce_required,
+        LinkKind::Magic => false,
+    }
+}
+
+fn not_for_this_page(state: &HttpState) -> Response {
+    state.site.message(
+        StatusCode::BAD_REQUEST,
+        "This link is not for this page",
+        "This page completes sign-ins started on the sign-in page.",
+        None,
+    )
+}
+
+/// The token of a confirm request: `t` from enchanted links, `token` from login links.
+fn confirm_token(params: &Params) -> String {
+    match params.text("t") {
+        token if token.is_empty() => params.text("token"),
+        token => token,
+    }
+}
+
 /// `GET /oauth/sign-in/confirm?t=...`: only looks (mail scanners open every link).
 async fn confirm_page(State(state): State<HttpState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
-    let token = params.text("t");
+    let token = confirm_token(&params);
     match state.domain.inspect_token(&token).await {
+        Ok(inspection) if !confirmable(&inspection) => not_for_this_page(&state),
         Ok(inspection) => with_forms(&state, &headers, |csrf| {
             state.site.page(
                 StatusCode::OK,
@@ -417,23 +453,16 @@ async fn confirm(State(state): State<HttpState>, headers: HeaderMap, body: Bytes
     if !browser::csrf_ok(&state.site.server_key, &headers, params.get("csrf")) {
         return csrf_refused(&state);
     }
-    let token = params.text("t");
+    let token = confirm_token(&params);
     // Only the links this page sends are used here; another kind keeps its use for its own page.
     match state.domain.inspect_token(&token).await {
-        Ok(inspection) if inspection.kind != LinkKind::Enchanted => {
-            return state.site.message(
-                StatusCode::BAD_REQUEST,
-                "This link is not for this page",
-                "This page completes sign-ins started on the sign-in page.",
-                None,
-            );
-        }
+        Ok(inspection) if !confirmable(&inspection) => return not_for_this_page(&state),
         Ok(_) => {}
         Err(error) => return link_problem(&state, &error),
     }
     match state.domain.verify_token(&token, "", 0).await {
-        Ok(verified) if matches!(verified.outcome, VerifyOutcome::Enchanted { .. }) => {
-            match attempt_of(&state, &headers) {
+        Ok(verified) => match verified.outcome {
+            VerifyOutcome::Enchanted { .. } => match attempt_of(&state, &headers) {
                 // The same browser started the sign-in: it goes on from here.
                 Some(attempt) => go_on(&state, &headers, &attempt, true).await,
                 None => state.site.message(
@@ -442,14 +471,11 @@ async fn confirm(State(state): State<HttpState>, headers: HeaderMap, body: Bytes
                     "Go back to the device where you started; it continues by itself.",
                     None,
                 ),
-            }
-        }
-        Ok(_) => state.site.message(
-            StatusCode::BAD_REQUEST,
-            "This link is not for this page",
-            "This page completes sign-ins started on the sign-in page.",
-            None,
-        ),
+            },
+            // IssueLoginLink's OAuth link: on to the client with its code and state.
+            VerifyOutcome::Authorization { redirect_url, .. } => see_other(&redirect_url),
+            VerifyOutcome::Session(_) => not_for_this_page(&state),
+        },
         Err(error) => link_problem(&state, &error),
     }
 }

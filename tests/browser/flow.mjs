@@ -236,12 +236,19 @@ const emailTab = await desk.newPage();
 await emailTab.goto(sameLink);
 await emailTab.getByRole("button", { name: "Continue as b***@example.com" }).click();
 await exchange(dev, await backWith(same.checks.expectedState), same.checks, bo);
-// Whichever page of the browser collected the sign-in went on; the other says so.
+// Whichever page of the browser collected the sign-in went on; the other says so and stops
+// (no form of the wait page left), so no second code can follow.
 await waitFor(async () => {
-  const urls = [deskPage.url(), emailTab.url()];
-  return urls.filter((url) => url.startsWith(CALLBACK)).length === 1;
-}, "one page at the application");
-await new Promise((resolve) => setTimeout(resolve, 300));
+  const pages = [deskPage, emailTab];
+  const atApp = pages.filter((page) => page.url().startsWith(CALLBACK));
+  if (atApp.length !== 1) return false;
+  const other = pages.find((page) => !page.url().startsWith(CALLBACK));
+  try {
+    return (await other.locator("#continue").count()) === 0 && (await other.locator("h1").count()) === 1;
+  } catch {
+    return false; // between two documents
+  }
+}, "one page at the application, the other settled");
 const sameState = same.checks.expectedState;
 assert.equal(callbacks.filter((url) => url.searchParams.get("state") === sameState).length, 1, "one code only");
 const again = await (await fetch(sameLink)).text();
