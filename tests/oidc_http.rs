@@ -777,6 +777,30 @@ async fn an_oauth_login_link_lands_on_the_hosted_confirm_page_unless_the_caller_
     assert!(app.verify(&token_of(&plain.link), "").await.is_ok(), "still usable");
 }
 
+/// The wait page and its long poll name their attempt in the URL; one this browser does not keep,
+/// or a malformed one, is a page saying so (never a panic on a cookie name).
+#[tokio::test]
+async fn an_unknown_or_malformed_attempt_id_says_the_sign_in_has_ended() {
+    let app = spawn().await;
+    for id in [
+        "",
+        "AAAAAAAAAAAA",
+        "%3B%20Path%3D%2F",
+        "a%0d%0aSet-Cookie:x=1",
+        &"x".repeat(5000),
+    ] {
+        let page = app.get(&format!("/oauth/sign-in/wait?a={id}"), None).await;
+        assert_eq!(page.status, 400, "{id}");
+        assert!(page.body.contains("This sign-in has ended"), "{id}");
+        let status = app.get(&format!("/oauth/sign-in/status?a={id}"), None).await;
+        assert_eq!(
+            (status.status, status.body.as_str()),
+            (404, r#"{"status":"none"}"#),
+            "{id}"
+        );
+    }
+}
+
 /// The real binary reads the new keys from the environment, as every key.
 #[tokio::test]
 async fn the_binary_takes_the_public_url_and_branding_from_the_environment() {

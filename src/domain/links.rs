@@ -61,6 +61,8 @@ pub struct Inspection {
     pub user_exists: bool,
     /// The link ends in an OAuth authorization code.
     pub oauth: bool,
+    /// The enchanted link's attempt (its pending ref's digest).
+    pub attempt: Option<Digest32>,
 }
 
 #[derive(Debug)]
@@ -328,6 +330,7 @@ impl Domain {
             pkce_required: link.code_challenge.is_some(),
             user_exists: user.status != UserStatus::Pending,
             oauth: link.oauth.is_some(),
+            attempt: link.attempt,
         })
     }
 

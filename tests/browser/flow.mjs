@@ -254,6 +254,25 @@ assert.equal(callbacks.filter((url) => url.searchParams.get("state") === sameSta
 const again = await (await fetch(sameLink)).text();
 assert.match(again, /already used/, "the used link says so");
 
+step("two sign-ins at once in one browser (two tabs): each waits for its own link and request");
+const [di, dj] = ["di@example.com", "dj@example.com"];
+seen.emails.push(di, dj);
+const tabs = await newContext();
+const [tabA, tabB] = [await tabs.newPage(), await tabs.newPage()];
+const [forA, forB] = [await authorizeUrl(dev, CALLBACK), await authorizeUrl(dev, CALLBACK)];
+const numberA = await startSignIn(tabA, forA.url, di);
+const numberB = await startSignIn(tabB, forB.url, dj);
+const otherPhone = await (await newContext()).newPage();
+await otherPhone.goto(await linkFromMail(dj, numberB));
+await otherPhone.getByRole("button", { name: "Continue as d***@example.com" }).click();
+await exchange(dev, await backWith(forB.checks.expectedState), forB.checks, dj);
+await tabB.waitForURL((url) => url.href.startsWith(CALLBACK));
+assert.equal(await tabA.locator(".number").textContent(), numberA, "tab A still waits for its own link");
+await otherPhone.goto(await linkFromMail(di, numberA));
+await otherPhone.getByRole("button", { name: "Continue as d***@example.com" }).click();
+await exchange(dev, await backWith(forA.checks.expectedState), forA.checks, di);
+await tabA.waitForURL((url) => url.href.startsWith(CALLBACK));
+
 step("without JavaScript: 'I pressed the link' continues");
 const cy = "cy@example.com";
 seen.emails.push(cy);
