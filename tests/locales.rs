@@ -2,7 +2,7 @@
 //! files): the request's locale wins, then the user's, then `mail.default_locale`; a language
 //! without a template falls back (`de-AT` to German, `xx` to the default); custom templates per
 //! language fall back `de-CH` → `de`; the user's locale is kept, set and removed through the
-//! Users API.
+//! Users API; and a German email over a real SMTP conversation.
 
 mod common;
 
@@ -230,4 +230,33 @@ async fn a_bad_language_folder_stops_start_up_with_a_message() {
         error.contains("mail.templates_dir") && error.contains("\"deutsch\""),
         "{error}"
     );
+}
+
+/// Over a real SMTP conversation (aiosmtpd on loopback) the German subject arrives as RFC 2047
+/// encoded words and the bodies in a transfer encoding; decoded, they are the German email.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_german_email_crosses_smtp_intact() {
+    let maildir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = SmtpServer::start(maildir.path(), port, &SmtpOptions::default());
+    let app = TestApp::spawn_with(|config| {
+        config.mail.transport = latchkey::config::MailTransport::Smtp;
+        config.mail.smtp.host = "localhost".into();
+        config.mail.smtp.port = Some(port);
+        config.mail.smtp.tls = latchkey::config::SmtpTls::None;
+    })
+    .await;
+    let queued = app.queue(request("joerg@example.de", "de-AT")).await;
+    sent(app.addr, &queued.email_id).await;
+    let messages = server.messages();
+    assert_eq!(messages.len(), 1);
+    let message = &messages[0];
+    assert_eq!(subject(message), "Bestätigen Sie Ihre E-Mail-Adresse für latchkey");
+    assert_eq!(header(message, "Content-Language").as_deref(), Some("de"));
+    let text = part(message, "text/plain");
+    assert!(text.contains("Einrichtung Ihres Kontos abzuschließen"), "{text}");
+    assert!(part(message, "text/html").contains("E-Mail-Adresse bestätigen"));
+    app.verify(&token_in(&text, "token"), "")
+        .await
+        .expect("the link verifies");
 }
