@@ -263,7 +263,7 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
 
     let opened = crate::store::open(&config.store, &config.data_dir).await?;
     let templates = Arc::new(
-        Templates::load(config.mail.templates_dir.as_deref())
+        Templates::load(config.mail.templates_dir.as_deref(), &config.mail.default_locale)
             .map_err(|problem| StartError::Mail(format!("mail.templates_dir: {problem}")))?,
     );
     let ports = Ports {
@@ -375,6 +375,7 @@ async fn build_domain(
             per_minute: config.mail.rate_limit.per_minute,
         },
         outbox_limit: OutboxLimit::new(config.mail.outbox_limit),
+        default_locale: config.mail.default_locale.clone(),
     };
     Ok(Arc::new(Domain::new(
         ports,

@@ -246,8 +246,11 @@ pub struct MailConfig {
     pub product_name: String,
     /// Where the file transport writes; `<data_dir>/mail` when unset.
     pub file_dir: Option<PathBuf>,
-    /// Custom templates: `<dir>/<template id>/{subject.txt, body.html, body.txt}`.
+    /// Custom templates: `<dir>/<template id>/{subject.txt, body.html, body.txt}`, and the same
+    /// per language in `<dir>/<template id>/<BCP 47 tag>/`.
     pub templates_dir: Option<PathBuf>,
+    /// The language of emails when neither the request nor the user names one (BCP 47).
+    pub default_locale: String,
     /// Attempts before an email ends FAILED.
     pub max_attempts: u32,
     pub retry_base_seconds: u64,
@@ -539,6 +542,7 @@ impl Config {
                 product_name: "latchkey".into(),
                 file_dir: None,
                 templates_dir: None,
+                default_locale: "en".into(),
                 max_attempts: 8,
                 retry_base_seconds: 5,
                 retry_max_seconds: 1800,
@@ -846,6 +850,15 @@ impl Config {
         }
         self.validate_oauth()?;
         let smtp_password = self.validate_mail()?;
+        self.mail.default_locale = crate::domain::locale::tag("mail.default_locale", &self.mail.default_locale)
+            .ok()
+            .flatten()
+            .ok_or_else(|| {
+                invalid(
+                    "mail.default_locale",
+                    "must be a BCP 47 language tag, e.g. en, de or pt-BR",
+                )
+            })?;
         let tls = self.validate_tls()?;
         let sessions = &self.sessions;
         if !(SESSION_MIN_MINUTES..=SESSION_MAX_MINUTES).contains(&sessions.default_duration_minutes) {
@@ -1433,6 +1446,13 @@ mod tests {
             config.mail.outbox_limit = 100_000_001;
         });
         assert!(outbox.unwrap_err().contains("mail.outbox_limit"));
+        for bad in ["", "english", "en_US"] {
+            let locale = check(&|config: &mut Config| {
+                url(config);
+                config.mail.default_locale = bad.into();
+            });
+            assert!(locale.unwrap_err().contains("mail.default_locale"), "{bad:?}");
+        }
     }
 
     /// Config files from before `[store.sled]` keep working: their keys move there.

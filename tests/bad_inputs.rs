@@ -537,6 +537,85 @@ async fn sessions_and_users_bad_inputs() {
         .expect("still serving");
 }
 
+#[tokio::test]
+async fn malformed_locales_are_refused_everywhere_and_write_nothing() {
+    let app = TestApp::spawn().await;
+    let (user, _) = app.signed_in("known@example.com").await;
+    let malformed = [
+        "de_CH",
+        "german",
+        "d",
+        "de-",
+        "de--CH",
+        "de CH",
+        "und",
+        "x-private",
+        "de-CH-x",
+        "de-1996-1996",
+        "é",
+        "de\u{7}",
+    ];
+    let long = format!("de{}", "-abcdefgh".repeat(7));
+    for locale in malformed.iter().copied().chain([long.as_str()]) {
+        let refused = assert_error(
+            app.passwordless()
+                .login_or_create(pb::LoginOrCreateRequest {
+                    email: "new.person@example.com".into(),
+                    locale: locale.into(),
+                    ..Default::default()
+                })
+                .await,
+            Code::InvalidArgument,
+            "INVALID_LOCALE",
+        );
+        assert!(
+            refused.message().contains("locale"),
+            "{locale:?}: {}",
+            refused.message()
+        );
+        assert_error(
+            app.passwordless()
+                .send_enchanted_link(pb::SendEnchantedLinkRequest {
+                    login_id: "new.person@example.com".into(),
+                    locale: locale.into(),
+                    ..Default::default()
+                })
+                .await,
+            Code::InvalidArgument,
+            "INVALID_LOCALE",
+        );
+        assert_error(
+            app.update_user(
+                &user.user_id,
+                pb::User {
+                    locale: locale.into(),
+                    ..Default::default()
+                },
+                &["locale"],
+            )
+            .await,
+            Code::InvalidArgument,
+            "INVALID_LOCALE",
+        );
+    }
+    // No user was created, the known one is unchanged, and the server still answers.
+    let lookup = |email: &str| pb::GetUserRequest {
+        user: Some(pb::get_user_request::User::Email(email.into())),
+    };
+    assert_error(
+        app.users().get_user(lookup("new.person@example.com")).await,
+        Code::NotFound,
+        "USER_NOT_FOUND",
+    );
+    let unchanged = app
+        .users()
+        .get_user(lookup("known@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unchanged.user, Some(user));
+}
+
 const LINKS_KEY: &str = "links-key-0123456789";
 const ADMIN_KEY: &str = "admin-key-0123456789";
 

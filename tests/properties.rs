@@ -110,13 +110,14 @@ fn user() -> impl Strategy<Value = User> {
             proptest::option::of(millis()),
             proptest::option::of(millis()),
             vec(note, 0..3),
+            proptest::option::of(text()),
         ),
     )
         .prop_map(
             |(
                 (id, email, first_name, last_name, status, role),
                 (mfa_enabled, email_verified, created_at, updated_at),
-                (last_login_at, sessions_revoked_at, links),
+                (last_login_at, sessions_revoked_at, links, locale),
             )| User {
                 id,
                 email,
@@ -131,6 +132,7 @@ fn user() -> impl Strategy<Value = User> {
                 last_login_at,
                 sessions_revoked_at,
                 links,
+                locale,
             },
         )
 }
@@ -254,13 +256,14 @@ fn email_record() -> impl Strategy<Value = Email> {
             millis(),
             millis(),
             proptest::option::of(millis()),
+            text(),
         ),
     )
         .prop_map(
             |(
                 (id, recipient, user_id, first_name, last_name, kind),
                 (template_id, links, link_expires_at, status),
-                (attempts, last_error, created_at, next_attempt_at, sent_at),
+                (attempts, last_error, created_at, next_attempt_at, sent_at, locale),
             )| Email {
                 id,
                 recipient,
@@ -277,6 +280,7 @@ fn email_record() -> impl Strategy<Value = Email> {
                 created_at,
                 next_attempt_at,
                 sent_at,
+                locale,
             },
         )
 }
@@ -600,6 +604,7 @@ fn fuzz_seeds_are_what_the_current_code_makes() {
             reuse_key: Some(Digest32::of("reuse")),
             expires_at: 1_795_552_462_253,
         }],
+        locale: Some("de-CH".into()),
     };
     let request = OAuthRequest {
         client_id: "zapier".into(),
@@ -663,6 +668,7 @@ fn fuzz_seeds_are_what_the_current_code_makes() {
         created_at: 1,
         next_attempt_at: 1,
         sent_at: None,
+        locale: "fr-CA".into(),
     };
     let code = AuthCode {
         code_digest: Digest32::of("code"),
@@ -688,23 +694,25 @@ fn fuzz_seeds_are_what_the_current_code_makes() {
     };
     write("user-msgpack", &encode(&user));
     write("user-json", &serde_json::to_vec(&user).unwrap());
-    // A user as written before `sessions_revoked_at` and `links` (the array's last two fields).
+    // A user as written before `sessions_revoked_at`, `links` and `locale` (the array's last three
+    // fields).
     let mut short = serde_json::to_value(&user).unwrap();
     short
         .as_object_mut()
         .unwrap()
-        .retain(|k, _| k != "sessions_revoked_at" && k != "links");
+        .retain(|k, _| k != "sessions_revoked_at" && k != "links" && k != "locale");
     write("user-before-links-json", &serde_json::to_vec(&short).unwrap());
-    // In MessagePack: the array of 13 fields cut to 11 (`None` and `[]` are one byte each).
+    // In MessagePack: the array of 14 fields cut to 11 (`None` and `[]` are one byte each).
     let full = encode(&User {
         links: Vec::new(),
         sessions_revoked_at: None,
+        locale: None,
         ..user.clone()
     });
-    assert_eq!(full[0], 0x9d, "a fixarray of 13 fields");
+    assert_eq!(full[0], 0x9e, "a fixarray of 14 fields");
     write(
         "user-before-links-msgpack",
-        &[&[0x9b][..], &full[1..full.len() - 2]].concat(),
+        &[&[0x9b][..], &full[1..full.len() - 3]].concat(),
     );
     write("link-msgpack", &encode(&link));
     write("link-json", &serde_json::to_vec(&link).unwrap());

@@ -40,6 +40,7 @@ fn user(n: usize) -> User {
         updated_at: NOW,
         last_login_at: None,
         sessions_revoked_at: None,
+        locale: None,
     }
 }
 
@@ -96,6 +97,7 @@ fn email(name: &str, user: &User, links: &[Link]) -> Email {
         created_at: NOW,
         next_attempt_at: NOW,
         sent_at: None,
+        locale: "en".into(),
     }
 }
 
@@ -304,6 +306,84 @@ async fn users_list_in_id_order_by_page_and_status_and_update_atomically() {
     }
     while tasks.join_next().await.is_some() {}
     assert_eq!(store.user("user-0005").await.unwrap().unwrap().updated_at, NOW + 32);
+}
+
+#[tokio::test]
+async fn a_users_language_and_each_emails_are_kept() {
+    let TestStore { store, .. } = open_test_store().await;
+    // A user created with its email, in a language of its own, and one created with a link.
+    let brazilian = User {
+        locale: Some("pt-BR".into()),
+        ..user(1)
+    };
+    let link_1 = link("first", &brazilian.id);
+    let queued = Email {
+        locale: "pt-BR".into(),
+        ..email("pt", &brazilian, std::slice::from_ref(&link_1))
+    };
+    queue(store.as_ref(), std::slice::from_ref(&link_1), Some(&brazilian), &queued)
+        .await
+        .unwrap();
+    let swiss = User {
+        locale: Some("de-CH".into()),
+        ..user(2)
+    };
+    store
+        .insert_link(&link("second", &swiss.id), Some(&swiss), NOW)
+        .await
+        .unwrap();
+    assert_eq!(store.user(&brazilian.id).await.unwrap(), Some(brazilian.clone()));
+    assert_eq!(
+        store
+            .user_by_email(&swiss.email)
+            .await
+            .unwrap()
+            .unwrap()
+            .locale
+            .as_deref(),
+        Some("de-CH")
+    );
+    let listed: Vec<Option<String>> = store
+        .list_users(None, 10, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|user| user.locale)
+        .collect();
+    assert_eq!(listed, [Some("pt-BR".to_string()), Some("de-CH".to_string())]);
+
+    // Set, then removed.
+    for locale in [Some("zh-Hant-TW"), None] {
+        let updated = store
+            .update_user(&swiss.id, &|user: &User| {
+                Ok(User {
+                    locale: locale.map(str::to_string),
+                    ..user.clone()
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(updated.locale.as_deref(), locale);
+        assert_eq!(store.user(&swiss.id).await.unwrap().unwrap().locale.as_deref(), locale);
+    }
+
+    // The email keeps its language through the claim and the outcome.
+    assert_eq!(store.email(&queued.id).await.unwrap(), Some(queued.clone()));
+    let claim = OutboxClaim {
+        now: NOW,
+        lease: MINUTE,
+        limit: 10,
+    };
+    let claimed = store.claim_emails(claim).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].locale, "pt-BR");
+    let sent = Email {
+        status: EmailStatus::Sent,
+        sent_at: Some(NOW),
+        ..claimed[0].clone()
+    };
+    assert_eq!(store.finish_emails(std::slice::from_ref(&sent)).await.unwrap(), [true]);
+    assert_eq!(store.email(&queued.id).await.unwrap().unwrap().locale, "pt-BR");
 }
 
 #[tokio::test]

@@ -6,10 +6,10 @@
 use std::sync::LazyLock;
 
 use latchkey::domain::model::EmailKind;
-use latchkey::mail::templates::{Context, NumberedLink, Templates, describe_minutes};
+use latchkey::mail::templates::{Context, NumberedLink, Templates};
 use libfuzzer_sys::fuzz_target;
 
-static BUILT_IN: LazyLock<Templates> = LazyLock::new(|| Templates::load(None).unwrap());
+static BUILT_IN: LazyLock<Templates> = LazyLock::new(|| Templates::load(None, "en").unwrap());
 /// The custom templates' folder: one `fuzzed/` template in it, rewritten for each input.
 static CUSTOM_DIR: LazyLock<tempfile::TempDir> = LazyLock::new(|| tempfile::tempdir().unwrap());
 
@@ -24,11 +24,15 @@ static SKIP_KNOWN_BUGS: LazyLock<bool> =
 
 const SCRIPT: &str = "<script>alert(1)</script>";
 
+/// Every built-in language, one that falls back to its parent, and one that falls back to English.
+const LOCALES: [&str; 6] = ["en", "de", "fr", "es", "de-AT", "xx"];
+
 /// The input is text, so seeds can be written by hand: up to four parts separated by U+001E,
 /// `values` then, if present, a custom template's `subject.txt`, `body.html` and `body.txt`.
 /// `values` holds fields separated by U+001F: the kind (`login`, `signup`, `enchanted`; anything
-/// else picks by length), which value gets `SCRIPT` appended (a digit), product, first name, last
-/// name, email, link, the links' lifetime in minutes, then numbered links as `number url` fields.
+/// else picks by length), which value gets `SCRIPT` appended (a digit; the same number also picks
+/// the language and whether there is a one-time code), product, first name, last name, email,
+/// link, the links' lifetime in minutes, then numbered links as `number url` fields.
 struct Input<'a> {
     kind: EmailKind,
     inject: usize,
@@ -94,15 +98,18 @@ fn context(input: &Input) -> Context {
                 url: (*url).into(),
             })
             .collect(),
-        expires: describe_minutes(input.expires_minutes),
+        expires_minutes: input.expires_minutes,
+        otp: (input.inject / 8 % 2 == 1).then(|| "123456".to_string()),
+        locale: LOCALES[input.inject / 16 % LOCALES.len()].into(),
     };
-    let target = match input.inject % 7 {
+    let target = match input.inject % 8 {
         0 => &mut context.product,
         1 => &mut context.first_name,
         2 => &mut context.last_name,
         3 => &mut context.email,
         4 => &mut context.link,
-        5 => &mut context.expires,
+        5 => &mut context.locale,
+        6 => context.otp.get_or_insert_default(),
         _ => match context.links.first_mut() {
             Some(link) => &mut link.url,
             None => &mut context.link,
@@ -141,7 +148,7 @@ fuzz_target!(|text: &str| {
     for (part, source) in [("subject.txt", subject), ("body.html", html), ("body.txt", text)] {
         std::fs::write(folder.join(part), source).unwrap();
     }
-    if let Ok(templates) = Templates::load(Some(CUSTOM_DIR.path())) {
+    if let Ok(templates) = Templates::load(Some(CUSTOM_DIR.path()), "en") {
         let _ = templates.render(kind, Some("fuzzed"), &context);
     }
 });

@@ -56,6 +56,7 @@ pub fn user(user: User) -> pb::User {
         created_at: timestamp(user.created_at),
         updated_at: timestamp(user.updated_at),
         last_login_at: user.last_login_at.and_then(timestamp),
+        locale: user.locale.unwrap_or_default(),
     }
 }
 

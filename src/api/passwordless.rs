@@ -87,6 +87,7 @@ impl PasswordlessApi {
                 signup_template: request.signup_template_id,
                 create_user_as_pending: request.create_user_as_pending,
                 code_challenge: request.code_challenge,
+                locale: request.locale,
             })
             .await?;
         Ok(Response::new(pb::LoginOrCreateResponse {
@@ -129,6 +130,7 @@ impl PasswordlessApi {
                 mode,
                 expiration_minutes: request.expiration_minutes,
                 template_id: request.template_id,
+                locale: request.locale,
             })
             .await?;
         Ok(Response::new(pb::SendEnchantedLinkResponse {

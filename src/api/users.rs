@@ -39,11 +39,14 @@ fn patch_from_mask(user: &pb::User, paths: &[String]) -> Result<UserPatch, Error
             "status" => patch.status = Some(convert::user_status_from(user.status)),
             "role" => patch.role = Some(convert::role_from(user.role)),
             "mfa_enabled" => patch.mfa_enabled = Some(user.mfa_enabled),
+            "locale" => patch.locale = Some(user.locale.clone()),
             other => {
                 return Err(Error::field(
                     Reason::INVALID_FIELD_MASK,
                     "update_mask",
-                    format!("{other:?} cannot be updated; use first_name, last_name, status, role, mfa_enabled"),
+                    format!(
+                        "{other:?} cannot be updated; use first_name, last_name, status, role, mfa_enabled, locale"
+                    ),
                 ));
             }
         }

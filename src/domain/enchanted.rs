@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::error::{Error, Reason, Result};
 use super::links::{ENCHANTED_TOKEN_PARAMETER, LINK_MAX_MINUTES, LINK_MIN_MINUTES, check_may_use_links};
-use super::magic::rate_key;
+use super::magic::{Wording, rate_key};
 use super::model::{Attempt, AttemptStatus, EmailKind, EmailLink, LinkKind, Millis, User, UserStatus};
 use super::sessions::NewSession;
 use super::store::{Collection, NewEmail, RateCharge};
@@ -40,6 +40,8 @@ pub struct SendEnchantedLink {
     pub mode: Mode,
     pub expiration_minutes: u32,
     pub template_id: String,
+    /// The email's language (BCP 47); empty: the user's, else the default. Stored on a new user.
+    pub locale: String,
 }
 
 #[derive(Debug)]
@@ -139,6 +141,7 @@ impl Domain {
         )?;
         let template_id = self.template_id("template_id", &request.template_id)?;
         let claims = session_claims(&request)?;
+        let locale = super::locale::tag("locale", &request.locale)?;
         self.mail.outbox_limit.admit()?;
         let rate_limit = self.mail.rate_limit;
         let rate = (!rate_limit.is_off()).then(|| rate_key(&email));
@@ -163,7 +166,10 @@ impl Domain {
                     ));
                 }
                 None => {
-                    let user = self.new_user(email.clone(), String::new(), String::new(), UserStatus::Pending);
+                    let user = User {
+                        locale: locale.clone(),
+                        ..self.new_user(email.clone(), String::new(), String::new(), UserStatus::Pending)
+                    };
                     (user.clone(), Some(user))
                 }
             };
@@ -199,14 +205,12 @@ impl Domain {
                     number: Some(number),
                 })
                 .collect();
-            let queued = self.queue_email(
-                &user,
-                EmailKind::Enchanted,
-                template_id.clone(),
-                now,
-                email_links,
-                expires_at,
-            );
+            let wording = Wording {
+                kind: EmailKind::Enchanted,
+                template_id: template_id.clone(),
+                locale: locale.as_deref(),
+            };
+            let queued = self.queue_email(&user, wording, now, email_links, expires_at);
             let rate = rate.as_deref().map(|key| RateCharge {
                 key,
                 limit: &rate_limit,

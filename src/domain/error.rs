@@ -45,7 +45,7 @@ reasons! {
         MISSING_FIELD, INVALID_PAGE_TOKEN,
         // Beyond the product's original reason table; documented in docs/api.md.
         INVALID_VALUE, INVALID_FIELD_MASK, INVALID_SCOPE, MALFORMED_REQUEST, INVALID_IDEMPOTENCY_KEY,
-        IDEMPOTENCY_KEY_REUSED,
+        IDEMPOTENCY_KEY_REUSED, INVALID_LOCALE,
     ],
     Unauthenticated => [API_KEY_INVALID],
     PermissionDenied => [SCOPE_MISSING, STAFF_USER, CLIENT_NOT_ALLOWED],

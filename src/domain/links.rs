@@ -300,6 +300,7 @@ impl Domain {
             updated_at: now,
             last_login_at: None,
             sessions_revoked_at: None,
+            locale: None,
         }
     }
 

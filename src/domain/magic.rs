@@ -4,6 +4,7 @@
 
 use super::error::{Error, Reason, Result};
 use super::links::{LINK_MAX_MINUTES, LINK_MIN_MINUTES, check_may_use_links};
+use super::locale;
 use super::model::{Email, EmailKind, EmailLink, LinkKind, User, UserStatus, email_key};
 use super::store::{NewEmail, RateCharge};
 use super::wakeups::Topic;
@@ -23,6 +24,8 @@ pub struct LoginOrCreate {
     pub signup_template: String,
     pub create_user_as_pending: bool,
     pub code_challenge: String,
+    /// The email's language (BCP 47); empty: the user's, else the default. Stored on a new user.
+    pub locale: String,
 }
 
 #[derive(Debug)]
@@ -30,6 +33,14 @@ pub struct QueuedEmail {
     pub user_id: String,
     pub user_created: bool,
     pub email_id: String,
+}
+
+/// What an email is to say: which template, in which language the request asked for (if any).
+pub(crate) struct Wording<'a> {
+    pub kind: EmailKind,
+    /// A custom template; `None`: the built-in one for `kind`.
+    pub template_id: Option<String>,
+    pub locale: Option<&'a str>,
 }
 
 /// The rate-limit bucket of a recipient.
@@ -101,6 +112,7 @@ impl Domain {
         let login_template = self.template_id("login_template_id", &request.login_template)?;
         let signup_template = self.template_id("signup_template_id", &request.signup_template)?;
         let code_challenge = validate::code_challenge("code_challenge", &request.code_challenge)?;
+        let locale = locale::tag("locale", &request.locale)?;
         self.mail.outbox_limit.admit()?;
         let rate_limit = self.mail.rate_limit;
         let rate = (!rate_limit.is_off()).then(|| rate_key(&email));
@@ -118,7 +130,10 @@ impl Domain {
                     } else {
                         UserStatus::Active
                     };
-                    let user = self.new_user(email.clone(), String::new(), String::new(), status);
+                    let user = User {
+                        locale: locale.clone(),
+                        ..self.new_user(email.clone(), String::new(), String::new(), status)
+                    };
                     (user.clone(), Some(user))
                 }
             };
@@ -144,10 +159,14 @@ impl Domain {
             };
             let now = self.clock.now();
             let (link, _) = self.new_link(LinkKind::Magic, &user.id, &url, minutes, code_challenge.clone(), now);
-            let queued = self.queue_email(
-                &user,
+            let wording = Wording {
                 kind,
                 template_id,
+                locale: locale.as_deref(),
+            };
+            let queued = self.queue_email(
+                &user,
+                wording,
                 now,
                 vec![EmailLink {
                     token_digest: link.token_digest,
@@ -179,12 +198,13 @@ impl Domain {
         })
     }
 
-    /// An outbox record for `user`, due now.
+    /// An outbox record for `user`, due now, in the language the request asked for, else the
+    /// user's, else the default: the language is settled here, so a later change to the user or
+    /// the config does not change an email already queued.
     pub(crate) fn queue_email(
         &self,
         user: &User,
-        kind: EmailKind,
-        template_id: Option<String>,
+        wording: Wording<'_>,
         now: super::model::Millis,
         links: Vec<EmailLink>,
         link_expires_at: super::model::Millis,
@@ -195,8 +215,8 @@ impl Domain {
             user_id: user.id.clone(),
             first_name: user.first_name.clone(),
             last_name: user.last_name.clone(),
-            kind,
-            template_id,
+            kind: wording.kind,
+            template_id: wording.template_id,
             links,
             link_expires_at,
             status: super::model::EmailStatus::Queued,
@@ -205,6 +225,7 @@ impl Domain {
             created_at: now,
             next_attempt_at: now,
             sent_at: None,
+            locale: locale::resolve(wording.locale, user.locale.as_deref(), &self.mail.default_locale),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod enchanted;
 pub mod error;
 pub mod keys;
 pub mod links;
+pub mod locale;
 pub mod magic;
 pub mod model;
 pub mod oauth;
@@ -66,12 +67,14 @@ pub trait TemplateCatalog: Send + Sync + 'static {
     fn contains(&self, template_id: &str) -> bool;
 }
 
-/// What the flows that send email need: the template ids, the per-recipient limit and the
-/// outbox's admission limit.
+/// What the flows that send email need: the template ids, the per-recipient limit, the
+/// outbox's admission limit and the language of emails when neither request nor user names one.
 pub struct Mail {
     pub templates: Arc<dyn TemplateCatalog>,
     pub rate_limit: RateLimit,
     pub outbox_limit: OutboxLimit,
+    /// `mail.default_locale`, a canonical BCP 47 tag.
+    pub default_locale: String,
 }
 
 /// What the domain is plugged into.

@@ -40,6 +40,8 @@ pub struct User {
     /// RevokeUserSessions: every session created up to then is revoked, including one committed
     /// while the revocation ran.
     pub sessions_revoked_at: Option<Millis>,
+    /// The language the user's emails are in (a canonical BCP 47 tag), unless a request names one.
+    pub locale: Option<String>,
 }
 
 impl User {
@@ -220,6 +222,10 @@ pub struct Email {
     /// When a QUEUED email is due (now, or later after a failed attempt).
     pub next_attempt_at: Millis,
     pub sent_at: Option<Millis>,
+    /// The language the email is rendered in (a canonical BCP 47 tag), chosen when it was queued;
+    /// empty in an email queued before languages, which goes out in the default one.
+    #[serde(default)]
+    pub locale: String,
 }
 
 /// A recipient's token bucket for the per-recipient rate limit.
@@ -251,6 +257,7 @@ pub mod fixtures {
             updated_at: 1_795_545_279_176,
             last_login_at: Some(1_795_545_279_176),
             sessions_revoked_at: None,
+            locale: Some("de-CH".into()),
         }
     }
 

@@ -19,6 +19,8 @@ pub struct UserPatch {
     pub status: Option<Option<UserStatus>>,
     pub role: Option<Option<Role>>,
     pub mfa_enabled: Option<bool>,
+    /// A BCP 47 tag; empty removes the user's language.
+    pub locale: Option<String>,
 }
 
 pub struct UserPage {
@@ -116,6 +118,11 @@ impl Domain {
             Some(Some(role)) => Some(role),
             None => None,
         };
+        let locale = patch
+            .locale
+            .as_deref()
+            .map(|raw| super::locale::tag("user.locale", raw))
+            .transpose()?;
         let now = self.clock.now();
         let update = |current: &User| -> Result<User> {
             let mut user = current.clone();
@@ -141,6 +148,9 @@ impl Domain {
             }
             if let Some(mfa) = patch.mfa_enabled {
                 user.mfa_enabled = mfa;
+            }
+            if let Some(locale) = &locale {
+                user.locale = locale.clone();
             }
             user.updated_at = now;
             Ok(user)

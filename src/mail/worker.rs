@@ -20,7 +20,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::templates::{Context, NumberedLink, Templates, describe_minutes};
+use super::templates::{Context, NumberedLink, Templates};
 use super::transport::{SendFailure, Transport};
 use crate::crypto::random_in_range;
 use crate::domain::Domain;
@@ -33,6 +33,9 @@ use crate::reload::Shared;
 
 /// Every message names its email id, as GetEmailStatus knows it.
 pub const EMAIL_ID_HEADER: HeaderName = HeaderName::new_from_ascii_str("X-Latchkey-Email-Id");
+
+/// The language of the template the message was rendered in (RFC 3282).
+const CONTENT_LANGUAGE: HeaderName = HeaderName::new_from_ascii_str("Content-Language");
 
 /// Pause after the store fails to answer, before the worker asks again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
@@ -415,7 +418,9 @@ impl Worker {
             email: email.recipient.clone(),
             link: first,
             links,
-            expires: describe_minutes(lifetime),
+            expires_minutes: lifetime,
+            otp: None,
+            locale: email.locale.clone(),
         };
         let rendered = self
             .templates
@@ -428,6 +433,7 @@ impl Worker {
         Message::builder()
             // Not a secret: lets a bounce or a support question be matched to GetEmailStatus.
             .raw_header(HeaderValue::new(EMAIL_ID_HEADER, email.id.clone()))
+            .raw_header(HeaderValue::new(CONTENT_LANGUAGE, rendered.lang))
             .from(self.settings.from.clone())
             .to(to)
             .subject(rendered.subject)

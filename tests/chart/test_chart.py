@@ -83,6 +83,7 @@ CONFIG_KEYS: dict[str, set[str]] = {
         "transport",
         "from",
         "product_name",
+        "default_locale",
         "templates_dir",
         "max_attempts",
         "retry_base_seconds",
@@ -476,6 +477,11 @@ def test_the_file_transport_needs_no_smtp_host():
         ({"auth": {"apiKeys": [{"name": "w", "sha256": "ab" * 32, "scopes": ["everything"]}]}}, "/auth/apiKeys/0/scopes/0"),
         ({"serverKey": {"value": "short"}}, "/serverKey/value"),
         ({"mail": {"templates": {"bad id": {"subject": "s", "html": "h", "text": "t"}}}}, "invalid propertyName 'bad id'"),
+        (
+            {"mail": {"templates": {"w": {"subject": "s", "html": "h", "text": "t", "locales": {"de_CH": {}}}}}},
+            "invalid propertyName 'de_CH'",
+        ),
+        ({"mail": {"defaultLocale": "english"}}, "/mail/defaultLocale"),
         ({"store": {"backend": "mysql"}}, "/store/backend"),
         ({"store": {"postgres": {"poolsize": 4}}}, "additional properties 'poolsize' not allowed"),
         ({"store": {"postgres": {"recheckMillis": 50}}}, "/store/postgres/recheckMillis"),
@@ -603,6 +609,7 @@ def test_full_config_renders_every_value():
     }
     assert config["mail"]["product_name"] == 'Acme "Identity"', "quotes are escaped"
     assert config["mail"]["templates_dir"] == "/etc/latchkey/templates"
+    assert config["mail"]["default_locale"] == "de"
     assert config["mail"]["smtp"] == {
         "host": "smtp.internal.example",
         "port": 2525,
@@ -805,13 +812,14 @@ def test_custom_templates_are_mounted_file_by_file():
     mounts = [m for m in rendered.container["volumeMounts"] if m["mountPath"].startswith("/etc/latchkey/templates/")]
     expected = {
         f"/etc/latchkey/templates/{template}/{part}"
-        for template in ("welcome", "partner-signup")
+        for template in ("welcome", "partner-signup", "welcome/de", "welcome/pt-BR")
         for part in ("subject.txt", "body.html", "body.txt")
     }
     assert {m["mountPath"] for m in mounts} == expected
     for mount in mounts:
         assert mount["subPath"] in data, mount
     assert data["template.welcome.subject.txt"] == "Welcome to {{ product }}, {{ first_name }}"
+    assert data["template.welcome.de.subject.txt"] == "Willkommen bei {{ product }}, {{ first_name }}"
 
 
 def test_image_reference():

@@ -217,6 +217,41 @@ pub async fn eventually<T>(what: &str, mut condition: impl AsyncFnMut() -> Optio
     }
 }
 
+/// A header's value with its RFC 2047 encoded words (`=?utf-8?b?...?=`, `=?utf-8?q?...?=`)
+/// decoded, as a mail client shows it: a subject that is not ASCII arrives encoded.
+pub fn decoded_header(message: &str, name: &str) -> Option<String> {
+    let raw = super::mime::header(message, name)?;
+    let mut out = String::new();
+    let mut previous_encoded = false;
+    for (index, word) in raw.split(' ').enumerate() {
+        let decoded = decode_word(word);
+        // Whitespace between two encoded words is not part of the text (RFC 2047 §6.2).
+        if index > 0 && !(previous_encoded && decoded.is_some()) {
+            out.push(' ');
+        }
+        previous_encoded = decoded.is_some();
+        out.push_str(decoded.as_deref().unwrap_or(word));
+    }
+    Some(out)
+}
+
+fn decode_word(word: &str) -> Option<String> {
+    let inner = word.strip_prefix("=?")?.strip_suffix("?=")?;
+    let mut pieces = inner.splitn(3, '?');
+    let charset = pieces.next()?;
+    let encoding = pieces.next()?;
+    let text = pieces.next()?;
+    if !charset.eq_ignore_ascii_case("utf-8") {
+        return None;
+    }
+    let bytes = match encoding {
+        "b" | "B" => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text).ok()?,
+        "q" | "Q" => super::mime::decode_quoted_printable(&text.replace('_', " ")).into_bytes(),
+        _ => return None,
+    };
+    String::from_utf8(bytes).ok()
+}
+
 /// The decoded body of the part with this content type (`text/plain` or `text/html`).
 pub fn part(message: &str, content_type: &str) -> String {
     super::mime::part(message, content_type).unwrap_or_else(|| panic!("no {content_type} part in:\n{message}"))

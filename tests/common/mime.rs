@@ -46,7 +46,7 @@ pub fn part(message: &str, content_type: &str) -> Option<String> {
     None
 }
 
-fn decode_quoted_printable(body: &str) -> String {
+pub fn decode_quoted_printable(body: &str) -> String {
     let joined = body.replace("=\n", "");
     let bytes = joined.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

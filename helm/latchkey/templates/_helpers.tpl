@@ -81,9 +81,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (eq .Values.mail.transport "smtp") .Values.mail.smtp.username }}true{{ end }}
 {{- end }}
 
-{{/* A ConfigMap key for one part of a custom mail template. */}}
+{{/* A ConfigMap key for one part of a custom mail template, or of one of its languages (`tag`). */}}
 {{- define "latchkey.templateKey" -}}
+{{- if .tag }}
+{{- printf "template.%s.%s.%s" .id .tag .part }}
+{{- else }}
 {{- printf "template.%s.%s" .id .part }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -376,6 +380,14 @@ spec:
           mountPath: {{ printf "%s/%s/%s" $paths.templates $id $part }}
           subPath: {{ include "latchkey.templateKey" (dict "id" $id "part" $part) }}
           readOnly: true
+        {{- end }}
+        {{- range $tag, $language := $template.locales }}
+        {{- range $part := list "subject.txt" "body.html" "body.txt" }}
+        - name: config
+          mountPath: {{ printf "%s/%s/%s/%s" $paths.templates $id $tag $part }}
+          subPath: {{ include "latchkey.templateKey" (dict "id" $id "tag" $tag "part" $part) }}
+          readOnly: true
+        {{- end }}
         {{- end }}
         {{- end }}
         {{- if .Values.tls.enabled }}

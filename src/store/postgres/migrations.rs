@@ -8,6 +8,7 @@ use tokio_postgres::Client;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_initial.sql")),
     (2, include_str!("migrations/0002_idempotency_keys.sql")),
+    (3, include_str!("migrations/0003_locales.sql")),
 ];
 
 /// The advisory lock migrations hold ("latchkey" in ASCII); the same in every version.

@@ -324,7 +324,7 @@ impl<'a> UserValues<'a> {
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 13] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 14] {
         let user = self.user;
         [
             &user.id,
@@ -340,6 +340,7 @@ impl<'a> UserValues<'a> {
             &user.updated_at,
             &user.last_login_at,
             &user.sessions_revoked_at,
+            &user.locale,
         ]
     }
 }
@@ -349,8 +350,8 @@ async fn insert_user(tx: &impl GenericClient, user: &User) -> Step<()> {
         .execute(
             &tx.prepare_cached(
                 "INSERT INTO users (id, email, email_key, first_name, last_name, status, role, mfa_enabled, \
-             email_verified, created_at, updated_at, last_login_at, sessions_revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (email_key) DO NOTHING",
+             email_verified, created_at, updated_at, last_login_at, sessions_revoked_at, locale) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (email_key) DO NOTHING",
             )
             .await?,
             &UserValues::of(user).params(),
@@ -367,7 +368,7 @@ async fn update_user_row(tx: &impl GenericClient, user: &User) -> Step<()> {
         &tx.prepare_cached(
             "UPDATE users SET email = $2, email_key = $3, first_name = $4, last_name = $5, status = $6, role = $7, \
          mfa_enabled = $8, email_verified = $9, created_at = $10, updated_at = $11, last_login_at = $12, \
-         sessions_revoked_at = $13 WHERE id = $1",
+         sessions_revoked_at = $13, locale = $14 WHERE id = $1",
         )
         .await?,
         &UserValues::of(user).params(),
@@ -502,8 +503,8 @@ async fn write_email_row(tx: &impl GenericClient, email: &Email, purge_at: Milli
     tx.execute(
         &tx.prepare_cached(
             "INSERT INTO emails (id, recipient, user_id, first_name, last_name, kind, template_id, links, \
-         link_expires_at, status, attempts, last_error, created_at, next_attempt_at, sent_at, purge_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+         link_expires_at, status, attempts, last_error, created_at, next_attempt_at, sent_at, purge_at, locale) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .await?,
         &[
@@ -523,6 +524,7 @@ async fn write_email_row(tx: &impl GenericClient, email: &Email, purge_at: Milli
             &email.next_attempt_at,
             &email.sent_at,
             &purge_at,
+            &email.locale,
         ],
     )
     .await?;

@@ -13,7 +13,7 @@ use crate::domain::model::{
 };
 
 pub const USER: &str = "id, email, first_name, last_name, status, role, mfa_enabled, email_verified, created_at, \
-     updated_at, last_login_at, sessions_revoked_at";
+     updated_at, last_login_at, sessions_revoked_at, locale";
 pub const LINK: &str = "token_digest, seed, kind, user_id, redirect_url, created_at, expires_at, used_at, \
      code_challenge, reuse_key, attempt, oauth";
 pub const SESSION: &str = "id, user_id, token_digest, created_at, expires_at, revoked_at, link_kind, claims";
@@ -21,7 +21,7 @@ pub const ATTEMPT: &str =
     "ref_digest, user_id, status, right_link, created_at, expires_at, verified_at, claims, session_id";
 pub const CODE: &str = "code_digest, user_id, request, created_at, expires_at, auth_time, used_at, session_id";
 pub const EMAIL: &str = "id, recipient, user_id, first_name, last_name, kind, template_id, links, link_expires_at, \
-     status, attempts, last_error, created_at, next_attempt_at, sent_at";
+     status, attempts, last_error, created_at, next_attempt_at, sent_at, locale";
 
 /// Declares an enum's codes both ways.
 macro_rules! codes {
@@ -120,6 +120,7 @@ pub fn user(row: &Row) -> Result<User> {
         updated_at: col(row, "updated_at")?,
         last_login_at: col(row, "last_login_at")?,
         sessions_revoked_at: col(row, "sessions_revoked_at")?,
+        locale: col(row, "locale")?,
     })
 }
 
@@ -203,6 +204,7 @@ pub fn email(row: &Row) -> Result<Email> {
         created_at: col(row, "created_at")?,
         next_attempt_at: col(row, "next_attempt_at")?,
         sent_at: col(row, "sent_at")?,
+        locale: col(row, "locale")?,
     })
 }
 

@@ -184,6 +184,7 @@ mod tests {
             created_at: 1,
             next_attempt_at: 1,
             sent_at: None,
+            locale: "fr-CA".into(),
         });
         round_trip(vec![KeyRecord::from(&SigningKeyRecord {
             kid: "vDp3APMOea6K4_yR".into(),
@@ -196,7 +197,8 @@ mod tests {
 
     #[test]
     fn a_record_from_before_a_field_was_added_reads_with_its_default() {
-        // User as it was before `sessions_revoked_at` (the last field, `#[serde(default)]`).
+        // User as it was before `sessions_revoked_at`, `links` and `locale` (the last fields,
+        // `#[serde(default)]`).
         #[derive(Serialize, Deserialize)]
         struct UserBefore {
             id: String,
@@ -225,7 +227,10 @@ mod tests {
             updated_at: now.updated_at,
             last_login_at: now.last_login_at,
         };
-        assert_eq!(decode::<UserRecord>(&encode(&before)).unwrap().user(), now);
+        assert_eq!(
+            decode::<UserRecord>(&encode(&before)).unwrap().user(),
+            crate::domain::model::User { locale: None, ..now }
+        );
         assert!(
             decode::<UserRecord>(b"\x93\x01").is_err(),
             "garbage is an error, not a panic"

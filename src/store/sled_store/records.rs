@@ -31,6 +31,8 @@ pub struct UserRecord {
     /// for a new user costs no index entry of its own: reuse and DeleteUser find the links here.
     #[serde(default)]
     pub links: Vec<LinkNote>,
+    #[serde(default)]
+    pub locale: Option<String>,
 }
 
 /// One of a user's links, as the user record lists it.
@@ -68,6 +70,7 @@ impl UserRecord {
             updated_at,
             last_login_at,
             sessions_revoked_at,
+            locale,
         } = user.clone();
         Self {
             id,
@@ -83,6 +86,7 @@ impl UserRecord {
             last_login_at,
             sessions_revoked_at,
             links,
+            locale,
         }
     }
 
@@ -101,6 +105,7 @@ impl UserRecord {
             updated_at: self.updated_at,
             last_login_at: self.last_login_at,
             sessions_revoked_at: self.sessions_revoked_at,
+            locale: self.locale.clone(),
         }
     }
 
