@@ -220,6 +220,7 @@ impl Bench {
                 let request = pb::PollSessionRequest {
                     pending_ref,
                     wait_seconds: 30,
+                    client: None,
                 };
                 let result = client.poll_session(api.request(request)).await;
                 (Instant::now(), result.map(|r| r.into_inner().status))

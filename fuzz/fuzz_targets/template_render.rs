@@ -95,6 +95,7 @@ fn context(input: &Input) -> Context {
             })
             .collect(),
         expires: describe_minutes(input.expires_minutes),
+        otp: String::new(),
     };
     let target = match input.inject % 7 {
         0 => &mut context.product,

@@ -13,6 +13,7 @@ use crate::domain::error::{Error, Reason};
 use crate::domain::links::{IssueLoginLink, VerifyOutcome};
 use crate::domain::magic::LoginOrCreate;
 use crate::domain::oauth::{Exchange, OAuthParams};
+use crate::domain::otp::VerifyOtp;
 use crate::domain::{Domain, UserRef};
 
 pub struct PasswordlessApi {
@@ -87,6 +88,7 @@ impl PasswordlessApi {
                 signup_template: request.signup_template_id,
                 create_user_as_pending: request.create_user_as_pending,
                 code_challenge: request.code_challenge,
+                include_otp: request.include_otp,
             })
             .await?;
         Ok(Response::new(pb::LoginOrCreateResponse {
@@ -129,6 +131,7 @@ impl PasswordlessApi {
                 mode,
                 expiration_minutes: request.expiration_minutes,
                 template_id: request.template_id,
+                include_otp: request.include_otp,
             })
             .await?;
         Ok(Response::new(pb::SendEnchantedLinkResponse {
@@ -163,7 +166,12 @@ impl PasswordlessApi {
         let request = request.into_inner();
         let verified = self
             .domain
-            .verify_token(&request.token, &request.code_verifier, request.session_duration_minutes)
+            .verify_token(
+                &request.token,
+                &request.code_verifier,
+                request.session_duration_minutes,
+                convert::client_from(request.client),
+            )
             .await?;
         Ok(Response::new(pb::VerifyTokenResponse {
             user: Some(convert::user(verified.user)),
@@ -171,7 +179,7 @@ impl PasswordlessApi {
             link_kind: convert::link_kind(verified.kind).into(),
             result: Some(match verified.outcome {
                 VerifyOutcome::Session(session) => {
-                    pb::verify_token_response::Result::Session(convert::session(session))
+                    pb::verify_token_response::Result::Session(convert::session(*session))
                 }
                 VerifyOutcome::Authorization {
                     code,
@@ -191,6 +199,32 @@ impl PasswordlessApi {
         }))
     }
 
+    async fn verify_otp(
+        &self,
+        request: Request<pb::VerifyOtpRequest>,
+    ) -> Result<Response<pb::VerifyOtpResponse>, Status> {
+        let request = request.into_inner();
+        let verified = self
+            .domain
+            .verify_otp(VerifyOtp {
+                email_id: request.email_id,
+                otp: request.otp,
+                code_verifier: request.code_verifier,
+                session_minutes: request.session_duration_minutes,
+                client: convert::client_from(request.client),
+            })
+            .await?;
+        let VerifyOutcome::Session(session) = verified.outcome else {
+            return Err(Error::internal("a one-time code gave no session").into());
+        };
+        Ok(Response::new(pb::VerifyOtpResponse {
+            user: Some(convert::user(verified.user)),
+            user_activated: verified.user_activated,
+            link_kind: convert::link_kind(verified.kind).into(),
+            session: Some(convert::session(*session)),
+        }))
+    }
+
     async fn poll_session(
         &self,
         request: Request<pb::PollSessionRequest>,
@@ -199,7 +233,11 @@ impl PasswordlessApi {
         let request = request.into_inner();
         let outcome = self
             .domain
-            .poll_session(&request.pending_ref, request.wait_seconds)
+            .poll_session(
+                &request.pending_ref,
+                request.wait_seconds,
+                convert::client_from(request.client),
+            )
             .await?;
         let (status, user, session) = match outcome {
             PollOutcome::Pending => (PollStatus::Pending, None, None),
@@ -294,6 +332,17 @@ impl Passwordless for PasswordlessApi {
         self.once
             .run("VerifyToken", request, |request| {
                 PasswordlessApi::verify_token(self, request)
+            })
+            .await
+    }
+
+    async fn verify_otp(
+        &self,
+        request: Request<pb::VerifyOtpRequest>,
+    ) -> Result<Response<pb::VerifyOtpResponse>, Status> {
+        self.once
+            .run("VerifyOtp", request, |request| {
+                PasswordlessApi::verify_otp(self, request)
             })
             .await
     }

@@ -23,6 +23,8 @@ pub struct LoginOrCreate {
     pub signup_template: String,
     pub create_user_as_pending: bool,
     pub code_challenge: String,
+    /// Show a one-time code beside the link; unset: `otp.include_by_default`.
+    pub include_otp: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -101,6 +103,7 @@ impl Domain {
         let login_template = self.template_id("login_template_id", &request.login_template)?;
         let signup_template = self.template_id("signup_template_id", &request.signup_template)?;
         let code_challenge = validate::code_challenge("code_challenge", &request.code_challenge)?;
+        let include_otp = self.include_otp(request.include_otp);
         self.mail.outbox_limit.admit()?;
         let rate_limit = self.mail.rate_limit;
         let rate = (!rate_limit.is_off()).then(|| rate_key(&email));
@@ -143,7 +146,10 @@ impl Domain {
                 None => self.magic_url_default(signup)?,
             };
             let now = self.clock.now();
-            let (link, _) = self.new_link(LinkKind::Magic, &user.id, &url, minutes, code_challenge.clone(), now);
+            let (mut link, _) = self.new_link(LinkKind::Magic, &user.id, &url, minutes, code_challenge.clone(), now);
+            if include_otp {
+                self.attach_otp(&mut link);
+            }
             let queued = self.queue_email(
                 &user,
                 kind,
@@ -152,6 +158,7 @@ impl Domain {
                 vec![EmailLink {
                     token_digest: link.token_digest,
                     number: None,
+                    otp: include_otp,
                 }],
                 link.expires_at,
             );

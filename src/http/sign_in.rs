@@ -265,7 +265,10 @@ async fn status(State(state): State<HttpState>, headers: HeaderMap) -> Response 
     let Some(attempt) = attempt_of(&state, &headers) else {
         return (StatusCode::NOT_FOUND, browser_json(json!({ "status": "none" }))).into_response();
     };
-    let outcome = state.domain.poll_session(&attempt.pending_ref, POLL_SECONDS).await;
+    let outcome = state
+        .domain
+        .poll_session(&attempt.pending_ref, POLL_SECONDS, None)
+        .await;
     let (label, session) = match outcome {
         Ok(PollOutcome::Pending) => ("pending", None),
         Ok(PollOutcome::Verified { session, .. }) => ("verified", Some(session)),
@@ -290,7 +293,7 @@ fn browser_json(body: serde_json::Value) -> impl IntoResponse {
 /// (collected by another page of this browser); otherwise says where things stand.
 async fn go_on(state: &HttpState, headers: &HeaderMap, attempt: &Attempt, clicked_here: bool) -> Response {
     let site = &state.site;
-    let outcome = match state.domain.poll_session(&attempt.pending_ref, 0).await {
+    let outcome = match state.domain.poll_session(&attempt.pending_ref, 0, None).await {
         Ok(outcome) => outcome,
         Err(error) if error.reason() == Reason::PENDING_REF_NOT_FOUND => PollOutcome::Expired,
         Err(error) => return unavailable(state, &error),
@@ -431,7 +434,7 @@ async fn confirm(State(state): State<HttpState>, headers: HeaderMap, body: Bytes
         Ok(_) => {}
         Err(error) => return link_problem(&state, &error),
     }
-    match state.domain.verify_token(&token, "", 0).await {
+    match state.domain.verify_token(&token, "", 0, None).await {
         Ok(verified) if matches!(verified.outcome, VerifyOutcome::Enchanted { .. }) => {
             match attempt_of(&state, &headers) {
                 // The same browser started the sign-in: it goes on from here.

@@ -42,6 +42,8 @@ pub struct Context {
     pub links: Vec<NumberedLink>,
     /// How long the links live, e.g. "1 hour".
     pub expires: String,
+    /// The one-time code that works instead of the link, or empty when the email has none.
+    pub otp: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -193,6 +195,7 @@ mod tests {
                 url: "https://app.example.com/cb?t=abc".into(),
             }],
             expires: describe_minutes(60),
+            otp: String::new(),
         }
     }
 
@@ -213,6 +216,29 @@ mod tests {
         let enchanted = templates.render(EmailKind::Enchanted, None, &context("")).unwrap();
         assert!(enchanted.text.contains("42: https://app.example.com/cb?t=abc"));
         assert!(!templates.contains("login"), "built-ins are not custom ids");
+    }
+
+    #[test]
+    fn the_code_shows_beside_the_link_only_when_there_is_one() {
+        let templates = Templates::load(None).unwrap();
+        for kind in [EmailKind::Login, EmailKind::Signup, EmailKind::Enchanted] {
+            let without = templates.render(kind, None, &context("Ann")).unwrap();
+            assert!(!without.text.contains("code"), "{kind:?}: {}", without.text);
+            assert!(!without.html.contains("code"), "{kind:?}");
+            let with = templates
+                .render(
+                    kind,
+                    None,
+                    &Context {
+                        otp: "048213".into(),
+                        ..context("Ann")
+                    },
+                )
+                .unwrap();
+            assert!(with.text.contains("048213"), "{kind:?}: {}", with.text);
+            assert!(with.html.contains("048213"), "{kind:?}");
+            assert!(!with.subject.contains("048213"), "the subject shows in notifications");
+        }
     }
 
     #[test]

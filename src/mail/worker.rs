@@ -381,6 +381,7 @@ impl Worker {
     /// Renders the email with its links' tokens derived again from the server key.
     async fn compose(&self, email: &Email) -> Result<Message, String> {
         let mut links = Vec::with_capacity(email.links.len());
+        let mut otp = String::new();
         for item in &email.links {
             let link = self
                 .domain
@@ -391,6 +392,9 @@ impl Worker {
                 .ok_or("the email's link no longer exists (its user was deleted, or it expired long ago)")?;
             if link.expires_at <= self.domain.clock.now() {
                 return Err("the link expired before the email could be sent".into());
+            }
+            if let Some(code) = self.domain.link_otp(&link) {
+                otp = code;
             }
             let number = item.number.map(|n| n.to_string()).unwrap_or_default();
             links.push(NumberedLink {
@@ -408,6 +412,7 @@ impl Worker {
             link: first,
             links,
             expires: describe_minutes(lifetime),
+            otp,
         };
         let rendered = self
             .templates

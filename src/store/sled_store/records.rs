@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::Digest32;
 use crate::domain::model::{
-    Link, LinkKind, Millis, OAuthRequest, RateBucket, Role, Session, SigningKeyRecord, User, UserStatus,
+    ClientInfo, Link, LinkKind, LinkOtp, Millis, OAuthRequest, RateBucket, Role, Session, SigningKeyRecord, User,
+    UserStatus,
 };
 
 /// A user as sled stores it: the user, then the notes of its links.
@@ -127,6 +128,8 @@ pub struct LinkRecord {
     pub attempt: Option<Digest32>,
     #[serde(default)]
     pub oauth: Option<OAuthRequest>,
+    #[serde(default)]
+    pub otp: Option<LinkOtp>,
 }
 
 impl From<&Link> for LinkRecord {
@@ -144,6 +147,7 @@ impl From<&Link> for LinkRecord {
             reuse_key,
             attempt,
             oauth,
+            otp,
         } = link.clone();
         Self {
             token_digest,
@@ -158,6 +162,7 @@ impl From<&Link> for LinkRecord {
             reuse_key,
             attempt,
             oauth,
+            otp,
         }
     }
 }
@@ -177,6 +182,7 @@ impl From<LinkRecord> for Link {
             reuse_key,
             attempt,
             oauth,
+            otp,
         } = record;
         Self {
             token_digest,
@@ -191,6 +197,7 @@ impl From<LinkRecord> for Link {
             reuse_key,
             attempt,
             oauth,
+            otp,
         }
     }
 }
@@ -206,6 +213,12 @@ pub struct SessionRecord {
     pub link_kind: LinkKind,
     #[serde(default)]
     pub claims: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub via_otp: bool,
+    #[serde(default)]
+    pub client: Option<ClientInfo>,
+    #[serde(default)]
+    pub last_authenticated_at: Option<Millis>,
 }
 
 impl From<&Session> for SessionRecord {
@@ -219,6 +232,9 @@ impl From<&Session> for SessionRecord {
             revoked_at,
             link_kind,
             claims,
+            via_otp,
+            client,
+            last_authenticated_at,
         } = session.clone();
         Self {
             id,
@@ -229,6 +245,9 @@ impl From<&Session> for SessionRecord {
             revoked_at,
             link_kind,
             claims,
+            via_otp,
+            client,
+            last_authenticated_at,
         }
     }
 }
@@ -244,6 +263,9 @@ impl From<SessionRecord> for Session {
             revoked_at,
             link_kind,
             claims,
+            via_otp,
+            client,
+            last_authenticated_at,
         } = record;
         Self {
             id,
@@ -254,6 +276,9 @@ impl From<SessionRecord> for Session {
             revoked_at,
             link_kind,
             claims,
+            via_otp,
+            client,
+            last_authenticated_at,
         }
     }
 }
