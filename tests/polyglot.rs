@@ -295,7 +295,12 @@ fn check_flow(run: Run, auth_required: bool, link_base: &str) {
     assert_eq!(listed["origins"], serde_json::json!(["LOGIN_LINK", "MAGIC_LINK"]));
     assert_eq!(listed["via_otp"], serde_json::json!([false, true]));
     assert_eq!(listed["ip_addresses"], serde_json::json!(["192.0.2.10", "192.0.2.10"]));
-    assert!(listed["user_agents"][0].as_str().unwrap().starts_with("latchkey-flow ("));
+    assert!(
+        listed["user_agents"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("latchkey-flow (")
+    );
     assert_eq!(listed["next_page_token"], "");
 
     let oauth = step("VerifyTokenOAuth");
@@ -320,7 +325,10 @@ fn dev_server() -> (tempfile::TempDir, BinaryServer) {
 fn python_client_runs_the_flow_against_the_binary() {
     let (dir, server) = dev_server();
     let mut python = python();
-    python.arg(server.addr.to_string()).arg("--mail-dir").arg(dir.path().join("data/mail"));
+    python
+        .arg(server.addr.to_string())
+        .arg("--mail-dir")
+        .arg(dir.path().join("data/mail"));
     check_flow(run(python, "python latchkey_flow.py"), false, DEV_LINK_BASE);
 }
 
@@ -328,7 +336,9 @@ fn python_client_runs_the_flow_against_the_binary() {
 fn node_client_runs_the_flow_against_the_binary() {
     let (dir, server) = dev_server();
     let mut node = node();
-    node.arg(server.addr.to_string()).arg("--mail-dir").arg(dir.path().join("data/mail"));
+    node.arg(server.addr.to_string())
+        .arg("--mail-dir")
+        .arg(dir.path().join("data/mail"));
     check_flow(run(node, "node flow.js"), false, DEV_LINK_BASE);
 }
 
