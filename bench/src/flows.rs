@@ -35,7 +35,7 @@ pub async fn batch(bench: &Bench, channels: Vec<Channel>, per_connection: usize,
 }
 
 /// Waits until `condition` holds, checking every `every`; false after `limit`.
-async fn wait_for(limit: Duration, every: Duration, mut condition: impl FnMut() -> bool) -> bool {
+pub(crate) async fn wait_for(limit: Duration, every: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         if condition() {
