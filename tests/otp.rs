@@ -350,7 +350,9 @@ async fn wrong_enchanted_codes_fail_the_attempt_and_a_clicked_link_uses_the_code
 /// counted, each count answered once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_guesses_count_exactly_and_give_at_most_one_session() {
-    let app = TestApp::spawn().await;
+    // 64 calls queue for one row lock on PostgreSQL: on a busy machine the last may wait longer than
+    // the default statement timeout. This test is about what wins, not how fast.
+    let app = TestApp::spawn_with(|config| config.store.postgres.statement_timeout_seconds = 60).await;
     for round in 0..3 {
         let queued = app.queue(login_or_create(&format!("race{round}@example.com"))).await;
         let code = otp_in(&app.enchanted_email(&queued.email_id).await).unwrap();
