@@ -168,6 +168,21 @@ async fn the_link_uses_the_code_up_and_an_email_without_a_code_has_none() {
         Code::NotFound,
         "EMAIL_NOT_FOUND",
     );
+
+    // Deleting the user deletes its links: the code goes with them.
+    let gone = app.queue(login_or_create("deleted@example.com")).await;
+    let code = otp_in(&app.enchanted_email(&gone.email_id).await).unwrap();
+    app.users()
+        .delete_user(pb::DeleteUserRequest {
+            user_id: gone.user_id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_error(
+        app.verify_otp(verify_otp(&gone.email_id, &code)).await,
+        Code::NotFound,
+        "TOKEN_NOT_FOUND",
+    );
 }
 
 #[tokio::test]

@@ -98,7 +98,8 @@ impl Domain {
     /// Uses an email's code up: a session for the caller, as VerifyToken gives for the link (for an
     /// enchanted email too: its attempt is then COLLECTED). Reasons, in order: MISSING_FIELD,
     /// INVALID_VALUE, INVALID_CODE_VERIFIER, EXPIRATION_OUT_OF_RANGE, EMAIL_NOT_FOUND,
-    /// OTP_INVALID (no code in this email), OTP_ATTEMPTS_EXCEEDED, TOKEN_ALREADY_USED,
+    /// OTP_INVALID (no code in this email), TOKEN_NOT_FOUND (the user was deleted),
+    /// OTP_ATTEMPTS_EXCEEDED, TOKEN_ALREADY_USED,
     /// TOKEN_EXPIRED, WRONG_ENCHANTED_LINK, then OTP_INVALID for a wrong code (counted; the 5th
     /// burns the code and links: OTP_ATTEMPTS_EXCEEDED), then USER_DISABLED, MFA_ENABLED,
     /// STAFF_USER, PKCE_REQUIRED, PKCE_MISMATCH (these do not use the code up).
