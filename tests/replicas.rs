@@ -23,11 +23,13 @@ use tonic::transport::Channel;
 fn replica(dir: &Path, name: &str, extra: &[(&str, &str)]) -> BinaryServer {
     let url = common::store::postgres_url(dir);
     let data_dir = format!("data-{name}");
+    let patient = common::store::patient_env();
     let mut env = vec![
         ("LATCHKEY_STORE__BACKEND", "postgres"),
         ("LATCHKEY_STORE__POSTGRES__URL", url.as_str()),
         ("LATCHKEY_DATA_DIR", data_dir.as_str()),
     ];
+    env.extend(patient.iter().map(|(key, value)| (*key, value.as_str())));
     env.extend_from_slice(extra);
     BinaryServer::start(dir, &[], &env)
 }
@@ -130,7 +132,12 @@ async fn one_of_64_verifications_spread_over_three_replicas_wins_each_time() {
         while let Some(outcome) = calls.join_next().await {
             match outcome.unwrap() {
                 Ok(_) => wins += 1,
-                Err(status) => assert_eq!(reason(&status), "TOKEN_ALREADY_USED", "{status:?}"),
+                Err(status) => assert_eq!(
+                    reason(&status),
+                    "TOKEN_ALREADY_USED",
+                    "{status:?}\n{}",
+                    replicas.iter().map(|r| r.log()).collect::<Vec<_>>().join("\n")
+                ),
             }
         }
         assert_eq!(wins, 1, "round {round}");

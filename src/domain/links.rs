@@ -61,6 +61,10 @@ pub struct Inspection {
     pub pkce_required: bool,
     /// The user has signed in before (false for a sign-up still to be confirmed).
     pub user_exists: bool,
+    /// The link ends in an OAuth authorization code.
+    pub oauth: bool,
+    /// The enchanted link's attempt (its pending ref's digest).
+    pub attempt: Option<Digest32>,
 }
 
 #[derive(Debug)]
@@ -188,7 +192,15 @@ impl Domain {
             LINK_MIN_MINUTES,
             LINK_MAX_MINUTES,
         )?;
-        let redirect = self.redirect_with_default("redirect_url", &request.redirect_url, TOKEN_PARAMETER)?;
+        // An OAuth link needs no landing page of the caller's: the hosted confirm page turns it
+        // into the authorization code.
+        let redirect = match (&oauth, request.redirect_url.trim(), &self.settings.sign_in_confirm_url) {
+            (Some(_), "", Some(confirm)) => self
+                .settings
+                .redirects
+                .check("redirect_url", confirm, TOKEN_PARAMETER)?,
+            _ => self.redirect_with_default("redirect_url", &request.redirect_url, TOKEN_PARAMETER)?,
+        };
         let code_challenge = validate::code_challenge("code_challenge", &request.code_challenge)?;
         let user_ref = request.user.clone().ok_or_else(|| Error::missing("user_id"))?;
         // A concurrent call may create the same new user first; then this one links to it.
@@ -320,6 +332,8 @@ impl Domain {
             expires_at: link.expires_at,
             pkce_required: link.code_challenge.is_some(),
             user_exists: user.status != UserStatus::Pending,
+            oauth: link.oauth.is_some(),
+            attempt: link.attempt,
         })
     }
 

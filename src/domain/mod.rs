@@ -41,6 +41,9 @@ use crate::crypto::ServerKey;
 pub struct Settings {
     pub redirects: RedirectPolicy,
     pub default_redirect_url: Option<String>,
+    /// The hosted confirm page: where IssueLoginLink's OAuth links point when the caller names
+    /// no landing page.
+    pub sign_in_confirm_url: Option<String>,
     pub session_default_minutes: u32,
     /// Session JWTs live this long (capped by the session's own expiry).
     pub session_jwt_minutes: u32,

@@ -11,7 +11,10 @@ use crate::crypto::{ServerKey, base64url, constant_time_eq, random_bytes};
 use crate::domain::model::{Millis, OAuthRequest};
 
 pub const CSRF_COOKIE: &str = "latchkey_csrf";
-pub const ATTEMPT_COOKIE: &str = "latchkey_attempt";
+/// Each waiting sign-in has a cookie of its own, `latchkey_attempt_<id>`, so sign-ins started at
+/// once in several tabs of one browser (two applications asking at the same time) do not meet.
+const ATTEMPT_COOKIE_PREFIX: &str = "latchkey_attempt_";
+const ATTEMPT_ID_LEN: usize = 12;
 pub const SESSION_COOKIE: &str = "latchkey_session";
 
 const CSRF_LABEL: &str = "latchkey/csrf/v1";
@@ -33,15 +36,39 @@ pub struct Attempt {
 
 /// The value of the cookie `name` in the request, if any.
 pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    cookie_pairs(headers)
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+        .filter(|value| !value.is_empty())
+}
+
+/// Every `name=value` the request's `Cookie` headers carry.
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
-        .filter(|value| !value.is_empty())
+}
+
+/// A new attempt's id: random, for the cookie's name and the wait page's URL.
+pub fn new_attempt_id() -> String {
+    base64url(&random_bytes::<9>())
+}
+
+/// The cookie name of attempt `id`, if `id` is one (it comes from a URL or a form).
+pub fn attempt_cookie(id: &str) -> Option<String> {
+    let valid = id.len() == ATTEMPT_ID_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    valid.then(|| format!("{ATTEMPT_COOKIE_PREFIX}{id}"))
+}
+
+/// The attempts this browser keeps: each id with its cookie's value.
+pub fn attempt_cookies(headers: &HeaderMap) -> Vec<(&str, &str)> {
+    cookie_pairs(headers)
+        .filter_map(|(name, value)| Some((name.strip_prefix(ATTEMPT_COOKIE_PREFIX)?, value)))
+        .filter(|(id, value)| attempt_cookie(id).is_some() && !value.is_empty())
+        .collect()
 }
 
 /// A `Set-Cookie` value: HttpOnly and SameSite=Lax always, Secure on https.

@@ -13,14 +13,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use super::authorize::{browser_session, complete};
-use super::browser::{self, ATTEMPT_COOKIE, Attempt, CSRF_COOKIE, SESSION_COOKIE};
+use super::authorize::{browser_session, complete, see_other};
+use super::browser::{self, Attempt, CSRF_COOKIE, SESSION_COOKIE};
 use super::form::Params;
 use super::pages::{ASSETS, WAIT_SCRIPT};
 use super::{HttpState, SIGN_IN_PREFIX};
+use crate::crypto::Digest32;
 use crate::domain::enchanted::{PollOutcome, SendEnchantedLink};
 use crate::domain::error::{Error, Reason};
-use crate::domain::links::VerifyOutcome;
+use crate::domain::links::{Inspection, VerifyOutcome};
 use crate::domain::model::{LinkKind, OAuthRequest};
 use crate::domain::sessions::{NewSession, SessionRef};
 
@@ -132,13 +133,30 @@ fn start_over_url(state: &HttpState, request: &OAuthRequest) -> String {
     url.into()
 }
 
-fn attempt_of(state: &HttpState, headers: &HeaderMap) -> Option<Attempt> {
-    browser::unseal_attempt(&state.site.server_key, browser::cookie(headers, ATTEMPT_COOKIE)?)
+/// The attempt `id` (from the wait page's URL or form) this browser keeps.
+fn attempt_of(state: &HttpState, headers: &HeaderMap, id: &str) -> Option<Attempt> {
+    let name = browser::attempt_cookie(id)?;
+    browser::unseal_attempt(&state.site.server_key, browser::cookie(headers, &name)?)
 }
 
-fn clear_attempt(state: &HttpState, response: &mut Response) {
-    let cleared = browser::set_cookie(ATTEMPT_COOKIE, "", SIGN_IN_PREFIX, 0, state.site.secure_cookies);
-    browser::add_cookie(response, cleared);
+/// The attempt of this browser that a link belongs to (its pending ref's digest), with its id.
+fn attempt_with_ref(state: &HttpState, headers: &HeaderMap, ref_digest: &Digest32) -> Option<(String, Attempt)> {
+    browser::attempt_cookies(headers).into_iter().find_map(|(id, sealed)| {
+        let attempt = browser::unseal_attempt(&state.site.server_key, sealed)?;
+        (Digest32::of_secret(&attempt.pending_ref) == *ref_digest).then(|| (id.to_string(), attempt))
+    })
+}
+
+fn clear_attempt(state: &HttpState, id: &str, response: &mut Response) {
+    if let Some(name) = browser::attempt_cookie(id) {
+        let cleared = browser::set_cookie(&name, "", SIGN_IN_PREFIX, 0, state.site.secure_cookies);
+        browser::add_cookie(response, cleared);
+    }
+}
+
+/// The `a` parameter: which of this browser's attempts a wait page is about.
+fn attempt_id(params: &Params) -> String {
+    params.text("a")
 }
 
 /// Sets the browser session cookie for a session just collected, ending the one it replaces.
@@ -210,8 +228,10 @@ async fn send_link(State(state): State<HttpState>, headers: HeaderMap, body: Byt
             };
             let max_age = (attempt.expires_at - attempt.started_at).max(0) / 1000;
             let sealed = browser::seal_attempt(&site.server_key, &attempt);
-            let mut response = super::authorize::see_other(&format!("{SIGN_IN_PREFIX}wait"));
-            let cookie = browser::set_cookie(ATTEMPT_COOKIE, &sealed, SIGN_IN_PREFIX, max_age, site.secure_cookies);
+            let id = browser::new_attempt_id();
+            let name = browser::attempt_cookie(&id).expect("a new id is valid");
+            let mut response = super::authorize::see_other(&format!("{SIGN_IN_PREFIX}wait?a={id}"));
+            let cookie = browser::set_cookie(&name, &sealed, SIGN_IN_PREFIX, max_age, site.secure_cookies);
             browser::add_cookie(&mut response, cookie);
             return response;
         }
@@ -227,7 +247,7 @@ async fn send_link(State(state): State<HttpState>, headers: HeaderMap, body: Byt
     email_form(&state, &headers, &request, &client_name, &email, Some(problem))
 }
 
-fn wait_page(state: &HttpState, headers: &HeaderMap, attempt: &Attempt, notice: Option<&str>) -> Response {
+fn wait_page(state: &HttpState, headers: &HeaderMap, id: &str, attempt: &Attempt, notice: Option<&str>) -> Response {
     with_forms(state, headers, |csrf| {
         state.site.page(
             StatusCode::OK,
@@ -235,6 +255,7 @@ fn wait_page(state: &HttpState, headers: &HeaderMap, attempt: &Attempt, notice: 
             "Check your email",
             minijinja::context! {
                 csrf,
+                attempt => id,
                 number => &attempt.number,
                 masked_email => &attempt.masked_email,
                 notice,
@@ -252,17 +273,19 @@ fn no_attempt(state: &HttpState) -> Response {
     )
 }
 
-async fn wait(State(state): State<HttpState>, headers: HeaderMap) -> Response {
-    match attempt_of(&state, &headers) {
-        Some(attempt) => wait_page(&state, &headers, &attempt, None),
+async fn wait(State(state): State<HttpState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    let id = attempt_id(&Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default());
+    match attempt_of(&state, &headers, &id) {
+        Some(attempt) => wait_page(&state, &headers, &id, &attempt, None),
         None => no_attempt(&state),
     }
 }
 
 /// `GET /oauth/sign-in/status`: the long poll of the "check your email" page. A click collects
 /// the session here, so the cookie is set even before the page moves on.
-async fn status(State(state): State<HttpState>, headers: HeaderMap) -> Response {
-    let Some(attempt) = attempt_of(&state, &headers) else {
+async fn status(State(state): State<HttpState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    let id = attempt_id(&Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default());
+    let Some(attempt) = attempt_of(&state, &headers, &id) else {
         return (StatusCode::NOT_FOUND, browser_json(json!({ "status": "none" }))).into_response();
     };
     let outcome = state
@@ -291,7 +314,7 @@ fn browser_json(body: serde_json::Value) -> impl IntoResponse {
 
 /// Goes on from an attempt: collects it if it is verified, or uses the browser session it left
 /// (collected by another page of this browser); otherwise says where things stand.
-async fn go_on(state: &HttpState, headers: &HeaderMap, attempt: &Attempt, clicked_here: bool) -> Response {
+async fn go_on(state: &HttpState, headers: &HeaderMap, id: &str, attempt: &Attempt, clicked_here: bool) -> Response {
     let site = &state.site;
     let outcome = match state.domain.poll_session(&attempt.pending_ref, 0, None).await {
         Ok(outcome) => outcome,
@@ -339,6 +362,7 @@ async fn go_on(state: &HttpState, headers: &HeaderMap, attempt: &Attempt, clicke
             return wait_page(
                 state,
                 headers,
+                id,
                 attempt,
                 Some(
                     "The link has not been pressed yet. Press the link with this number in the email, then try again.",
@@ -358,7 +382,7 @@ async fn go_on(state: &HttpState, headers: &HeaderMap, attempt: &Attempt, clicke
             Some((&start_over, "Start again")),
         ),
     };
-    clear_attempt(state, &mut response);
+    clear_attempt(state, id, &mut response);
     response
 }
 
@@ -368,8 +392,16 @@ async fn continue_(State(state): State<HttpState>, headers: HeaderMap, body: Byt
     if !browser::csrf_ok(&state.site.server_key, &headers, params.get("csrf")) {
         return csrf_refused(&state);
     }
-    match attempt_of(&state, &headers) {
-        Some(attempt) => go_on(&state, &headers, &attempt, false).await,
+    let id = attempt_id(&params);
+    match attempt_of(&state, &headers, &id) {
+        Some(attempt) => go_on(&state, &headers, &id, &attempt, false).await,
+        // The attempt ended in another tab of this browser, which went on signed in.
+        None if browser_session(&state, &headers).await.is_some() => state.site.message(
+            StatusCode::OK,
+            "You are signed in",
+            "This sign-in was completed in another tab or window. You can close this one.",
+            None,
+        ),
         None => no_attempt(&state),
     }
 }
@@ -397,11 +429,40 @@ fn link_problem(state: &HttpState, error: &Error) -> Response {
     state.site.message(StatusCode::BAD_REQUEST, title, message, None)
 }
 
+/// The links the confirm page takes: the enchanted links of the sign-in page, and
+/// IssueLoginLink's OAuth links (which end in an authorization code). A link that needs the
+/// caller's PKCE verifier can only be used by the caller's own landing page.
+fn confirmable(inspection: &Inspection) -> bool {
+    match inspection.kind {
+        LinkKind::Enchanted => true,
+        LinkKind::Login => inspection.oauth && !inspection.pkce_required,
+        LinkKind::Magic => false,
+    }
+}
+
+fn not_for_this_page(state: &HttpState) -> Response {
+    state.site.message(
+        StatusCode::BAD_REQUEST,
+        "This link is not for this page",
+        "This page completes sign-ins started on the sign-in page.",
+        None,
+    )
+}
+
+/// The token of a confirm request: `t` from enchanted links, `token` from login links.
+fn confirm_token(params: &Params) -> String {
+    match params.text("t") {
+        token if token.is_empty() => params.text("token"),
+        token => token,
+    }
+}
+
 /// `GET /oauth/sign-in/confirm?t=...`: only looks (mail scanners open every link).
 async fn confirm_page(State(state): State<HttpState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
-    let token = params.text("t");
+    let token = confirm_token(&params);
     match state.domain.inspect_token(&token).await {
+        Ok(inspection) if !confirmable(&inspection) => not_for_this_page(&state),
         Ok(inspection) => with_forms(&state, &headers, |csrf| {
             state.site.page(
                 StatusCode::OK,
@@ -420,39 +481,32 @@ async fn confirm(State(state): State<HttpState>, headers: HeaderMap, body: Bytes
     if !browser::csrf_ok(&state.site.server_key, &headers, params.get("csrf")) {
         return csrf_refused(&state);
     }
-    let token = params.text("t");
+    let token = confirm_token(&params);
     // Only the links this page sends are used here; another kind keeps its use for its own page.
-    match state.domain.inspect_token(&token).await {
-        Ok(inspection) if inspection.kind != LinkKind::Enchanted => {
-            return state.site.message(
-                StatusCode::BAD_REQUEST,
-                "This link is not for this page",
-                "This page completes sign-ins started on the sign-in page.",
-                None,
-            );
-        }
-        Ok(_) => {}
+    let inspection = match state.domain.inspect_token(&token).await {
+        Ok(inspection) if !confirmable(&inspection) => return not_for_this_page(&state),
+        Ok(inspection) => inspection,
         Err(error) => return link_problem(&state, &error),
-    }
+    };
     match state.domain.verify_token(&token, "", 0, None).await {
-        Ok(verified) if matches!(verified.outcome, VerifyOutcome::Enchanted { .. }) => {
-            match attempt_of(&state, &headers) {
+        Ok(verified) => match verified.outcome {
+            VerifyOutcome::Enchanted { .. } => match inspection
+                .attempt
+                .and_then(|ref_digest| attempt_with_ref(&state, &headers, &ref_digest))
+            {
                 // The same browser started the sign-in: it goes on from here.
-                Some(attempt) => go_on(&state, &headers, &attempt, true).await,
+                Some((id, attempt)) => go_on(&state, &headers, &id, &attempt, true).await,
                 None => state.site.message(
                     StatusCode::OK,
                     "You are signed in",
                     "Go back to the device where you started; it continues by itself.",
                     None,
                 ),
-            }
-        }
-        Ok(_) => state.site.message(
-            StatusCode::BAD_REQUEST,
-            "This link is not for this page",
-            "This page completes sign-ins started on the sign-in page.",
-            None,
-        ),
+            },
+            // IssueLoginLink's OAuth link: on to the client with its code and state.
+            VerifyOutcome::Authorization { redirect_url, .. } => see_other(&redirect_url),
+            VerifyOutcome::Session(_) => not_for_this_page(&state),
+        },
         Err(error) => link_problem(&state, &error),
     }
 }

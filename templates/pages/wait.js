@@ -19,6 +19,12 @@
       var answer;
       try {
         var response = await fetch(form.dataset.status, { credentials: "same-origin", cache: "no-store" });
+        // No sign-in waits in this browser any more (another page finished or ended it):
+        // the form's answer says so, rather than this page waiting for ever.
+        if (response.status === 404) {
+          form.submit();
+          return;
+        }
         if (!response.ok) {
           await pause(2000);
           continue;

@@ -236,16 +236,42 @@ const emailTab = await desk.newPage();
 await emailTab.goto(sameLink);
 await emailTab.getByRole("button", { name: "Continue as b***@example.com" }).click();
 await exchange(dev, await backWith(same.checks.expectedState), same.checks, bo);
-// Whichever page of the browser collected the sign-in went on; the other says so.
+// Whichever page of the browser collected the sign-in went on; the other says so and stops
+// (no form of the wait page left), so no second code can follow.
 await waitFor(async () => {
-  const urls = [deskPage.url(), emailTab.url()];
-  return urls.filter((url) => url.startsWith(CALLBACK)).length === 1;
-}, "one page at the application");
-await new Promise((resolve) => setTimeout(resolve, 300));
+  const pages = [deskPage, emailTab];
+  const atApp = pages.filter((page) => page.url().startsWith(CALLBACK));
+  if (atApp.length !== 1) return false;
+  const other = pages.find((page) => !page.url().startsWith(CALLBACK));
+  try {
+    return (await other.locator("#continue").count()) === 0 && (await other.locator("h1").count()) === 1;
+  } catch {
+    return false; // between two documents
+  }
+}, "one page at the application, the other settled");
 const sameState = same.checks.expectedState;
 assert.equal(callbacks.filter((url) => url.searchParams.get("state") === sameState).length, 1, "one code only");
 const again = await (await fetch(sameLink)).text();
 assert.match(again, /already used/, "the used link says so");
+
+step("two sign-ins at once in one browser (two tabs): each waits for its own link and request");
+const [di, dj] = ["di@example.com", "dj@example.com"];
+seen.emails.push(di, dj);
+const tabs = await newContext();
+const [tabA, tabB] = [await tabs.newPage(), await tabs.newPage()];
+const [forA, forB] = [await authorizeUrl(dev, CALLBACK), await authorizeUrl(dev, CALLBACK)];
+const numberA = await startSignIn(tabA, forA.url, di);
+const numberB = await startSignIn(tabB, forB.url, dj);
+const otherPhone = await (await newContext()).newPage();
+await otherPhone.goto(await linkFromMail(dj, numberB));
+await otherPhone.getByRole("button", { name: "Continue as d***@example.com" }).click();
+await exchange(dev, await backWith(forB.checks.expectedState), forB.checks, dj);
+await tabB.waitForURL((url) => url.href.startsWith(CALLBACK));
+assert.equal(await tabA.locator(".number").textContent(), numberA, "tab A still waits for its own link");
+await otherPhone.goto(await linkFromMail(di, numberA));
+await otherPhone.getByRole("button", { name: "Continue as d***@example.com" }).click();
+await exchange(dev, await backWith(forA.checks.expectedState), forA.checks, di);
+await tabA.waitForURL((url) => url.href.startsWith(CALLBACK));
 
 step("without JavaScript: 'I pressed the link' continues");
 const cy = "cy@example.com";

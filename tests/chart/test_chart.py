@@ -30,7 +30,7 @@ from chart_support import CHART, render, render_scenario, scenario_values
 KUBERNETES_VERSIONS = ["1.27", kubernetes_validate_utils.major_minor(kubernetes_validate.latest_version())]
 # Custom resources kubernetes-validate has no schema for: their key fields are asserted instead.
 CUSTOM_RESOURCES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
-REQUIRED_SCENARIOS = {"default", "smtp-existing-secret", "tls", "metrics-on", "postgres", "postgres-hpa"}
+REQUIRED_SCENARIOS = {"default", "smtp-existing-secret", "tls", "metrics-on", "postgres", "postgres-hpa", "ingress"}
 
 # The config model of src/config.rs: the only keys the chart may render (the server rejects
 # unknown keys), by table. Lists of tables are given by their item keys.
@@ -53,6 +53,7 @@ CONFIG_KEYS: dict[str, set[str]] = {
         "store",
         "mail",
         "oauth",
+        "sign_in",
         "tls",
     },
     "log": {"format", "level"},
@@ -102,7 +103,15 @@ CONFIG_KEYS: dict[str, set[str]] = {
     },
     "mail.rate_limit": {"burst", "per_minute"},
     "oauth": {"access_token_minutes", "clients"},
-    "oauth.clients[]": {"client_id", "name", "redirect_uris", "scopes"},
+    "oauth.clients[]": {
+        "client_id",
+        "name",
+        "redirect_uris",
+        "scopes",
+        "client_secret_sha256",
+        "post_logout_redirect_uris",
+    },
+    "sign_in": {"public_url", "product_name", "logo_url", "accent_color"},
     "tls": {"cert_file", "key_file", "client_ca_file"},
 }
 
@@ -434,6 +443,11 @@ def test_no_api_key_fails():
         ),
         ({"tls": {"enabled": True}}, ["tls.enabled needs tls.secretName"]),
         ({"tls": {"clientCa": {"enabled": True}}}, ["tls.clientCa.enabled (mutual TLS) needs tls.enabled"]),
+        ({"ingress": {"enabled": True}}, ["ingress.enabled needs ingress.host"]),
+        (
+            {"ingress": {"enabled": True, "host": "login.example.com", "https": False, "tlsSecretName": "t"}},
+            ["ingress.tlsSecretName is set but ingress.https is false"],
+        ),
     ],
 )
 def test_inconsistent_values_fail_with_a_message(override, fragments):
@@ -729,6 +743,53 @@ def test_optional_objects_are_off_by_default():
     rendered = render_scenario("default")
     assert rendered.maybe("ServiceMonitor") == []
     assert rendered.maybe("NetworkPolicy") == []
+    assert rendered.maybe("Ingress") == []
+    assert config_of(rendered)["sign_in"] == {"accent_color": "#1f5fbf"}, "the pages' address follows the issuer"
+
+
+def test_the_ingress_routes_only_the_public_paths_and_gives_the_issuer_and_pages_their_address():
+    rendered = render_scenario("ingress")
+    (ingress,) = rendered.maybe("Ingress")
+    spec = ingress["spec"]
+    assert spec["ingressClassName"] == "nginx"
+    assert ingress["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "letsencrypt"}
+    assert spec["tls"] == [{"hosts": ["login.example.com"], "secretName": "login-example-com-tls"}]
+    (rule,) = spec["rules"]
+    assert rule["host"] == "login.example.com"
+    service = {"name": "latchkey", "port": {"name": "http-metrics"}}
+    assert rule["http"]["paths"] == [
+        {"path": path, "pathType": "Prefix", "backend": {"service": service}} for path in ("/oauth", "/.well-known")
+    ], "never /metrics, /healthz or /readyz"
+    (api,) = [s for s in rendered.maybe("Service") if s["spec"].get("clusterIP") != "None"]
+    assert "http-metrics" in {port["name"] for port in api["spec"]["ports"]}
+    config = config_of(rendered)
+    assert config["issuer"] == "https://login.example.com"
+    assert config["sign_in"] == {
+        "accent_color": "#0b6e4f",
+        "product_name": "Acme",
+        "logo_url": "https://cdn.example.com/acme.svg",
+    }
+    grafana, cli = config["oauth"]["clients"]
+    assert grafana["client_secret_sha256"] == "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    assert grafana["post_logout_redirect_uris"] == ["https://grafana.example.com/login"]
+    assert "client_secret_sha256" not in cli, "a public client"
+    # An explicit issuer wins; the pages may have an address of their own; plain http is allowed
+    # where TLS is not used at all.
+    config = config_of(
+        render(
+            default_with(
+                {
+                    "issuer": "http://latchkey.identity.svc:9464",
+                    "ingress": {"enabled": True, "host": "login.example.com", "https": False},
+                    "signIn": {"publicUrl": "https://login.example.com"},
+                }
+            )
+        )
+    )
+    assert config["issuer"] == "http://latchkey.identity.svc:9464"
+    assert config["sign_in"]["public_url"] == "https://login.example.com"
+    plain = config_of(render(default_with({"ingress": {"enabled": True, "host": "login.example.com", "https": False}})))
+    assert plain["issuer"] == "http://login.example.com"
 
 
 def test_pod_disruption_budget():

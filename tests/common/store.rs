@@ -52,16 +52,39 @@ pub fn configure(config: &mut Config, dir: &Path) {
     config.store.backend = backend();
     if backend() == StoreBackend::Postgres {
         config.store.postgres.url = Some(postgres_url(dir).into());
+        config.store.postgres.connect_timeout_seconds = PATIENT_SECONDS;
+        config.store.postgres.statement_timeout_seconds = PATIENT_SECONDS;
     }
 }
+
+/// How long a test server waits for a pooled connection or a statement. The suites' races run 64
+/// calls at once on a pool of 16, in a debug build (whose SCRAM handshakes alone take a while), on
+/// a machine CI may share: a wait past the production bound is no failure there. The outage
+/// suites set the bounds they test.
+const PATIENT_SECONDS: u64 = 60;
 
 /// The environment that points the binary at the test backend, for the test directory `dir`.
 pub fn binary_env(dir: &Path) -> Vec<(&'static str, String)> {
     let mut env = vec![("LATCHKEY_STORE__BACKEND", backend_name().to_string())];
     if backend() == StoreBackend::Postgres {
         env.push(("LATCHKEY_STORE__POSTGRES__URL", postgres_url(dir)));
+        env.extend(patient_env());
     }
     env
+}
+
+/// The environment of a server on PostgreSQL that waits `PATIENT_SECONDS` (see there).
+pub fn patient_env() -> [(&'static str, String); 2] {
+    [
+        (
+            "LATCHKEY_STORE__POSTGRES__CONNECT_TIMEOUT_SECONDS",
+            PATIENT_SECONDS.to_string(),
+        ),
+        (
+            "LATCHKEY_STORE__POSTGRES__STATEMENT_TIMEOUT_SECONDS",
+            PATIENT_SECONDS.to_string(),
+        ),
+    ]
 }
 
 /// Everything the store holds for the test directory `dir`, as bytes: sled's files, or a dump of

@@ -64,9 +64,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "latchkey.issuer" -}}
 {{- if .Values.issuer }}
 {{- .Values.issuer }}
+{{- else if .Values.ingress.enabled }}
+{{- include "latchkey.ingressUrl" . }}
 {{- else }}
 {{- printf "http://%s.%s.svc:%d" (include "latchkey.fullname" .) .Release.Namespace (int .Values.service.ports.http) }}
 {{- end }}
+{{- end }}
+
+{{/* The URL browsers reach the ingress at. */}}
+{{- define "latchkey.ingressUrl" -}}
+{{- printf "%s://%s" (ternary "https" "http" .Values.ingress.https) .Values.ingress.host }}
 {{- end }}
 
 {{/* Whether the server reads an SMTP password (from the Secret's smtp-password key). */}}
@@ -164,6 +171,12 @@ with sled, the Deployment with PostgreSQL). No message quotes the database URL.
 {{- if .Values.autoscaling.enabled }}
 {{- fail "autoscaling.enabled needs store.backend=postgres: the sled store runs one replica only, which nothing may scale" }}
 {{- end }}
+{{- end }}
+{{- if and .Values.ingress.enabled (not .Values.ingress.host) }}
+{{- fail "ingress.enabled needs ingress.host: the host name browsers and OpenID Connect clients use, e.g. login.example.com" }}
+{{- end }}
+{{- if and .Values.ingress.tlsSecretName (not .Values.ingress.https) }}
+{{- fail "ingress.tlsSecretName is set but ingress.https is false: TLS at the ingress means browsers use https" }}
 {{- end }}
 {{- if not .Values.auth.apiKeys }}
 {{- fail "auth.apiKeys is empty: the production profile requires at least one API key, e.g. --set-json 'auth.apiKeys=[{\"name\":\"web\",\"sha256\":\"<latchkey hash-key KEY>\",\"scopes\":[\"links\",\"sessions\"]}]'" }}
