@@ -220,6 +220,8 @@ fn settings(validated: &Validated) -> Settings {
         login_magic_link_url: config.links.login_magic_link_url.clone(),
         signup_magic_link_url: config.links.signup_magic_link_url.clone(),
         enchanted_default_minutes: config.links.enchanted_expiration_minutes,
+        otp_by_default: config.otp.include_by_default,
+        otp_digits: config.otp.digits,
         oauth_clients: config
             .oauth
             .clients

@@ -104,6 +104,9 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub links: LinksConfig,
+    /// One-time codes beside email links.
+    #[serde(default)]
+    pub otp: OtpConfig,
     pub sessions: SessionsConfig,
     pub store: StoreConfig,
     pub mail: MailConfig,
@@ -215,6 +218,25 @@ pub struct LinksConfig {
     pub signup_magic_link_url: Option<String>,
     /// SendEnchantedLink's default link lifetime.
     pub enchanted_expiration_minutes: u32,
+}
+
+/// One-time codes in LoginOrCreate and SendEnchantedLink emails.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtpConfig {
+    /// Whether an email carries a code when the request leaves `include_otp` unset.
+    pub include_by_default: bool,
+    /// The code's length in digits, 6-10.
+    pub digits: u8,
+}
+
+impl Default for OtpConfig {
+    fn default() -> Self {
+        Self {
+            include_by_default: false,
+            digits: 6,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -566,6 +588,7 @@ impl Config {
                 },
             },
             tls: TlsConfig::default(),
+            otp: OtpConfig::default(),
             oauth: OAuthConfig {
                 clients: if development {
                     vec![OAuthClientConfig {
@@ -860,6 +883,10 @@ impl Config {
                 )
             })?;
         let tls = self.validate_tls()?;
+        let digits = crate::domain::otp::OTP_MIN_DIGITS..=crate::domain::otp::OTP_MAX_DIGITS;
+        if !digits.contains(&self.otp.digits) {
+            return Err(invalid("otp.digits", "must be between 6 and 10"));
+        }
         let sessions = &self.sessions;
         if !(SESSION_MIN_MINUTES..=SESSION_MAX_MINUTES).contains(&sessions.default_duration_minutes) {
             return Err(invalid(

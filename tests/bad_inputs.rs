@@ -282,6 +282,189 @@ async fn inspect_and_verify_bad_inputs() {
 }
 
 #[tokio::test]
+async fn verify_otp_and_client_metadata_bad_inputs() {
+    let app = TestApp::spawn().await;
+    let mut passwordless = app.passwordless();
+    let queued = passwordless
+        .login_or_create(pb::LoginOrCreateRequest {
+            email: "otp@example.com".into(),
+            include_otp: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let email_id = queued.email_id;
+    let otp = |email_id: &str, otp: &str| pb::VerifyOtpRequest {
+        email_id: email_id.into(),
+        otp: otp.into(),
+        ..Default::default()
+    };
+    let client = |ip_address: &str, user_agent: &str| {
+        Some(pb::ClientMetadata {
+            ip_address: ip_address.into(),
+            user_agent: user_agent.into(),
+        })
+    };
+    let cases = vec![
+        ("no email id", otp("", "123456"), Code::InvalidArgument, "MISSING_FIELD"),
+        (
+            "blank email id",
+            otp("  ", "123456"),
+            Code::InvalidArgument,
+            "MISSING_FIELD",
+        ),
+        ("no code", otp(&email_id, ""), Code::InvalidArgument, "MISSING_FIELD"),
+        (
+            "5 digits",
+            otp(&email_id, "12345"),
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        ),
+        (
+            "11 digits",
+            otp(&email_id, "12345678901"),
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        ),
+        (
+            "letters",
+            otp(&email_id, "12e456"),
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        ),
+        (
+            "a sign",
+            otp(&email_id, "-12345"),
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        ),
+        (
+            "inner space",
+            otp(&email_id, "123 456"),
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        ),
+        (
+            "huge",
+            otp(&email_id, &"1".repeat(60_000)),
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        ),
+        (
+            "short verifier",
+            pb::VerifyOtpRequest {
+                code_verifier: "x".repeat(42),
+                ..otp(&email_id, "123456")
+            },
+            Code::InvalidArgument,
+            "INVALID_CODE_VERIFIER",
+        ),
+        (
+            "short session",
+            pb::VerifyOtpRequest {
+                session_duration_minutes: 4,
+                ..otp(&email_id, "123456")
+            },
+            Code::InvalidArgument,
+            "EXPIRATION_OUT_OF_RANGE",
+        ),
+        (
+            "long session",
+            pb::VerifyOtpRequest {
+                session_duration_minutes: 525_601,
+                ..otp(&email_id, "123456")
+            },
+            Code::InvalidArgument,
+            "EXPIRATION_OUT_OF_RANGE",
+        ),
+        (
+            "bad address",
+            pb::VerifyOtpRequest {
+                client: client("256.1.1.1", ""),
+                ..otp(&email_id, "123456")
+            },
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        ),
+        (
+            "a host name is not an address",
+            pb::VerifyOtpRequest {
+                client: client("example.com", ""),
+                ..otp(&email_id, "123456")
+            },
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        ),
+        (
+            "long user agent",
+            pb::VerifyOtpRequest {
+                client: client("", &"a".repeat(513)),
+                ..otp(&email_id, "123456")
+            },
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        ),
+        (
+            "control character in the user agent",
+            pb::VerifyOtpRequest {
+                client: client("", "Mozilla\r\nX-Evil: 1"),
+                ..otp(&email_id, "123456")
+            },
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        ),
+        (
+            "unknown email",
+            otp("email-00000000-0000-7000-8000-000000000000", "123456"),
+            Code::NotFound,
+            "EMAIL_NOT_FOUND",
+        ),
+    ];
+    assert_refusals(cases, |request| {
+        let mut passwordless = passwordless.clone();
+        async move { passwordless.verify_otp(request).await }
+    })
+    .await;
+    // None of them was a guess: the code still has all its tries.
+    let store = &app.running().domain().store;
+    let email = store.email(&email_id).await.unwrap().unwrap();
+    let link = store.link(&email.links[0].token_digest).await.unwrap().unwrap();
+    assert_eq!(link.otp.unwrap().failures, 0);
+
+    // The same client checks on VerifyToken and PollSession, before anything is used.
+    let issued = app.issue_for_email("client@example.com").await;
+    let token = token_of(&issued.link);
+    for bad in [client("1.2.3", ""), client("", "tab\there")] {
+        assert_error(
+            passwordless
+                .verify_token(pb::VerifyTokenRequest {
+                    token: token.clone(),
+                    client: bad.clone(),
+                    ..Default::default()
+                })
+                .await,
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        );
+        assert_error(
+            passwordless
+                .poll_session(pb::PollSessionRequest {
+                    pending_ref: latchkey::crypto::new_secret(1_795_545_262_253),
+                    wait_seconds: 0,
+                    client: bad,
+                })
+                .await,
+            Code::InvalidArgument,
+            "INVALID_VALUE",
+        );
+    }
+    app.verify(&token, "")
+        .await
+        .expect("the link was not used by the refusals");
+}
+
+#[tokio::test]
 async fn sessions_and_users_bad_inputs() {
     use pb::authenticate_session_request::Credential;
     let app = TestApp::spawn().await;
@@ -385,6 +568,52 @@ async fn sessions_and_users_bad_inputs() {
     );
 
     use pb::get_user_request::User as Lookup;
+    let list = |user_id: &str, page_token: &str| pb::ListUserSessionsRequest {
+        user_id: user_id.into(),
+        page_token: page_token.into(),
+        page_size: 0,
+    };
+    let cases = vec![
+        ("no user", list("", ""), Code::InvalidArgument, "MISSING_FIELD"),
+        ("unknown user", list("user-nope", ""), Code::NotFound, "USER_NOT_FOUND"),
+        (
+            "garbage token",
+            list(&user.user_id, "garbage!"),
+            Code::InvalidArgument,
+            "INVALID_PAGE_TOKEN",
+        ),
+        (
+            "a ListUsers token",
+            list(&user.user_id, "djF8Tm9uZXx1c2VyLTE"),
+            Code::InvalidArgument,
+            "INVALID_PAGE_TOKEN",
+        ),
+    ];
+    assert_refusals(cases, |request| {
+        let mut sessions = sessions.clone();
+        async move { sessions.list_user_sessions(request).await }
+    })
+    .await;
+    // Another user's page token (this user has two sessions now, so there is a next page).
+    app.signed_in("jwt@example.com").await;
+    let other_page = sessions
+        .list_user_sessions(pb::ListUserSessionsRequest {
+            user_id: user.user_id.clone(),
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(other_page.sessions.len(), 1);
+    assert_error(
+        sessions
+            .list_user_sessions(list(&other.user_id, &other_page.next_page_token))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_PAGE_TOKEN",
+    );
+
     assert_error(
         users.get_user(pb::GetUserRequest { user: None }).await,
         Code::InvalidArgument,

@@ -65,6 +65,7 @@ async fn cross_device_sign_in_with_a_long_poll_in_flight() {
         let request = pb::PollSessionRequest {
             pending_ref,
             wait_seconds: 30,
+            client: None,
         };
         poller.poll_session(request).await.unwrap().into_inner()
     });
@@ -237,6 +238,7 @@ async fn of_50_concurrent_pollers_exactly_one_gets_the_session() {
                 let request = pb::PollSessionRequest {
                     pending_ref,
                     wait_seconds: 30,
+                    client: None,
                 };
                 client.poll_session(request).await.unwrap().into_inner()
             })
@@ -443,6 +445,7 @@ async fn a_long_poll_in_flight_at_shutdown_answers_promptly() {
             .poll_session(pb::PollSessionRequest {
                 pending_ref,
                 wait_seconds: 30,
+                client: None,
             })
             .await
     });

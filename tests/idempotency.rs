@@ -60,6 +60,61 @@ async fn a_repeated_verification_gets_the_same_session_even_after_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_code_verification_gets_the_same_session_and_a_repeated_wrong_code_counts_again() {
+    let app = TestApp::spawn().await;
+    let queued = app
+        .passwordless()
+        .login_or_create(pb::LoginOrCreateRequest {
+            email: "code-again@example.com".into(),
+            include_otp: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let code = otp_in(&app.enchanted_email(&queued.email_id).await).unwrap();
+    let request = |otp: &str| pb::VerifyOtpRequest {
+        email_id: queued.email_id.clone(),
+        otp: otp.into(),
+        ..Default::default()
+    };
+    // A wrong code is a refusal, so its key is let go: the repeat is a second guess.
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    for tries_left in ["4 more", "3 more"] {
+        let status = app
+            .passwordless()
+            .verify_otp(keyed(request(wrong), "wrong-1"))
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&status), "OTP_INVALID");
+        assert!(status.message().contains(tries_left), "{}", status.message());
+    }
+    let first = app
+        .passwordless()
+        .verify_otp(keyed(request(&code), "otp-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let repeat = app
+        .passwordless()
+        .verify_otp(keyed(request(&code), "otp-1"))
+        .await
+        .expect("a repeat is answered, not TOKEN_ALREADY_USED")
+        .into_inner();
+    assert_eq!(repeat, first);
+    assert_error(
+        app.passwordless().verify_otp(request(&code)).await,
+        Code::FailedPrecondition,
+        "TOKEN_ALREADY_USED",
+    );
+    assert_error(
+        app.passwordless().verify_otp(keyed(request(wrong), "otp-1")).await,
+        Code::InvalidArgument,
+        "IDEMPOTENCY_KEY_REUSED",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_repeats_wait_for_the_first_and_get_its_answer() {
     let app = TestApp::spawn().await;
     let token = token_of(&app.issue_for_email("race@example.com").await.link);

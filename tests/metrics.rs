@@ -159,6 +159,7 @@ async fn outbox_sends_and_live_long_polls_are_reported() {
         let request = pb::PollSessionRequest {
             pending_ref: sent.pending_ref,
             wait_seconds: 30,
+            client: None,
         };
         poller.poll_session(request).await
     });

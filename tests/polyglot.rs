@@ -226,6 +226,10 @@ fn check_flow(run: Run, auth_required: bool, link_base: &str) {
         "AuthenticateSession",
         "AuthenticateSession",
         "VerifyTokenAgain",
+        "LoginOrCreate",
+        "VerifyOtpWrong",
+        "VerifyOtp",
+        "ListUserSessions",
         "VerifyTokenOAuth",
         "ExchangeCode",
         "done",
@@ -276,6 +280,30 @@ fn check_flow(run: Run, auth_required: bool, link_base: &str) {
     assert_eq!(again["reason"], "TOKEN_ALREADY_USED");
     assert_eq!(again["domain"], "latchkey");
 
+    let queued = step("LoginOrCreate");
+    assert_eq!(queued["user_id"], user_id);
+    assert_eq!(queued["user_created"], false);
+    let wrong = step("VerifyOtpWrong");
+    assert_eq!(wrong["code"], "FAILED_PRECONDITION");
+    assert_eq!(wrong["reason"], "OTP_INVALID");
+    let by_code = step("VerifyOtp");
+    assert_eq!(by_code["code_length"], 6);
+    assert_eq!(by_code["link_kind"], "MAGIC_LINK");
+    assert_eq!(by_code["user_id"], user_id);
+    let listed = step("ListUserSessions");
+    assert_eq!(listed["session_ids"][0], session_id);
+    assert_eq!(listed["session_ids"][1], by_code["session_id"]);
+    assert_eq!(listed["origins"], serde_json::json!(["LOGIN_LINK", "MAGIC_LINK"]));
+    assert_eq!(listed["via_otp"], serde_json::json!([false, true]));
+    assert_eq!(listed["ip_addresses"], serde_json::json!(["192.0.2.10", "192.0.2.10"]));
+    assert!(
+        listed["user_agents"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("latchkey-flow (")
+    );
+    assert_eq!(listed["next_page_token"], "");
+
     let oauth = step("VerifyTokenOAuth");
     assert_eq!(oauth["callback"], "http://localhost:3000/oauth/callback");
     assert_eq!(oauth["state_matches"], true);
@@ -296,17 +324,22 @@ fn dev_server() -> (tempfile::TempDir, BinaryServer) {
 
 #[test]
 fn python_client_runs_the_flow_against_the_binary() {
-    let (_dir, server) = dev_server();
+    let (dir, server) = dev_server();
     let mut python = python();
-    python.arg(server.addr.to_string());
+    python
+        .arg(server.addr.to_string())
+        .arg("--mail-dir")
+        .arg(dir.path().join("data/mail"));
     check_flow(run(python, "python latchkey_flow.py"), false, DEV_LINK_BASE);
 }
 
 #[test]
 fn node_client_runs_the_flow_against_the_binary() {
-    let (_dir, server) = dev_server();
+    let (dir, server) = dev_server();
     let mut node = node();
-    node.arg(server.addr.to_string());
+    node.arg(server.addr.to_string())
+        .arg("--mail-dir")
+        .arg(dir.path().join("data/mail"));
     check_flow(run(node, "node flow.js"), false, DEV_LINK_BASE);
 }
 
@@ -518,8 +551,9 @@ scopes = ["openid", "email", "profile"]
 #[test]
 fn with_auth_on_every_client_sends_the_api_key() {
     let key = "polyglot-key-7f3a9c";
-    let (_dir, server) = auth_on_server(key);
+    let (dir, server) = auth_on_server(key);
     let addr = server.addr.to_string();
+    let mail_dir = dir.path().join("data/mail");
 
     // grpcurl: reflection needs no key; a call does. Both metadata forms work.
     let anonymous = grpcurl(&addr);
@@ -553,7 +587,8 @@ fn with_auth_on_every_client_sends_the_api_key() {
 
     // Python and Node: `authorization: Bearer KEY` on every call, after a refused call without it.
     for (mut client, what) in [(python(), "python latchkey_flow.py"), (node(), "node flow.js")] {
-        client.args([addr.as_str(), "--api-key", key, "--auth-required"]);
+        client.args([addr.as_str(), "--api-key", key, "--auth-required", "--mail-dir"]);
+        client.arg(&mail_dir);
         check_flow(run(client, what), true, DEV_LINK_BASE);
     }
 }

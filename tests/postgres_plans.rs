@@ -63,6 +63,8 @@ const EXPECTED: &[&str] = &[
     "FROM sessions WHERE id = $1",
     "UPDATE sessions SET revoked_at = coalesce",
     "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1",
+    "FROM sessions WHERE user_id = $1 AND id > $2",
+    "UPDATE sessions SET last_authenticated_at",
     "INSERT INTO attempts",
     "FROM attempts WHERE ref_digest = $1",
     "UPDATE attempts SET status = $2, session_id = $3",
@@ -135,7 +137,7 @@ async fn every_statement_of_every_flow_is_an_index_lookup_on_large_tables() {
     let from = std::fs::read_to_string(&log_path).unwrap().len();
 
     // Every flow once: sign-in with a login link (reused, inspected, verified), sessions by token,
-    // by id and revoked, users listed, updated and deleted, an email sent by the worker, an
+    // by id, listed and revoked, users listed, updated and deleted, an email sent by the worker, an
     // enchanted link collected by its poll, an OAuth code exchanged, and a purge.
     let issued = app.issue_for_email("plans@example.com").await;
     app.issue_for_email("plans@example.com").await;
@@ -153,6 +155,14 @@ async fn every_statement_of_every_flow_is_an_index_lookup_on_large_tables() {
         };
         app.sessions().authenticate_session(request).await.unwrap();
     }
+    app.sessions()
+        .list_user_sessions(pb::ListUserSessionsRequest {
+            user_id: user.user_id.clone(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap();
     app.sessions()
         .revoke_session(pb::RevokeSessionRequest {
             session: Some(pb::revoke_session_request::Session::SessionId(

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use latchkey::crypto::{Digest32, PLAIN_SECRET_CHARS, STAMPED_SECRET_CHARS, base64url, pkce, stamped_secret};
 use latchkey::domain::error::Reason;
 use latchkey::domain::model::{
-    Attempt, AttemptStatus, AuthCode, Email, EmailKind, EmailLink, EmailStatus, LinkKind, OAuthRequest, Role,
-    UserStatus,
+    Attempt, AttemptStatus, AuthCode, ClientInfo, Email, EmailKind, EmailLink, EmailStatus, LinkKind, LinkOtp,
+    OAuthRequest, Role, UserStatus,
 };
 // The codec's properties are about the records as sled keeps them.
 use latchkey::domain::redirect::{AllowedRedirect, RedirectPolicy, link_with_token};
@@ -150,13 +150,14 @@ fn link() -> impl Strategy<Value = Link> {
             proptest::option::of(digest()),
             proptest::option::of(digest()),
             proptest::option::of(oauth_request()),
+            proptest::option::of(link_otp()),
         ),
     )
         .prop_map(
             |(
                 (token_digest, seed, kind, user_id, redirect_url),
                 (created_at, expires_at, used_at, code_challenge),
-                (reuse_key, attempt, oauth),
+                (reuse_key, attempt, oauth, otp),
             )| Link {
                 token_digest,
                 seed,
@@ -170,8 +171,21 @@ fn link() -> impl Strategy<Value = Link> {
                 reuse_key,
                 attempt,
                 oauth,
+                otp,
             },
         )
+}
+
+fn link_otp() -> impl Strategy<Value = LinkOtp> {
+    (digest(), any::<u8>(), any::<u8>()).prop_map(|(digest, digits, failures)| LinkOtp {
+        digest,
+        digits,
+        failures,
+    })
+}
+
+fn client_info() -> impl Strategy<Value = ClientInfo> {
+    (text(), text()).prop_map(|(ip_address, user_agent)| ClientInfo { ip_address, user_agent })
 }
 
 fn session() -> impl Strategy<Value = Session> {
@@ -184,9 +198,18 @@ fn session() -> impl Strategy<Value = Session> {
             link_kind(),
             claims(true),
         ),
+        (
+            any::<bool>(),
+            proptest::option::of(client_info()),
+            proptest::option::of(millis()),
+        ),
     )
         .prop_map(
-            |((id, user_id, token_digest), (created_at, expires_at, revoked_at, link_kind, claims))| Session {
+            |(
+                (id, user_id, token_digest),
+                (created_at, expires_at, revoked_at, link_kind, claims),
+                (via_otp, client, last_authenticated_at),
+            )| Session {
                 id,
                 user_id,
                 token_digest,
@@ -195,6 +218,9 @@ fn session() -> impl Strategy<Value = Session> {
                 revoked_at,
                 link_kind,
                 claims,
+                via_otp,
+                client,
+                last_authenticated_at,
             },
         )
 }
@@ -245,8 +271,14 @@ fn email_record() -> impl Strategy<Value = Email> {
         Just(EmailStatus::Sent),
         Just(EmailStatus::Failed),
     ];
-    let email_link = (digest(), proptest::option::of(any::<u8>()))
-        .prop_map(|(token_digest, number)| EmailLink { token_digest, number });
+    let email_link =
+        (digest(), proptest::option::of(any::<u8>()), any::<bool>()).prop_map(|(token_digest, number, otp)| {
+            EmailLink {
+                token_digest,
+                number,
+                otp,
+            }
+        });
     (
         (text(), text(), text(), text(), text(), kind),
         (proptest::option::of(text()), vec(email_link, 0..4), millis(), status),
@@ -627,6 +659,11 @@ fn fuzz_seeds_are_what_the_current_code_makes() {
         reuse_key: Some(Digest32::of("reuse")),
         attempt: Some(Digest32::of("attempt")),
         oauth: Some(request.clone()),
+        otp: Some(LinkOtp {
+            digest: Digest32::of("otp"),
+            digits: 6,
+            failures: 2,
+        }),
     };
     let session = Session {
         id: "session-01a20ed6-aac1-734f-a09a-382b9c108d6b".into(),
@@ -637,6 +674,12 @@ fn fuzz_seeds_are_what_the_current_code_makes() {
         revoked_at: Some(3),
         link_kind: LinkKind::Enchanted,
         claims: claims.clone(),
+        via_otp: true,
+        client: Some(ClientInfo {
+            ip_address: "203.0.113.7".into(),
+            user_agent: "Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X)".into(),
+        }),
+        last_authenticated_at: Some(2),
     };
     let attempt = Attempt {
         ref_digest: Digest32::of("ref"),
@@ -660,6 +703,7 @@ fn fuzz_seeds_are_what_the_current_code_makes() {
         links: vec![EmailLink {
             token_digest: Digest32::of("a"),
             number: Some(42),
+            otp: true,
         }],
         link_expires_at: 9,
         status: EmailStatus::Queued,

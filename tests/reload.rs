@@ -170,6 +170,7 @@ async fn a_new_certificate_serves_new_connections_while_calls_in_flight_finish()
             .poll_session(pb::PollSessionRequest {
                 pending_ref: sent.pending_ref,
                 wait_seconds: 5,
+                client: None,
             })
             .await
     });

@@ -176,6 +176,7 @@ async fn a_long_poll_on_one_replica_is_woken_by_a_click_on_another() {
         let request = pb::PollSessionRequest {
             pending_ref,
             wait_seconds: 30,
+            client: None,
         };
         poller.poll_session(request).await.unwrap().into_inner()
     });

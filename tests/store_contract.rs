@@ -12,13 +12,13 @@ use common::store::{TestStore, open_test_store};
 use latchkey::crypto::Digest32;
 use latchkey::domain::error::{Error, Reason, Result};
 use latchkey::domain::model::{
-    Attempt, AttemptStatus, AuthCode, Email, EmailKind, EmailLink, EmailStatus, HOUR, Link, LinkKind, MINUTE, Millis,
-    OAuthRequest, Role, Session, SigningKeyRecord, User, UserStatus,
+    Attempt, AttemptStatus, AuthCode, ClientInfo, Email, EmailKind, EmailLink, EmailStatus, HOUR, Link, LinkKind,
+    LinkOtp, MINUTE, Millis, OAuthRequest, Role, Session, SigningKeyRecord, User, UserStatus,
 };
 use latchkey::domain::rate_limit::RateLimit;
 use latchkey::domain::store::{
-    CodeRedemption, Collection, IdempotencyClaim, IdempotencyState, LinkInsert, NewEmail, OutboxClaim, OutboxDepth,
-    RateCharge, Redemption, Store,
+    CodeRedemption, Collection, IdempotencyClaim, IdempotencyState, LinkInsert, LiveAt, NewEmail, OutboxClaim,
+    OutboxDepth, RateCharge, Redemption, Store,
 };
 use latchkey::domain::wakeups::Topic;
 
@@ -58,6 +58,7 @@ fn link(name: &str, user_id: &str) -> Link {
         reuse_key: None,
         attempt: None,
         oauth: None,
+        otp: None,
     }
 }
 
@@ -71,6 +72,9 @@ fn session(name: &str, user_id: &str) -> Session {
         revoked_at: None,
         link_kind: LinkKind::Login,
         claims: serde_json::Map::new(),
+        via_otp: false,
+        client: None,
+        last_authenticated_at: None,
     }
 }
 
@@ -88,6 +92,7 @@ fn email(name: &str, user: &User, links: &[Link]) -> Email {
             .map(|link| EmailLink {
                 token_digest: link.token_digest,
                 number: None,
+                otp: link.otp.is_some(),
             })
             .collect(),
         link_expires_at: NOW + 15 * MINUTE,
@@ -786,6 +791,204 @@ async fn sessions_revoke_once_and_a_users_sessions_revoke_together() {
         assert_eq!(stored.revoked_at, Some(NOW + 30));
     }
     assert_eq!(store.revoke_user_sessions(&ada.id, NOW + 40).await.unwrap(), 0);
+}
+
+/// A wrong one-time code: one more failure on the link, written with the refusal.
+fn count_a_wrong_code(link: &Link, user: &User, _: Option<&Attempt>) -> Result<Redemption> {
+    let otp = link.otp.expect("the link has a code");
+    Ok(Redemption {
+        link: Link {
+            otp: Some(LinkOtp {
+                failures: otp.failures + 1,
+                ..otp
+            }),
+            ..link.clone()
+        },
+        user: user.clone(),
+        attempt: None,
+        code: None,
+        refusal: Some(Error::new(Reason::OTP_INVALID, "wrong code")),
+        user_activated: false,
+        session: None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_link_keeps_its_code_and_counts_every_one_of_64_concurrent_wrong_codes() {
+    let TestStore { store, .. } = open_test_store().await;
+    let ada = user(1);
+    let with_code = Link {
+        kind: LinkKind::Magic,
+        otp: Some(LinkOtp {
+            digest: Digest32::of("keyed digest of the code"),
+            digits: 8,
+            failures: 0,
+        }),
+        ..link("with a code", &ada.id)
+    };
+    let queued = email("with a code", &ada, std::slice::from_ref(&with_code));
+    assert!(queued.links[0].otp);
+    queue(store.as_ref(), std::slice::from_ref(&with_code), Some(&ada), &queued)
+        .await
+        .unwrap();
+    assert_eq!(store.link(&with_code.token_digest).await.unwrap().unwrap(), with_code);
+    assert_eq!(
+        store.email(&queued.id).await.unwrap().unwrap(),
+        queued,
+        "the email marks the code's link"
+    );
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let store = store.clone();
+        let digest = with_code.token_digest;
+        tasks.spawn(async move { store.redeem_link(&digest, &count_a_wrong_code).await.unwrap() });
+    }
+    let mut counts = HashSet::new();
+    while let Some(redemption) = tasks.join_next().await {
+        let redemption = redemption.unwrap();
+        assert_eq!(redemption.refusal.unwrap().reason(), Reason::OTP_INVALID);
+        counts.insert(redemption.link.otp.unwrap().failures);
+    }
+    assert_eq!(counts.len(), 64, "each count seen once: none lost, none doubled");
+    let stored = store.link(&with_code.token_digest).await.unwrap().unwrap();
+    assert_eq!(stored.otp.unwrap().failures, 64);
+    assert_eq!(stored.used_at, None);
+    // The code's link is used like any other: the winner's session, then refusals.
+    let won = store
+        .redeem_link(&with_code.token_digest, &first_use_wins)
+        .await
+        .unwrap();
+    assert!(won.session.is_some());
+    assert_eq!(
+        reason(store.redeem_link(&with_code.token_digest, &first_use_wins).await),
+        Reason::TOKEN_ALREADY_USED
+    );
+    assert_eq!(
+        store
+            .link(&with_code.token_digest)
+            .await
+            .unwrap()
+            .unwrap()
+            .otp
+            .unwrap()
+            .failures,
+        64,
+        "a redemption keeps the count"
+    );
+}
+
+/// Stores a session for `user` through a link's redemption (the only way sessions are made).
+async fn stored_session(store: &dyn Store, user: &User, session: Session) -> Session {
+    let link = link(&format!("link of {}", session.id), &user.id);
+    store.insert_link(&link, None, NOW).await.unwrap();
+    let make = |link: &Link, user: &User, _: Option<&Attempt>| -> Result<Redemption> {
+        Ok(Redemption {
+            link: Link {
+                used_at: Some(NOW),
+                ..link.clone()
+            },
+            user: user.clone(),
+            attempt: None,
+            code: None,
+            refusal: None,
+            user_activated: false,
+            session: Some(session.clone()),
+        })
+    };
+    store
+        .redeem_link(&link.token_digest, &make)
+        .await
+        .unwrap()
+        .session
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_users_live_sessions_list_by_page_with_their_device_and_authentication_time() {
+    let TestStore { store, .. } = open_test_store().await;
+    let (ada, _) = stored_user(store.as_ref(), 1).await;
+    let (bob, _) = stored_user(store.as_ref(), 2).await;
+    let device = ClientInfo {
+        ip_address: "2001:db8::7".into(),
+        user_agent: "Mozilla/5.0 (Macintosh) Safari/605.1.15".into(),
+    };
+    let mut made = Vec::new();
+    for n in 0..6 {
+        let mut session = session(&format!("ada-{n}"), &ada.id);
+        session.created_at = NOW + n;
+        session.via_otp = n % 2 == 0;
+        session.client = (n != 3).then(|| device.clone());
+        session.link_kind = LinkKind::Magic;
+        made.push(stored_session(store.as_ref(), &ada, session).await);
+    }
+    stored_session(store.as_ref(), &bob, session("bob-0", &bob.id)).await;
+    // Not live: expired, revoked one by one.
+    let mut expired = session("ada-expired", &ada.id);
+    expired.expires_at = NOW + MINUTE;
+    stored_session(store.as_ref(), &ada, expired).await;
+    store.revoke_session(&made[4].id, NOW + 5).await.unwrap();
+    assert_eq!(
+        store.session(&made[0].id).await.unwrap().unwrap(),
+        made[0],
+        "stored as made"
+    );
+
+    let live = LiveAt {
+        now: NOW + 2 * MINUTE,
+        revoked_through: None,
+    };
+    let ids = |sessions: Vec<Session>| sessions.into_iter().map(|session| session.id).collect::<Vec<_>>();
+    let first = store.list_user_sessions(&ada.id, None, 3, live).await.unwrap();
+    assert_eq!(ids(first.clone()), ["session-ada-0", "session-ada-1", "session-ada-2"]);
+    assert_eq!(first[0].client.as_ref(), Some(&device));
+    assert!(first[0].via_otp && !first[1].via_otp);
+    let rest = store
+        .list_user_sessions(&ada.id, Some("session-ada-2"), 3, live)
+        .await
+        .unwrap();
+    assert_eq!(ids(rest.clone()), ["session-ada-3", "session-ada-5"]);
+    assert_eq!(rest[0].client, None);
+    assert!(
+        store
+            .list_user_sessions(&ada.id, Some("session-ada-5"), 3, live)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_user_sessions("user-none", None, 3, live)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // RevokeUserSessions' time: sessions created up to then are not live either.
+    let after_revocation = LiveAt {
+        revoked_through: Some(NOW + 2),
+        ..live
+    };
+    assert_eq!(
+        ids(store
+            .list_user_sessions(&ada.id, None, 10, after_revocation)
+            .await
+            .unwrap()),
+        ["session-ada-3", "session-ada-5"]
+    );
+
+    // The authentication time is written at most once a minute.
+    assert!(store.touch_session(&made[1].id, NOW + MINUTE).await.unwrap());
+    assert!(!store.touch_session(&made[1].id, NOW + MINUTE + 59_999).await.unwrap());
+    assert_eq!(
+        store.session(&made[1].id).await.unwrap().unwrap().last_authenticated_at,
+        Some(NOW + MINUTE)
+    );
+    assert!(store.touch_session(&made[1].id, NOW + 2 * MINUTE).await.unwrap());
+    assert_eq!(
+        store.session(&made[1].id).await.unwrap().unwrap().last_authenticated_at,
+        Some(NOW + 2 * MINUTE)
+    );
+    assert!(!store.touch_session("session-none", NOW).await.unwrap());
 }
 
 #[tokio::test]

@@ -35,7 +35,7 @@ pub async fn batch(bench: &Bench, channels: Vec<Channel>, per_connection: usize,
 }
 
 /// Waits until `condition` holds, checking every `every`; false after `limit`.
-async fn wait_for(limit: Duration, every: Duration, mut condition: impl FnMut() -> bool) -> bool {
+pub(crate) async fn wait_for(limit: Duration, every: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         if condition() {
@@ -220,6 +220,7 @@ impl Bench {
                 let request = pb::PollSessionRequest {
                     pending_ref,
                     wait_seconds: 30,
+                    client: None,
                 };
                 let result = client.poll_session(api.request(request)).await;
                 (Instant::now(), result.map(|r| r.into_inner().status))

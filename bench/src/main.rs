@@ -3,7 +3,7 @@
 //! everything, writes the config and calls this; see bench/README.md.
 //!
 //! Module map: `server` (the child process and /proc), `api` (connections and stubs), `load`
-//! (closed and open loops), `unary`, `flows` and `mail_latency` (the scenarios), `mail` (.eml
+//! (closed and open loops), `unary`, `flows`, `otp` and `mail_latency` (the scenarios), `mail` (.eml
 //! files), `smtp_sink` (mail_latency's SMTP server), `h2load` (the cross-check), `postgres`
 //! (the database passes and pgbench), `report` (table and JSON), `bench` (shared state).
 
@@ -16,6 +16,7 @@ mod mail;
 mod mail_latency;
 #[path = "../../tests/common/mime.rs"]
 mod mime;
+mod otp;
 mod postgres;
 mod report;
 mod server;
@@ -34,7 +35,7 @@ use crate::server::{RssWatch, Server, ServerSpec};
 
 const USAGE: &str =
     "usage: latchkey-bench --server BIN --config FILE --work-dir DIR --mail-dir DIR --out-dir DIR --repo DIR
-  [--quick] [--only health,issue,verify,half_peak,authenticate,h2load,login_or_create,mail_latency,long_poll,scale]
+  [--quick] [--only health,issue,verify,verify_otp,half_peak,authenticate,h2load,login_or_create,mail_latency,long_poll,scale]
   [--perf DIR] [--no-h2load] [--connections N] [--in-flight N] [--warmup S] [--duration S]
   [--waiters N] [--scale-users N] [--client-threads N (default 1)]
   [--store sled|postgres]
@@ -312,6 +313,9 @@ async fn scenarios(bench: &mut Bench) {
     }
     if bench.wants("verify") {
         bench.verify().await;
+    }
+    if bench.wants("verify_otp") {
+        bench.verify_otp().await;
     }
     if bench.wants("half_peak") {
         bench.half_peak("issue").await;

@@ -9,9 +9,10 @@ use serde_json::{Map, Value, json};
 use crate::bench::{Bench, Row, Store, round};
 
 /// The closed-loop scenarios whose errors count as "errors at saturation".
-const SATURATED: [&str; 5] = [
+const SATURATED: [&str; 6] = [
     "issue",
     "verify",
+    "verify_otp",
     "authenticate_token",
     "authenticate_jwt",
     "login_or_create",

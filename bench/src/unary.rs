@@ -102,7 +102,7 @@ fn authenticate_op(api: Arc<Api>, sessions: Arc<Vec<SessionCredentials>>, by_jwt
 }
 
 impl Bench {
-    async fn closed_loop(&mut self, name: &str, op: Op) -> Row {
+    pub(crate) async fn closed_loop(&mut self, name: &str, op: Op) -> Row {
         let s = &self.settings;
         let (warmup, duration, per_connection) = (s.warmup, s.duration, s.per_connection);
         self.settle();

@@ -2,15 +2,18 @@
 // A Node.js client of latchkey, end to end: @grpc/grpc-js with @grpc/proto-loader loading
 // proto/latchkey/v1/*.proto at run time (no generated code).
 //
-//   node clients/node/flow.js 127.0.0.1:50051 [--api-key KEY [--auth-required]] [--no-oauth]
+//   node clients/node/flow.js 127.0.0.1:50051 [--api-key KEY [--auth-required]] [--no-oauth] [--mail-dir DIR]
 //   node clients/node/flow.js 127.0.0.1:50051 --retry-check
 //
 // The same flow as clients/python/latchkey_flow.py: IssueLoginLink (a new email with first and last
-// name) -> InspectToken -> VerifyToken -> AuthenticateSession (by session token, then by session JWT)
-// -> VerifyToken of the same token again, which must fail FAILED_PRECONDITION with the
-// google.rpc.ErrorInfo reason TOKEN_ALREADY_USED, decoded from the `grpc-status-details-bin` trailer
-// (a google.rpc.Status; grpc-js hands it over as raw bytes, so protobufjs decodes it with the vendored
-// proto/google/rpc/*.proto). Unless --no-oauth, then the OAuth flow of the `dev` client:
+// name) -> InspectToken -> VerifyToken (with the device's client metadata) -> AuthenticateSession (by
+// session token, then by session JWT) -> VerifyToken of the same token again, which must fail
+// FAILED_PRECONDITION with the google.rpc.ErrorInfo reason TOKEN_ALREADY_USED, decoded from the
+// `grpc-status-details-bin` trailer (a google.rpc.Status; grpc-js hands it over as raw bytes, so
+// protobufjs decodes it with the vendored proto/google/rpc/*.proto). Then the one-time code:
+// LoginOrCreate with include_otp -> the code read from the email's .eml file in --mail-dir (the file
+// transport's folder, default data/mail) -> VerifyOtp with a wrong code (OTP_INVALID), then the right
+// one -> ListUserSessions (both sessions, with how each was made and the device). Unless --no-oauth, then the OAuth flow of the `dev` client:
 // IssueLoginLink with `oauth` and PKCE -> VerifyToken (an authorization code) -> ExchangeCode.
 // With --api-key every call carries `authorization: Bearer KEY`; with --auth-required a call without
 // a key must first fail UNAUTHENTICATED / API_KEY_INVALID.
@@ -48,6 +51,7 @@ const RETRY_POLICY = path.resolve(__dirname, '..', 'retry-service-config.json');
 const MUTATING = new Set([
   'IssueLoginLink',
   'LoginOrCreate',
+  'VerifyOtp',
   'SendEnchantedLink',
   'VerifyToken',
   'PollSession',
@@ -96,6 +100,21 @@ function timestamp(ts) {
 
 function jwtPart(jwt, index) {
   return JSON.parse(Buffer.from(jwt.split('.')[index], 'base64url').toString('utf8'));
+}
+
+const DEVICE = { ip_address: '192.0.2.10', user_agent: 'latchkey-flow (Node)' };
+
+// The one-time code in the email's .eml file (the file transport names it after the email id).
+async function emailedCode(mailDir, emailId) {
+  const file = path.join(mailDir, `${emailId}.eml`);
+  const deadline = Date.now() + TIMEOUT_MS;
+  while (!fs.existsSync(file)) {
+    expect(Date.now() < deadline, `no email ${file} within ${TIMEOUT_MS} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  const found = /this code[^\n]*\n\s*\n\s*(\d{6,10})\s*\n/.exec(fs.readFileSync(file, 'utf8'));
+  expect(found, `no code in ${file}`);
+  return found[1];
 }
 
 function s256(verifier) {
@@ -181,7 +200,7 @@ class Client {
   }
 }
 
-async function run({ addr, apiKey, email, oauth, authRequired }) {
+async function run({ addr, apiKey, email, oauth, authRequired, mailDir }) {
   const client = new Client(addr, apiKey);
   const { passwordless, sessions } = client;
   try {
@@ -232,7 +251,7 @@ async function run({ addr, apiKey, email, oauth, authRequired }) {
       `InspectToken: masked_email ${inspected.masked_email}`,
     );
 
-    const verified = await client.call(passwordless, 'VerifyToken', { token }, { idempotencyKey: newKey() });
+    const verified = await client.call(passwordless, 'VerifyToken', { token, client: DEVICE }, { idempotencyKey: newKey() });
     const { user, session } = verified;
     emit('VerifyToken', {
       result: verified.result,
@@ -276,11 +295,61 @@ async function run({ addr, apiKey, email, oauth, authRequired }) {
       { idempotencyKey: newKey() },
     );
 
+    await runOtp(client, email, issued.user_id, session.session_id, mailDir);
     if (oauth) await runOAuth(client, issued.user_id);
     emit('done', { ok: true });
   } finally {
     client.close();
   }
+}
+
+async function runOtp(client, email, userId, linkSessionId, mailDir) {
+  const queued = await client.call(
+    client.passwordless,
+    'LoginOrCreate',
+    { email, include_otp: true },
+    { idempotencyKey: newKey() },
+  );
+  emit('LoginOrCreate', { user_id: queued.user_id, user_created: queued.user_created });
+  expect(queued.user_id === userId, 'LoginOrCreate: another user');
+  const code = await emailedCode(mailDir, queued.email_id);
+  const wrong = String((Number(code) + 1) % 10 ** code.length).padStart(code.length, '0');
+  await client.expectError(
+    'VerifyOtpWrong',
+    client.passwordless,
+    'VerifyOtp',
+    { email_id: queued.email_id, otp: wrong },
+    grpc.status.FAILED_PRECONDITION,
+    'OTP_INVALID',
+  );
+  const verified = await client.call(
+    client.passwordless,
+    'VerifyOtp',
+    { email_id: queued.email_id, otp: code, client: DEVICE },
+    { idempotencyKey: newKey() },
+  );
+  emit('VerifyOtp', {
+    code_length: code.length,
+    link_kind: verified.link_kind,
+    user_id: verified.user.user_id,
+    session_id: verified.session.session_id,
+  });
+  expect(verified.session.session_token, 'VerifyOtp: a session token');
+
+  const listed = await client.call(client.sessions, 'ListUserSessions', { user_id: userId });
+  const ids = listed.sessions.map((s) => s.session_id);
+  emit('ListUserSessions', {
+    session_ids: ids,
+    origins: listed.sessions.map((s) => s.origin),
+    via_otp: listed.sessions.map((s) => s.via_otp),
+    ip_addresses: listed.sessions.map((s) => (s.client ? s.client.ip_address : '')),
+    user_agents: listed.sessions.map((s) => (s.client ? s.client.user_agent : '')),
+    next_page_token: listed.next_page_token,
+  });
+  expect(
+    JSON.stringify(ids) === JSON.stringify([linkSessionId, verified.session.session_id]),
+    "ListUserSessions: the link's session, then the code's",
+  );
 }
 
 async function runOAuth(client, userId, clientId = 'dev', redirectUri = 'http://localhost:3000/oauth/callback') {
@@ -369,12 +438,13 @@ async function retryCheck({ addr, apiKey }) {
 }
 
 function parseArgs(argv) {
-  const options = { addr: null, apiKey: null, email: null, oauth: true, authRequired: false, retryCheck: false };
+  const options = { addr: null, apiKey: null, email: null, oauth: true, authRequired: false, retryCheck: false, mailDir: 'data/mail' };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === '--api-key') options.apiKey = argv[++i];
     else if (arg === '--email') options.email = argv[++i];
     else if (arg === '--no-oauth') options.oauth = false;
+    else if (arg === '--mail-dir') options.mailDir = argv[++i];
     else if (arg === '--auth-required') options.authRequired = true;
     else if (arg === '--retry-check') options.retryCheck = true;
     else if (!arg.startsWith('-') && !options.addr) options.addr = arg;
@@ -382,7 +452,7 @@ function parseArgs(argv) {
   }
   if (!options.addr) {
     throw new Error(
-      'usage: node flow.js HOST:PORT [--api-key KEY [--auth-required]] [--email EMAIL] [--no-oauth] [--retry-check]',
+      'usage: node flow.js HOST:PORT [--api-key KEY [--auth-required]] [--email EMAIL] [--no-oauth] [--mail-dir DIR] [--retry-check]',
     );
   }
   options.email = options.email || `node-${crypto.randomBytes(6).toString('hex')}@example.com`;

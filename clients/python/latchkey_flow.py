@@ -2,12 +2,16 @@
 """A Python client of latchkey, end to end, with stubs generated from proto/ by grpcio-tools.
 
     .venv/bin/python clients/python/latchkey_flow.py 127.0.0.1:50051 [--api-key KEY [--auth-required]] [--no-oauth]
+        [--mail-dir DIR]
     .venv/bin/python clients/python/latchkey_flow.py 127.0.0.1:50051 --retry-check
 
-Runs IssueLoginLink (a new email with first and last name) -> InspectToken -> VerifyToken ->
-AuthenticateSession (by session token, then by session JWT) -> VerifyToken of the same token again,
-which must fail FAILED_PRECONDITION with the google.rpc.ErrorInfo reason TOKEN_ALREADY_USED read from
-the status details. Unless --no-oauth, it then runs the OAuth flow of the development default's `dev`
+Runs IssueLoginLink (a new email with first and last name) -> InspectToken -> VerifyToken (with the
+device's client metadata) -> AuthenticateSession (by session token, then by session JWT) -> VerifyToken
+of the same token again, which must fail FAILED_PRECONDITION with the google.rpc.ErrorInfo reason
+TOKEN_ALREADY_USED read from the status details. Then the one-time code: LoginOrCreate with include_otp
+-> the code read from the email's .eml file in --mail-dir (the file transport's folder, default
+data/mail) -> VerifyOtp with a wrong code (OTP_INVALID), then the right one (a session) ->
+ListUserSessions (both sessions, with how each was made and the device). Unless --no-oauth, it then runs the OAuth flow of the development default's `dev`
 client: IssueLoginLink with `oauth` and PKCE -> VerifyToken (an authorization code) -> ExchangeCode.
 With --api-key it sends `authorization: Bearer KEY` on every call (a development server, auth off,
 accepts that too); with --auth-required it first checks that a call without a key fails
@@ -29,8 +33,10 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 import sys
+import time
 import urllib.parse
 import uuid
 
@@ -51,7 +57,7 @@ DOMAIN = "latchkey"
 RETRY_POLICY = os.path.join(HERE, "..", "retry-service-config.json")
 # The RPCs that change something: retried only with an idempotency-key.
 MUTATING = {
-    "IssueLoginLink", "LoginOrCreate", "SendEnchantedLink", "VerifyToken", "PollSession", "ExchangeCode",
+    "IssueLoginLink", "LoginOrCreate", "SendEnchantedLink", "VerifyToken", "VerifyOtp", "PollSession", "ExchangeCode",
     "RevokeSession", "RevokeUserSessions", "UpdateUser", "DeleteUser",
 }
 
@@ -145,11 +151,27 @@ def new_key():
     return str(uuid.uuid4())
 
 
+DEVICE = {"ip_address": "192.0.2.10", "user_agent": "latchkey-flow (Python)"}
+
+
+def emailed_code(mail_dir, email_id):
+    """The one-time code in the email's .eml file (the file transport names it after the email id)."""
+    path = os.path.join(mail_dir, f"{email_id}.eml")
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    while not os.path.exists(path):
+        expect(time.monotonic() < deadline, f"no email {path} within {TIMEOUT_SECONDS} s")
+        time.sleep(0.05)
+    with open(path, encoding="utf-8") as message:
+        found = re.search(r"this code[^\n]*\n\s*\n\s*(\d{6,10})\s*\n", message.read())
+    expect(found, f"no code in {path}")
+    return found.group(1)
+
+
 def s256(verifier):
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
-def run(addr, api_key, email, oauth, auth_required):
+def run(addr, api_key, email, oauth, auth_required, mail_dir):
     client = Client(addr, api_key)
     pb = passwordless_pb2
 
@@ -203,7 +225,10 @@ def run(addr, api_key, email, oauth, auth_required):
     )
 
     verified = client.call(
-        "passwordless", "VerifyToken", pb.VerifyTokenRequest(token=token), idempotency_key=new_key()
+        "passwordless",
+        "VerifyToken",
+        pb.VerifyTokenRequest(token=token, client=sessions_pb2.ClientMetadata(**DEVICE)),
+        idempotency_key=new_key(),
     )
     result = verified.WhichOneof("result")
     user = verified.user
@@ -252,10 +277,63 @@ def run(addr, api_key, email, oauth, auth_required):
         idempotency_key=new_key(),
     )
 
+    run_otp(client, email, issued.user_id, session.session_id, mail_dir)
+
     if oauth:
         run_oauth(client, issued.user_id)
 
     emit("done", ok=True)
+
+
+def run_otp(client, email, user_id, link_session_id, mail_dir):
+    pb = passwordless_pb2
+    queued = client.call(
+        "passwordless",
+        "LoginOrCreate",
+        pb.LoginOrCreateRequest(email=email, include_otp=True),
+        idempotency_key=new_key(),
+    )
+    emit("LoginOrCreate", user_id=queued.user_id, user_created=queued.user_created)
+    expect(queued.user_id == user_id, "LoginOrCreate: another user")
+    code = emailed_code(mail_dir, queued.email_id)
+    wrong = f"{(int(code) + 1) % 10 ** len(code):0{len(code)}d}"
+    client.expect_error(
+        "VerifyOtpWrong",
+        "passwordless",
+        "VerifyOtp",
+        pb.VerifyOtpRequest(email_id=queued.email_id, otp=wrong),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "OTP_INVALID",
+    )
+    verified = client.call(
+        "passwordless",
+        "VerifyOtp",
+        pb.VerifyOtpRequest(email_id=queued.email_id, otp=code, client=sessions_pb2.ClientMetadata(**DEVICE)),
+        idempotency_key=new_key(),
+    )
+    emit(
+        "VerifyOtp",
+        code_length=len(code),
+        link_kind=pb.LinkKind.Name(verified.link_kind),
+        user_id=verified.user.user_id,
+        session_id=verified.session.session_id,
+    )
+    expect(verified.session.session_token, "VerifyOtp: a session token")
+
+    listed = client.call("sessions", "ListUserSessions", sessions_pb2.ListUserSessionsRequest(user_id=user_id))
+    emit(
+        "ListUserSessions",
+        session_ids=[s.session_id for s in listed.sessions],
+        origins=[sessions_pb2.UserSession.Origin.Name(s.origin) for s in listed.sessions],
+        via_otp=[s.via_otp for s in listed.sessions],
+        ip_addresses=[s.client.ip_address for s in listed.sessions],
+        user_agents=[s.client.user_agent for s in listed.sessions],
+        next_page_token=listed.next_page_token,
+    )
+    expect(
+        [s.session_id for s in listed.sessions] == [link_session_id, verified.session.session_id],
+        "ListUserSessions: the link's session, then the code's",
+    )
 
 
 def run_oauth(client, user_id, client_id="dev", redirect_uri="http://localhost:3000/oauth/callback"):
@@ -352,13 +430,23 @@ def main():
     parser.add_argument(
         "--retry-check", action="store_true", help="against a server whose store is down: the retry policy"
     )
+    parser.add_argument(
+        "--mail-dir", default="data/mail", help="the file transport's folder, where the code's email lands"
+    )
     args = parser.parse_args()
     email = args.email or f"python-{secrets.token_hex(6)}@example.com"
     try:
         if args.retry_check:
             retry_check(args.addr, args.api_key)
         else:
-            run(args.addr, args.api_key, email, oauth=not args.no_oauth, auth_required=args.auth_required)
+            run(
+                args.addr,
+                args.api_key,
+                email,
+                oauth=not args.no_oauth,
+                auth_required=args.auth_required,
+                mail_dir=args.mail_dir,
+            )
     except Mismatch as mismatch:
         print(f"latchkey_flow.py: MISMATCH: {mismatch}", file=sys.stderr)
         return 1

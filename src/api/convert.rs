@@ -3,7 +3,7 @@
 use prost_types::Timestamp;
 
 use super::pb;
-use crate::domain::model::{LinkKind, Millis, Role, User, UserStatus};
+use crate::domain::model::{ClientInfo, LinkKind, Millis, Role, Session, User, UserStatus};
 use crate::domain::sessions::NewSession;
 
 pub fn timestamp(millis: Millis) -> Option<Timestamp> {
@@ -77,6 +77,36 @@ pub fn session(new: NewSession) -> pb::Session {
         user_id: new.session.user_id,
         created_at: timestamp(new.session.created_at),
         jwt_expires_at: timestamp(new.jwt_expires_at),
+    }
+}
+
+/// A request's client metadata, as sent (the domain validates it).
+pub fn client_from(client: Option<pb::ClientMetadata>) -> Option<ClientInfo> {
+    client.map(|client| ClientInfo {
+        ip_address: client.ip_address,
+        user_agent: client.user_agent,
+    })
+}
+
+/// A session as ListUserSessions shows it.
+pub fn user_session(session: Session) -> pb::UserSession {
+    use pb::user_session::Origin;
+    pb::UserSession {
+        session_id: session.id,
+        created_at: timestamp(session.created_at),
+        last_authenticated_at: session.last_authenticated_at.and_then(timestamp),
+        expires_at: timestamp(session.expires_at),
+        origin: match session.link_kind {
+            LinkKind::Login => Origin::LoginLink,
+            LinkKind::Magic => Origin::MagicLink,
+            LinkKind::Enchanted => Origin::EnchantedLink,
+        }
+        .into(),
+        via_otp: session.via_otp,
+        client: session.client.map(|client| pb::ClientMetadata {
+            ip_address: client.ip_address,
+            user_agent: client.user_agent,
+        }),
     }
 }
 

@@ -3,7 +3,7 @@
 //! and stores its answer sealed under the server key (it may hold a session token). A repeat with
 //! the same key and the same request within 24 h gets that answer, one with a different request
 //! `IDEMPOTENCY_KEY_REUSED`, and one while the first still runs waits for it (on any replica: the
-//! claim is in the store). Only a digest of the request is kept. A call that fails lets go of its
+//! claim is in the store). Only a keyed digest of the request is kept. A call that fails lets go of its
 //! key, so a repeat runs again. docs/high-availability.md says what a client should do per RPC.
 
 use std::future::Future;
@@ -40,11 +40,13 @@ const WAIT_STEP: Duration = Duration::from_millis(50);
 const SETTLE_RETRY: Duration = Duration::from_millis(250);
 const SETTLE_WITHIN: Duration = Duration::from_millis(LEASE as u64 / 2);
 const SEAL_LABEL: &str = "idempotency answers";
+const REQUEST_LABEL: &str = "idempotency requests";
 
 pub struct Idempotency {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     seal: LessSafeKey,
+    server_key: ServerKey,
 }
 
 impl Idempotency {
@@ -53,6 +55,7 @@ impl Idempotency {
             store: domain.store.clone(),
             clock: domain.clock.clone(),
             seal: sealing_key(&domain.server_key),
+            server_key: domain.server_key.clone(),
         }
     }
 
@@ -76,7 +79,10 @@ impl Idempotency {
             .get::<Caller>()
             .map_or("", |caller| caller.0.as_str());
         let key = Digest32::of_bytes(&[caller.as_bytes(), b"\0", key].concat());
-        let digest = Digest32::of_bytes(&[method.as_bytes(), b"\0", &request.get_ref().encode_to_vec()].concat());
+        // Keyed: a request may carry a secret of little entropy (VerifyOtp's 6-digit code), which a
+        // plain hash in the store would give away to anyone who can read it.
+        let request_bytes = [method.as_bytes(), b"\0", &request.get_ref().encode_to_vec()].concat();
+        let digest = Digest32(self.server_key.derive(REQUEST_LABEL, &request_bytes));
         let waited_since = tokio::time::Instant::now();
         let claimed_at = loop {
             let claim = IdempotencyClaim {

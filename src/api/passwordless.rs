@@ -13,6 +13,7 @@ use crate::domain::error::{Error, Reason};
 use crate::domain::links::{IssueLoginLink, VerifyOutcome};
 use crate::domain::magic::LoginOrCreate;
 use crate::domain::oauth::{Exchange, OAuthParams};
+use crate::domain::otp::VerifyOtp;
 use crate::domain::{Domain, UserRef};
 
 pub struct PasswordlessApi {
@@ -88,6 +89,7 @@ impl PasswordlessApi {
                 create_user_as_pending: request.create_user_as_pending,
                 code_challenge: request.code_challenge,
                 locale: request.locale,
+                include_otp: request.include_otp,
             })
             .await?;
         Ok(Response::new(pb::LoginOrCreateResponse {
@@ -131,6 +133,7 @@ impl PasswordlessApi {
                 expiration_minutes: request.expiration_minutes,
                 template_id: request.template_id,
                 locale: request.locale,
+                include_otp: request.include_otp,
             })
             .await?;
         Ok(Response::new(pb::SendEnchantedLinkResponse {
@@ -165,7 +168,12 @@ impl PasswordlessApi {
         let request = request.into_inner();
         let verified = self
             .domain
-            .verify_token(&request.token, &request.code_verifier, request.session_duration_minutes)
+            .verify_token(
+                &request.token,
+                &request.code_verifier,
+                request.session_duration_minutes,
+                convert::client_from(request.client),
+            )
             .await?;
         Ok(Response::new(pb::VerifyTokenResponse {
             user: Some(convert::user(verified.user)),
@@ -173,7 +181,7 @@ impl PasswordlessApi {
             link_kind: convert::link_kind(verified.kind).into(),
             result: Some(match verified.outcome {
                 VerifyOutcome::Session(session) => {
-                    pb::verify_token_response::Result::Session(convert::session(session))
+                    pb::verify_token_response::Result::Session(convert::session(*session))
                 }
                 VerifyOutcome::Authorization {
                     code,
@@ -193,6 +201,32 @@ impl PasswordlessApi {
         }))
     }
 
+    async fn verify_otp(
+        &self,
+        request: Request<pb::VerifyOtpRequest>,
+    ) -> Result<Response<pb::VerifyOtpResponse>, Status> {
+        let request = request.into_inner();
+        let verified = self
+            .domain
+            .verify_otp(VerifyOtp {
+                email_id: request.email_id,
+                otp: request.otp,
+                code_verifier: request.code_verifier,
+                session_minutes: request.session_duration_minutes,
+                client: convert::client_from(request.client),
+            })
+            .await?;
+        let VerifyOutcome::Session(session) = verified.outcome else {
+            return Err(Error::internal("a one-time code gave no session").into());
+        };
+        Ok(Response::new(pb::VerifyOtpResponse {
+            user: Some(convert::user(verified.user)),
+            user_activated: verified.user_activated,
+            link_kind: convert::link_kind(verified.kind).into(),
+            session: Some(convert::session(*session)),
+        }))
+    }
+
     async fn poll_session(
         &self,
         request: Request<pb::PollSessionRequest>,
@@ -201,7 +235,11 @@ impl PasswordlessApi {
         let request = request.into_inner();
         let outcome = self
             .domain
-            .poll_session(&request.pending_ref, request.wait_seconds)
+            .poll_session(
+                &request.pending_ref,
+                request.wait_seconds,
+                convert::client_from(request.client),
+            )
             .await?;
         let (status, user, session) = match outcome {
             PollOutcome::Pending => (PollStatus::Pending, None, None),
@@ -296,6 +334,17 @@ impl Passwordless for PasswordlessApi {
         self.once
             .run("VerifyToken", request, |request| {
                 PasswordlessApi::verify_token(self, request)
+            })
+            .await
+    }
+
+    async fn verify_otp(
+        &self,
+        request: Request<pb::VerifyOtpRequest>,
+    ) -> Result<Response<pb::VerifyOtpResponse>, Status> {
+        self.once
+            .run("VerifyOtp", request, |request| {
+                PasswordlessApi::verify_otp(self, request)
             })
             .await
     }

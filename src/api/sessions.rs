@@ -74,6 +74,21 @@ impl SessionsApi {
         Ok(Response::new(pb::RevokeUserSessionsResponse { revoked_count }))
     }
 
+    async fn list_user_sessions(
+        &self,
+        request: Request<pb::ListUserSessionsRequest>,
+    ) -> Result<Response<pb::ListUserSessionsResponse>, Status> {
+        let request = request.into_inner();
+        let page = self
+            .domain
+            .list_user_sessions(&request.user_id, request.page_size, &request.page_token)
+            .await?;
+        Ok(Response::new(pb::ListUserSessionsResponse {
+            sessions: page.sessions.into_iter().map(convert::user_session).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
     async fn get_jwks(&self, _request: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
         let (keys, jwks_json) = self.domain.keys.jwks();
         let keys = keys
@@ -123,6 +138,13 @@ impl Sessions for SessionsApi {
                 SessionsApi::revoke_user_sessions(self, request)
             })
             .await
+    }
+
+    async fn list_user_sessions(
+        &self,
+        request: Request<pb::ListUserSessionsRequest>,
+    ) -> Result<Response<pb::ListUserSessionsResponse>, Status> {
+        SessionsApi::list_user_sessions(self, request).await
     }
 
     async fn get_jwks(&self, request: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {

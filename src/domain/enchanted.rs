@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::error::{Error, Reason, Result};
 use super::links::{ENCHANTED_TOKEN_PARAMETER, LINK_MAX_MINUTES, LINK_MIN_MINUTES, check_may_use_links};
 use super::magic::{Wording, rate_key};
-use super::model::{Attempt, AttemptStatus, EmailKind, EmailLink, LinkKind, Millis, User, UserStatus};
+use super::model::{Attempt, AttemptStatus, ClientInfo, EmailKind, EmailLink, LinkKind, Millis, User, UserStatus};
 use super::sessions::NewSession;
 use super::store::{Collection, NewEmail, RateCharge};
 use super::wakeups::Topic;
@@ -42,6 +42,9 @@ pub struct SendEnchantedLink {
     pub template_id: String,
     /// The email's language (BCP 47); empty: the user's, else the default. Stored on a new user.
     pub locale: String,
+    /// Show a one-time code in the email, which signs in whoever types it (the right link's
+    /// twin); unset: `otp.include_by_default`.
+    pub include_otp: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -142,6 +145,7 @@ impl Domain {
         let template_id = self.template_id("template_id", &request.template_id)?;
         let claims = session_claims(&request)?;
         let locale = super::locale::tag("locale", &request.locale)?;
+        let include_otp = self.include_otp(request.include_otp);
         self.mail.outbox_limit.admit()?;
         let rate_limit = self.mail.rate_limit;
         let rate = (!rate_limit.is_off()).then(|| rate_key(&email));
@@ -178,13 +182,16 @@ impl Domain {
             let ref_digest = Digest32::of_secret(&pending_ref);
             let numbers = three_numbers();
             let right = random_in_range(0, 2) as usize;
-            let links: Vec<_> = (0..3)
+            let mut links: Vec<_> = (0..3)
                 .map(|_| {
                     let (mut link, _) = self.new_link(LinkKind::Enchanted, &user.id, &redirect, minutes, None, now);
                     link.attempt = Some(ref_digest);
                     link
                 })
                 .collect();
+            if include_otp {
+                self.attach_otp(&mut links[right]);
+            }
             let expires_at = links[0].expires_at;
             let attempt = Attempt {
                 ref_digest,
@@ -203,6 +210,7 @@ impl Domain {
                 .map(|(link, number)| EmailLink {
                     token_digest: link.token_digest,
                     number: Some(number),
+                    otp: link.otp.is_some(),
                 })
                 .collect();
             let wording = Wording {
@@ -241,8 +249,15 @@ impl Domain {
     /// Answers with the attempt's state, holding the call up to `wait_seconds` while it is
     /// PENDING. A VERIFIED attempt is collected here: its session is created and handed to
     /// exactly one poller; later polls say COLLECTED.
-    pub async fn poll_session(&self, raw_ref: &str, wait_seconds: u32) -> Result<PollOutcome> {
+    /// `client` is the starting device, kept with the session if this poll collects it.
+    pub async fn poll_session(
+        &self,
+        raw_ref: &str,
+        wait_seconds: u32,
+        client: Option<ClientInfo>,
+    ) -> Result<PollOutcome> {
         let pending_ref = validate::secret("pending_ref", raw_ref, Reason::PENDING_REF_NOT_FOUND)?;
+        let client = client.map(ClientInfo::validated).transpose()?;
         if wait_seconds > MAX_WAIT_SECONDS {
             return Err(Error::field(
                 Reason::INVALID_VALUE,
@@ -263,7 +278,7 @@ impl Domain {
                 AttemptStatus::Failed => return Ok(PollOutcome::Failed),
                 AttemptStatus::Collected => return Ok(PollOutcome::Collected),
                 AttemptStatus::Verified => {
-                    if let Some(outcome) = self.collect(&attempt, now).await? {
+                    if let Some(outcome) = self.collect(&attempt, client.as_ref(), now).await? {
                         return Ok(outcome);
                     }
                     continue;
@@ -289,11 +304,17 @@ impl Domain {
     }
 
     /// Creates the session of a VERIFIED attempt if this caller is the one to collect it.
-    async fn collect(&self, attempt: &Attempt, now: Millis) -> Result<Option<PollOutcome>> {
+    async fn collect(
+        &self,
+        attempt: &Attempt,
+        client: Option<&ClientInfo>,
+        now: Millis,
+    ) -> Result<Option<PollOutcome>> {
         let (mut session, token) = self.new_session_record(now, self.settings.session_default_minutes);
         session.user_id = attempt.user_id.clone();
         session.link_kind = LinkKind::Enchanted;
         session.claims = attempt.claims.clone();
+        session.client = client.cloned();
         match self.store.collect_attempt(&attempt.ref_digest, &session).await? {
             Some(Collection::Collected(_)) => {
                 self.wakeups.notify(Topic::Attempt(attempt.ref_digest));

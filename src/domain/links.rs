@@ -1,7 +1,9 @@
 //! Login links: IssueLoginLink, InspectToken and VerifyToken.
 
 use super::error::{Error, Reason, Result};
-use super::model::{Attempt, AttemptStatus, Link, LinkKind, MINUTE, Millis, Role, Session, User, UserStatus};
+use super::model::{
+    Attempt, AttemptStatus, ClientInfo, Link, LinkKind, MINUTE, Millis, Role, Session, User, UserStatus,
+};
 use super::oauth::{OAuthParams, callback_url};
 use super::redirect::link_with_token;
 use super::sessions::NewSession;
@@ -76,7 +78,7 @@ pub struct Verification {
 #[derive(Debug)]
 pub enum VerifyOutcome {
     /// Login and magic links: a session for the device that clicked.
-    Session(NewSession),
+    Session(Box<NewSession>),
     /// Enchanted links: confirmation only; the starting device collects the session.
     Enchanted { verified_at: Millis },
     /// OAuth login links: an authorization code for the client.
@@ -145,6 +147,7 @@ impl Domain {
             reuse_key: None,
             attempt: None,
             oauth: None,
+            otp: None,
         };
         (link, token)
     }
@@ -340,6 +343,7 @@ impl Domain {
         raw_token: &str,
         code_verifier: &str,
         session_minutes: u32,
+        client: Option<ClientInfo>,
     ) -> Result<Verification> {
         let token = validate::secret("token", raw_token, Reason::TOKEN_NOT_FOUND)?;
         let verifier = validate::code_verifier("code_verifier", code_verifier)?;
@@ -350,6 +354,7 @@ impl Domain {
             SESSION_MIN_MINUTES,
             SESSION_MAX_MINUTES,
         )?;
+        let client = client.map(ClientInfo::validated).transpose()?;
         let now = self.clock.now();
         // Made before the atomic step: a store may run the decision more than once, and each run must
         // hand out the same session.
@@ -361,20 +366,7 @@ impl Domain {
                 check_attempt_open(attempt, now)?;
             }
             check_may_use_links(user)?;
-            if let Some(challenge) = &link.code_challenge {
-                let verifier = verifier.ok_or_else(|| {
-                    Error::new(
-                        Reason::PKCE_REQUIRED,
-                        "this link was issued with a code_challenge: send its code_verifier",
-                    )
-                })?;
-                if !pkce::matches(challenge, verifier) {
-                    return Err(Error::new(
-                        Reason::PKCE_MISMATCH,
-                        "the code_verifier does not match the link's code_challenge",
-                    ));
-                }
-            }
+            check_pkce(link, verifier)?;
             let mut link = link.clone();
             link.used_at = Some(now);
             if let Some(attempt) = attempt
@@ -398,14 +390,7 @@ impl Domain {
                     session: None,
                 });
             }
-            let mut user = user.clone();
-            let user_activated = user.status == UserStatus::Pending;
-            if user_activated {
-                user.status = UserStatus::Active;
-            }
-            user.email_verified = true;
-            user.last_login_at = Some(now);
-            user.updated_at = now;
+            let (user, user_activated) = signed_in(user, now);
             let (attempt, code, session) = match (attempt, &link.oauth) {
                 // The session goes to whoever polls, not to the device that clicked.
                 (Some(attempt), _) => {
@@ -422,6 +407,7 @@ impl Domain {
                     Some(Session {
                         user_id: user.id.clone(),
                         link_kind: link.kind,
+                        client: client.clone(),
                         ..session.clone()
                     }),
                 ),
@@ -444,9 +430,12 @@ impl Domain {
             return Err(refusal);
         }
         let outcome = match (redemption.session, &redemption.code) {
-            (Some(session), _) => {
-                VerifyOutcome::Session(self.issue_session_jwt(session, session_token, &redemption.user, now))
-            }
+            (Some(session), _) => VerifyOutcome::Session(Box::new(self.issue_session_jwt(
+                session,
+                session_token,
+                &redemption.user,
+                now,
+            ))),
             (None, Some(code)) => VerifyOutcome::Authorization {
                 redirect_url: callback_url(&code.request, &code_secret),
                 code: code_secret,
@@ -468,7 +457,7 @@ pub(crate) fn check_attempt_open(attempt: &Attempt, now: Millis) -> Result<()> {
     match attempt.status {
         AttemptStatus::Failed => Err(Error::new(
             Reason::WRONG_ENCHANTED_LINK,
-            "this sign-in was cancelled because a link with the wrong number was used",
+            "this sign-in was cancelled: a link with the wrong number was used, or too many wrong codes were tried",
         )),
         AttemptStatus::Verified | AttemptStatus::Collected => Err(Error::new(
             Reason::TOKEN_ALREADY_USED,
@@ -481,8 +470,42 @@ pub(crate) fn check_attempt_open(attempt: &Attempt, now: Millis) -> Result<()> {
     }
 }
 
+/// The same-device check of a link issued with a code_challenge.
+pub(crate) fn check_pkce(link: &Link, verifier: Option<&str>) -> Result<()> {
+    let Some(challenge) = &link.code_challenge else {
+        return Ok(());
+    };
+    let verifier = verifier.ok_or_else(|| {
+        Error::new(
+            Reason::PKCE_REQUIRED,
+            "this link was issued with a code_challenge: send its code_verifier",
+        )
+    })?;
+    if !pkce::matches(challenge, verifier) {
+        return Err(Error::new(
+            Reason::PKCE_MISMATCH,
+            "the code_verifier does not match the link's code_challenge",
+        ));
+    }
+    Ok(())
+}
+
+/// The user after proving the email: verified, signed in now, and ACTIVE if it was PENDING
+/// (then the flag is true).
+pub(crate) fn signed_in(user: &User, now: Millis) -> (User, bool) {
+    let mut user = user.clone();
+    let activated = user.status == UserStatus::Pending;
+    if activated {
+        user.status = UserStatus::Active;
+    }
+    user.email_verified = true;
+    user.last_login_at = Some(now);
+    user.updated_at = now;
+    (user, activated)
+}
+
 /// Used before expired: a used link says so even after it would have expired.
-fn check_usable(link: &Link, now: Millis) -> Result<()> {
+pub(crate) fn check_usable(link: &Link, now: Millis) -> Result<()> {
     if link.used_at.is_some() {
         return Err(Error::new(Reason::TOKEN_ALREADY_USED, "this link was already used"));
     }

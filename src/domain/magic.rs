@@ -26,6 +26,8 @@ pub struct LoginOrCreate {
     pub code_challenge: String,
     /// The email's language (BCP 47); empty: the user's, else the default. Stored on a new user.
     pub locale: String,
+    /// Show a one-time code beside the link; unset: `otp.include_by_default`.
+    pub include_otp: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -113,6 +115,7 @@ impl Domain {
         let signup_template = self.template_id("signup_template_id", &request.signup_template)?;
         let code_challenge = validate::code_challenge("code_challenge", &request.code_challenge)?;
         let locale = locale::tag("locale", &request.locale)?;
+        let include_otp = self.include_otp(request.include_otp);
         self.mail.outbox_limit.admit()?;
         let rate_limit = self.mail.rate_limit;
         let rate = (!rate_limit.is_off()).then(|| rate_key(&email));
@@ -158,7 +161,10 @@ impl Domain {
                 None => self.magic_url_default(signup)?,
             };
             let now = self.clock.now();
-            let (link, _) = self.new_link(LinkKind::Magic, &user.id, &url, minutes, code_challenge.clone(), now);
+            let (mut link, _) = self.new_link(LinkKind::Magic, &user.id, &url, minutes, code_challenge.clone(), now);
+            if include_otp {
+                self.attach_otp(&mut link);
+            }
             let wording = Wording {
                 kind,
                 template_id,
@@ -171,6 +177,7 @@ impl Domain {
                 vec![EmailLink {
                     token_digest: link.token_digest,
                     number: None,
+                    otp: include_otp,
                 }],
                 link.expires_at,
             );

@@ -12,7 +12,9 @@ pub mod locale;
 pub mod magic;
 pub mod model;
 pub mod oauth;
+pub mod otp;
 pub mod outbox_limit;
+pub mod page_token;
 pub mod rate_limit;
 pub mod redirect;
 pub mod sessions;
@@ -55,6 +57,10 @@ pub struct Settings {
     pub signup_magic_link_url: Option<String>,
     /// SendEnchantedLink's default link lifetime.
     pub enchanted_default_minutes: u32,
+    /// Whether emails carry a one-time code when the request does not say (`otp.include_by_default`).
+    pub otp_by_default: bool,
+    /// How many digits a new one-time code has (6-10).
+    pub otp_digits: u8,
     pub oauth_clients: Vec<oauth::OAuthClient>,
     /// Lifetime of OAuth access and ID tokens.
     pub access_token_minutes: u32,

@@ -93,7 +93,25 @@ pub struct Link {
     pub attempt: Option<Digest32>,
     /// For an OAuth login link: the authorization request it completes.
     pub oauth: Option<OAuthRequest>,
+    /// The one-time code shown beside the link in its email, if it carries one. The code and the
+    /// link are one credential: using either sets `used_at`.
+    pub otp: Option<LinkOtp>,
 }
+
+/// A link's one-time code. The code itself is derived again from the link's seed under the server
+/// key (to render the email); only its keyed digest is kept, to check what a person types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkOtp {
+    /// HMAC(server key, the link's key and the code).
+    pub digest: Digest32,
+    /// How many digits the code has (6-10).
+    pub digits: u8,
+    /// Wrong codes tried so far; at `OTP_MAX_FAILURES` the link and its code are burnt.
+    pub failures: u8,
+}
+
+/// The wrong code that burns an email's links and code.
+pub const OTP_MAX_FAILURES: u8 = 5;
 
 /// A validated OAuth authorization request (response_type `code`, PKCE S256).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +152,22 @@ pub struct Session {
     pub link_kind: LinkKind,
     /// Put into every JWT of the session (enchanted-link login options, provider ids).
     pub claims: serde_json::Map<String, serde_json::Value>,
+    /// Made with the email's one-time code rather than its link (`link_kind` says which email).
+    pub via_otp: bool,
+    /// What the caller saw of the person's device when the session was made.
+    pub client: Option<ClientInfo>,
+    /// When AuthenticateSession last succeeded, to the minute (it writes at most once a minute).
+    pub last_authenticated_at: Option<Millis>,
+}
+
+/// The device a session was made on, as the caller of VerifyToken, VerifyOtp or PollSession saw
+/// it; validated at the edge (`ClientInfo::validated`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// An IPv4 or IPv6 address in its canonical form, or empty.
+    pub ip_address: String,
+    /// The browser's User-Agent, or empty.
+    pub user_agent: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +235,9 @@ pub struct EmailLink {
     pub token_digest: Digest32,
     /// The number shown beside an enchanted link.
     pub number: Option<u8>,
+    /// This link carries the email's one-time code (`Link::otp`).
+    #[serde(default)]
+    pub otp: bool,
 }
 
 /// An email in the outbox. It holds no usable token: the body is rendered when it is sent.
@@ -274,6 +311,11 @@ pub mod fixtures {
             code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into()),
             reuse_key: Some(Digest32::of("reuse")),
             attempt: None,
+            otp: Some(LinkOtp {
+                digest: Digest32::of("otp"),
+                digits: 6,
+                failures: 2,
+            }),
             oauth: Some(OAuthRequest {
                 client_id: "zapier".into(),
                 redirect_uri: "https://zapier.com/cb".into(),

@@ -2,10 +2,12 @@
 
 use serde_json::Value;
 
-use super::Domain;
 use super::error::{Error, Reason, Result};
-use super::model::{LinkKind, MINUTE, Millis, Session, User, UserStatus};
+use super::model::{ClientInfo, LinkKind, MINUTE, Millis, Session, User, UserStatus};
+use super::store::{LiveAt, TOUCH_INTERVAL};
+use super::users::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use super::validate;
+use super::{Domain, page_token};
 use crate::crypto::{Digest32, new_secret};
 use crate::jwt::{RESERVED_CLAIMS, TokenType};
 
@@ -34,6 +36,55 @@ pub enum SessionRef {
     Token(String),
 }
 
+/// The longest User-Agent kept with a session, in bytes.
+pub const MAX_USER_AGENT_BYTES: usize = 512;
+
+impl ClientInfo {
+    /// Trimmed; `ip_address` an IPv4 or IPv6 address (kept in canonical form) and `user_agent` at
+    /// most 512 bytes of printable characters, each possibly empty (INVALID_VALUE otherwise).
+    pub fn validated(self) -> Result<Self> {
+        let ip_address = match self.ip_address.trim() {
+            "" => String::new(),
+            raw => raw
+                .parse::<std::net::IpAddr>()
+                .map_err(|_| {
+                    Error::field(
+                        Reason::INVALID_VALUE,
+                        "client.ip_address",
+                        "client.ip_address is an IPv4 or IPv6 address",
+                    )
+                })?
+                .to_string(),
+        };
+        let user_agent = self.user_agent.trim();
+        if user_agent.len() > MAX_USER_AGENT_BYTES || user_agent.chars().any(char::is_control) {
+            return Err(Error::field(
+                Reason::INVALID_VALUE,
+                "client.user_agent",
+                "client.user_agent has at most 512 bytes of printable characters",
+            ));
+        }
+        Ok(Self {
+            ip_address,
+            user_agent: user_agent.to_string(),
+        })
+    }
+}
+
+pub struct SessionPage {
+    pub sessions: Vec<Session>,
+    pub next_page_token: String,
+}
+
+/// A page token remembers the user it lists and the last session id returned.
+fn encode_page_token(user_id: &str, last_id: &str) -> String {
+    page_token::encode(&format!("sessions of {user_id}"), last_id)
+}
+
+fn decode_page_token(token: &str, user_id: &str) -> Result<Option<String>> {
+    page_token::decode(token, &format!("sessions of {user_id}"), "this user's sessions")
+}
+
 fn not_found() -> Error {
     Error::new(Reason::SESSION_NOT_FOUND, "no such session")
 }
@@ -50,6 +101,9 @@ impl Domain {
             revoked_at: None,
             link_kind: LinkKind::Login,
             claims: serde_json::Map::new(),
+            via_otp: false,
+            client: None,
+            last_authenticated_at: None,
         };
         (session, token)
     }
@@ -133,8 +187,51 @@ impl Domain {
         if user.status == UserStatus::Disabled {
             return Err(Error::new(Reason::USER_DISABLED, "this user is disabled"));
         }
+        if session
+            .last_authenticated_at
+            .is_none_or(|at| at <= now - TOUCH_INTERVAL)
+        {
+            // Best effort: a store that refuses writes must not stop sessions from authenticating,
+            // and the time is only to the minute anyway.
+            if let Err(error) = self.store.touch_session(&session.id, now).await {
+                tracing::warn!(session_id = %session.id, %error, "could not record the session's authentication time");
+            }
+        }
         let session = self.issue_session_jwt(session, None, &user, now);
         Ok((user, session))
+    }
+
+    /// A user's live sessions, a page at a time (page tokens as ListUsers's).
+    pub async fn list_user_sessions(&self, user_id: &str, page_size: u32, page_token: &str) -> Result<SessionPage> {
+        let user_id = user_id.trim();
+        if user_id.is_empty() {
+            return Err(Error::missing("user_id"));
+        }
+        let after = decode_page_token(page_token, user_id)?;
+        let user = self.store.user(user_id).await?;
+        let user = user.ok_or_else(|| Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"))?;
+        let page_size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            size => size.min(MAX_PAGE_SIZE),
+        } as usize;
+        let live = LiveAt {
+            now: self.clock.now(),
+            revoked_through: user.sessions_revoked_at,
+        };
+        let mut sessions = self
+            .store
+            .list_user_sessions(user_id, after.as_deref(), page_size + 1, live)
+            .await?;
+        let next_page_token = if sessions.len() > page_size {
+            sessions.truncate(page_size);
+            encode_page_token(user_id, &sessions[page_size - 1].id)
+        } else {
+            String::new()
+        };
+        Ok(SessionPage {
+            sessions,
+            next_page_token,
+        })
     }
 
     /// ID tokens share the session JWT's header type, so they are told apart by what only
@@ -183,5 +280,59 @@ impl Domain {
             return Err(Error::new(Reason::USER_NOT_FOUND, "no user with this user_id"));
         }
         self.store.revoke_user_sessions(user_id, self.clock.now()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_are_bound_to_their_user() {
+        let token = encode_page_token("user-1", "session-9");
+        assert_eq!(
+            decode_page_token(&token, "user-1").unwrap().as_deref(),
+            Some("session-9")
+        );
+        assert_eq!(decode_page_token("", "user-1").unwrap(), None);
+        for (token, user) in [
+            (token.as_str(), "user-2"),
+            ("garbage!", "user-1"),
+            ("djF8fHg", "user-1"),
+        ] {
+            assert_eq!(
+                decode_page_token(token, user).unwrap_err().reason(),
+                Reason::INVALID_PAGE_TOKEN,
+                "{token}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_metadata_is_checked_and_canonical() {
+        let client = ClientInfo {
+            ip_address: " 2001:DB8::0:1 ".into(),
+            user_agent: " Mozilla/5.0 ".into(),
+        }
+        .validated()
+        .unwrap();
+        assert_eq!(client.ip_address, "2001:db8::1");
+        assert_eq!(client.user_agent, "Mozilla/5.0");
+        for bad in [
+            ClientInfo {
+                ip_address: "10.0.0.300".into(),
+                ..Default::default()
+            },
+            ClientInfo {
+                user_agent: "a\nb".into(),
+                ..Default::default()
+            },
+            ClientInfo {
+                user_agent: "a".repeat(513),
+                ..Default::default()
+            },
+        ] {
+            assert_eq!(bad.validated().unwrap_err().reason(), Reason::INVALID_VALUE);
+        }
     }
 }

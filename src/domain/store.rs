@@ -94,6 +94,24 @@ pub struct UserDeletion {
     pub voided_links: u32,
 }
 
+/// Which sessions are live: not expired at `now` and created after `revoked_through`.
+#[derive(Clone, Copy, Debug)]
+pub struct LiveAt {
+    pub now: Millis,
+    pub revoked_through: Option<Millis>,
+}
+
+impl LiveAt {
+    pub fn holds(&self, session: &Session) -> bool {
+        session.revoked_at.is_none()
+            && session.expires_at > self.now
+            && self.revoked_through.is_none_or(|at| session.created_at > at)
+    }
+}
+
+/// `touch_session` writes again only once the last write is this old.
+pub const TOUCH_INTERVAL: Millis = super::model::MINUTE;
+
 /// A new email and everything that enters the store with it, in one step.
 #[derive(Clone, Copy, Debug)]
 pub struct NewEmail<'a> {
@@ -188,6 +206,20 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a session revoked (idempotent: a revoked session keeps its first time); `None` when
     /// it does not exist.
     async fn revoke_session(&self, session_id: &str, now: Millis) -> Result<Option<Session>>;
+    /// A user's live sessions after session id `after` (exclusive), in id (creation) order, at
+    /// most `limit`: not revoked, not expired at `now`, and created after `revoked_through` (the
+    /// user's `sessions_revoked_at`).
+    async fn list_user_sessions(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: usize,
+        live: LiveAt,
+    ) -> Result<Vec<Session>>;
+    /// Records that the session authenticated at `now`, unless it did within the minute before
+    /// (so a busy session is written at most once a minute). `false` when nothing was written:
+    /// too soon, or no such session.
+    async fn touch_session(&self, session_id: &str, now: Millis) -> Result<bool>;
     /// Revokes every live session of a user and records the time on the user, so a session
     /// committed while this ran counts as revoked too; returns how many were revoked.
     async fn revoke_user_sessions(&self, user_id: &str, now: Millis) -> Result<u32>;

@@ -1,12 +1,9 @@
 //! User administration: GetUser, ListUsers, UpdateUser, DeleteUser.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
 use super::error::{Error, Reason, Result};
 use super::model::{Role, User, UserStatus};
 use super::store::UserDeletion;
-use super::{Domain, UserRef, validate};
+use super::{Domain, UserRef, page_token, validate};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -30,28 +27,11 @@ pub struct UserPage {
 
 /// A page token remembers the filter it was made for and the last user id returned.
 fn encode_page_token(status: Option<UserStatus>, last_id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("v1|{status:?}|{last_id}"))
+    page_token::encode(&format!("{status:?}"), last_id)
 }
 
 fn decode_page_token(token: &str, status: Option<UserStatus>) -> Result<Option<String>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let invalid = || {
-        Error::field(
-            Reason::INVALID_PAGE_TOKEN,
-            "page_token",
-            "page_token is not one this server issued for this filter",
-        )
-    };
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let expected_prefix = format!("v1|{status:?}|");
-    let last_id = text.strip_prefix(&expected_prefix).ok_or_else(invalid)?;
-    if last_id.is_empty() {
-        return Err(invalid());
-    }
-    Ok(Some(last_id.to_string()))
+    page_token::decode(token, &format!("{status:?}"), "this filter")
 }
 
 impl Domain {

@@ -288,7 +288,10 @@ async fn status(State(state): State<HttpState>, headers: HeaderMap, RawQuery(que
     let Some(attempt) = attempt_of(&state, &headers, &id) else {
         return (StatusCode::NOT_FOUND, browser_json(json!({ "status": "none" }))).into_response();
     };
-    let outcome = state.domain.poll_session(&attempt.pending_ref, POLL_SECONDS).await;
+    let outcome = state
+        .domain
+        .poll_session(&attempt.pending_ref, POLL_SECONDS, None)
+        .await;
     let (label, session) = match outcome {
         Ok(PollOutcome::Pending) => ("pending", None),
         Ok(PollOutcome::Verified { session, .. }) => ("verified", Some(session)),
@@ -313,7 +316,7 @@ fn browser_json(body: serde_json::Value) -> impl IntoResponse {
 /// (collected by another page of this browser); otherwise says where things stand.
 async fn go_on(state: &HttpState, headers: &HeaderMap, id: &str, attempt: &Attempt, clicked_here: bool) -> Response {
     let site = &state.site;
-    let outcome = match state.domain.poll_session(&attempt.pending_ref, 0).await {
+    let outcome = match state.domain.poll_session(&attempt.pending_ref, 0, None).await {
         Ok(outcome) => outcome,
         Err(error) if error.reason() == Reason::PENDING_REF_NOT_FOUND => PollOutcome::Expired,
         Err(error) => return unavailable(state, &error),
@@ -485,7 +488,7 @@ async fn confirm(State(state): State<HttpState>, headers: HeaderMap, body: Bytes
         Ok(inspection) => inspection,
         Err(error) => return link_problem(&state, &error),
     };
-    match state.domain.verify_token(&token, "", 0).await {
+    match state.domain.verify_token(&token, "", 0, None).await {
         Ok(verified) => match verified.outcome {
             VerifyOutcome::Enchanted { .. } => match inspection
                 .attempt

@@ -374,6 +374,29 @@ mod tests {
     }
 
     #[test]
+    fn the_code_shows_beside_the_link_only_when_there_is_one() {
+        let templates = Templates::load(None, "en").unwrap();
+        for kind in [EmailKind::Login, EmailKind::Signup, EmailKind::Enchanted] {
+            let without = templates.render(kind, None, &context("Ann")).unwrap();
+            assert!(!without.text.contains("code"), "{kind:?}: {}", without.text);
+            assert!(!without.html.contains("code"), "{kind:?}");
+            let with = templates
+                .render(
+                    kind,
+                    None,
+                    &Context {
+                        otp: Some("048213".into()),
+                        ..context("Ann")
+                    },
+                )
+                .unwrap();
+            assert!(with.text.contains("048213"), "{kind:?}: {}", with.text);
+            assert!(with.html.contains("048213"), "{kind:?}");
+            assert!(!with.subject.contains("048213"), "the subject shows in notifications");
+        }
+    }
+
+    #[test]
     fn custom_templates_load_by_id() {
         let dir = tempfile::tempdir().unwrap();
         let welcome = dir.path().join("welcome-v2");

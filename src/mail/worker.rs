@@ -387,6 +387,7 @@ impl Worker {
             detail,
         };
         let mut links = Vec::with_capacity(email.links.len());
+        let mut otp = String::new();
         for item in &email.links {
             let link = self
                 .domain
@@ -402,6 +403,9 @@ impl Worker {
                 })?;
             if link.expires_at <= self.domain.clock.now() {
                 return Err(permanent("the link expired before the email could be sent".into()));
+            }
+            if let Some(code) = self.domain.link_otp(&link) {
+                otp = code;
             }
             let number = item.number.map(|n| n.to_string()).unwrap_or_default();
             links.push(NumberedLink {
@@ -419,7 +423,7 @@ impl Worker {
             link: first,
             links,
             expires_minutes: lifetime,
-            otp: None,
+            otp: (!otp.is_empty()).then_some(otp),
             locale: email.locale.clone(),
         };
         let rendered = self

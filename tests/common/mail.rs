@@ -267,6 +267,19 @@ pub fn token_in(text: &str, name: &str) -> String {
         .collect()
 }
 
+/// The one-time code an email shows: the digits after the text part's "this code" sentence, also
+/// in the HTML part. None when the email has no code.
+pub fn otp_in(message: &str) -> Option<String> {
+    let text = part(message, "text/plain");
+    let html = part(message, "text/html");
+    let mut lines = text.lines().skip_while(|line| !line.contains("this code"));
+    lines.next()?;
+    let code = lines.map(str::trim).find(|line| !line.is_empty())?.to_string();
+    assert!(code.bytes().all(|b| b.is_ascii_digit()), "a code of digits: {code:?}");
+    assert!(html.contains(&code), "the HTML part shows the code too");
+    Some(code)
+}
+
 /// The three (number, token) pairs of an enchanted email, read from its text part and checked
 /// against the HTML part.
 pub fn numbered_links(message: &str) -> Vec<(String, String)> {
@@ -355,11 +368,12 @@ impl super::TestApp {
         let request = super::pb::PollSessionRequest {
             pending_ref: pending_ref.into(),
             wait_seconds,
+            client: None,
         };
         self.passwordless().poll_session(request).await.map(|r| r.into_inner())
     }
 
-    /// The email of a SendEnchantedLink, once the worker has written it.
+    /// The email with this id (SendEnchantedLink's, or any other), once the worker has written it.
     pub async fn enchanted_email(&self, email_id: &str) -> String {
         let dir = self.dir.path().join("data/mail");
         eventually("the enchanted email", async || {

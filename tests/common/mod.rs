@@ -40,12 +40,13 @@ pub const SERVICES: [&str; 4] = [
 ];
 
 /// Every method of latchkey.v1.Passwordless, as reflection must describe it.
-pub const PASSWORDLESS_METHODS: [&str; 7] = [
+pub const PASSWORDLESS_METHODS: [&str; 8] = [
     "IssueLoginLink",
     "LoginOrCreate",
     "SendEnchantedLink",
     "InspectToken",
     "VerifyToken",
+    "VerifyOtp",
     "PollSession",
     "ExchangeCode",
 ];

@@ -9,6 +9,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_initial.sql")),
     (2, include_str!("migrations/0002_idempotency_keys.sql")),
     (3, include_str!("migrations/0003_locales.sql")),
+    (4, include_str!("migrations/0004_link_otp.sql")),
+    (5, include_str!("migrations/0005_session_devices.sql")),
 ];
 
 /// The advisory lock migrations hold ("latchkey" in ASCII); the same in every version.

@@ -48,8 +48,8 @@ use crate::domain::model::{
     UserStatus,
 };
 use crate::domain::store::{
-    CodeRedemption, Collection, IdempotencyClaim, IdempotencyState, LinkInsert, NewEmail, OutboxClaim, OutboxDepth,
-    RedeemCodeFn, RedeemFn, Redemption, Store, UpdateUserFn, UserDeletion,
+    CodeRedemption, Collection, IdempotencyClaim, IdempotencyState, LinkInsert, LiveAt, NewEmail, OutboxClaim,
+    OutboxDepth, RedeemCodeFn, RedeemFn, Redemption, Store, TOUCH_INTERVAL, UpdateUserFn, UserDeletion,
 };
 
 /// How often a replica checks that the database answers (health follows it).
@@ -387,8 +387,8 @@ async fn insert_link_row(tx: &impl GenericClient, link: &Link, purge_at: Millis)
     tx.execute(
         &tx.prepare_cached(
             "INSERT INTO links (token_digest, seed, kind, user_id, redirect_url, created_at, expires_at, used_at, \
-         code_challenge, reuse_key, attempt, oauth, purge_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+         code_challenge, reuse_key, attempt, oauth, purge_at, otp_digest, otp_digits, otp_failures) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .await?,
         &[
@@ -405,6 +405,9 @@ async fn insert_link_row(tx: &impl GenericClient, link: &Link, purge_at: Millis)
             &link.attempt.as_ref().map(|key| &key.0[..]),
             &link.oauth.as_ref().map(rows::to_json),
             &purge_at,
+            &link.otp.as_ref().map(|otp| &otp.digest.0[..]),
+            &link.otp.map(|otp| i16::from(otp.digits)),
+            &link.otp.map(|otp| i16::from(otp.failures)),
         ],
     )
     .await?;
@@ -415,7 +418,8 @@ async fn insert_session_row(tx: &impl GenericClient, session: &Session, purge_at
     tx.execute(
         &tx.prepare_cached(
             "INSERT INTO sessions (id, user_id, token_digest, created_at, expires_at, revoked_at, link_kind, claims, \
-         purge_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         purge_at, via_otp, client_ip_address, client_user_agent, last_authenticated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .await?,
         &[
@@ -428,6 +432,10 @@ async fn insert_session_row(tx: &impl GenericClient, session: &Session, purge_at
             &rows::link_kind(session.link_kind),
             &serde_json::Value::Object(session.claims.clone()),
             &purge_at,
+            &session.via_otp,
+            &session.client.as_ref().map(|client| client.ip_address.as_str()),
+            &session.client.as_ref().map(|client| client.user_agent.as_str()),
+            &session.last_authenticated_at,
         ],
     )
     .await?;
@@ -737,9 +745,13 @@ impl Store for PgStore {
                 insert_code_row(&tx, code, code.expires_at + retention).await?;
             }
             tx.execute(
-                &tx.prepare_cached("UPDATE links SET used_at = $2 WHERE token_digest = $1")
+                &tx.prepare_cached("UPDATE links SET used_at = $2, otp_failures = $3 WHERE token_digest = $1")
                     .await?,
-                &[&&token_digest.0[..], &redemption.link.used_at],
+                &[
+                    &&token_digest.0[..],
+                    &redemption.link.used_at,
+                    &redemption.link.otp.map(|otp| i16::from(otp.failures)),
+                ],
             )
             .await?;
             update_user_row(&tx, &redemption.user).await?;
@@ -780,6 +792,43 @@ impl Store for PgStore {
                 .query_opt(&client.prepare_cached(&sql).await?, &[&session_id, &now])
                 .await?;
             Ok(row.as_ref().map(rows::session).transpose()?)
+        })
+    }
+
+    async fn list_user_sessions(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: usize,
+        live: LiveAt,
+    ) -> Result<Vec<Session>> {
+        let sql = format!(
+            "SELECT {} FROM sessions WHERE user_id = $1 AND id > $2 AND revoked_at IS NULL AND expires_at > $3 \
+             AND created_at > $4 ORDER BY id LIMIT $5",
+            rows::SESSION
+        );
+        let after = after.unwrap_or_default();
+        let revoked_through = live.revoked_through.unwrap_or(Millis::MIN);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        on_connection!(self, |client| async {
+            let found = client
+                .query(
+                    &client.prepare_cached(&sql).await?,
+                    &[&user_id, &after, &live.now, &revoked_through, &limit],
+                )
+                .await?;
+            Ok(found.iter().map(rows::session).collect::<Result<Vec<_>>>()?)
+        })
+    }
+
+    async fn touch_session(&self, session_id: &str, now: Millis) -> Result<bool> {
+        let sql = "UPDATE sessions SET last_authenticated_at = $2 WHERE id = $1 \
+                   AND (last_authenticated_at IS NULL OR last_authenticated_at <= $3)";
+        on_connection!(write self, |client| async {
+            let touched = client
+                .execute(&client.prepare_cached(sql).await?, &[&session_id, &now, &(now - TOUCH_INTERVAL)])
+                .await?;
+            Ok(touched == 1)
         })
     }
 

@@ -8,15 +8,16 @@ use tokio_postgres::types::FromSql;
 use crate::crypto::Digest32;
 use crate::domain::error::{Error, Result};
 use crate::domain::model::{
-    Attempt, AttemptStatus, AuthCode, Email, EmailKind, EmailLink, EmailStatus, Link, LinkKind, OAuthRequest, Role,
-    Session, SigningKeyRecord, User, UserStatus,
+    Attempt, AttemptStatus, AuthCode, ClientInfo, Email, EmailKind, EmailLink, EmailStatus, Link, LinkKind, LinkOtp,
+    OAuthRequest, Role, Session, SigningKeyRecord, User, UserStatus,
 };
 
 pub const USER: &str = "id, email, first_name, last_name, status, role, mfa_enabled, email_verified, created_at, \
      updated_at, last_login_at, sessions_revoked_at, locale";
 pub const LINK: &str = "token_digest, seed, kind, user_id, redirect_url, created_at, expires_at, used_at, \
-     code_challenge, reuse_key, attempt, oauth";
-pub const SESSION: &str = "id, user_id, token_digest, created_at, expires_at, revoked_at, link_kind, claims";
+     code_challenge, reuse_key, attempt, oauth, otp_digest, otp_digits, otp_failures";
+pub const SESSION: &str = "id, user_id, token_digest, created_at, expires_at, revoked_at, link_kind, claims, \
+     via_otp, client_ip_address, client_user_agent, last_authenticated_at";
 pub const ATTEMPT: &str =
     "ref_digest, user_id, status, right_link, created_at, expires_at, verified_at, claims, session_id";
 pub const CODE: &str = "code_digest, user_id, request, created_at, expires_at, auth_time, used_at, session_id";
@@ -143,7 +144,26 @@ pub fn link(row: &Row) -> Result<Link> {
             .map(serde_json::from_value::<OAuthRequest>)
             .transpose()
             .map_err(|error| corrupt(format!("oauth: {error}")))?,
+        otp: link_otp(row)?,
     })
+}
+
+fn link_otp(row: &Row) -> Result<Option<LinkOtp>> {
+    let Some(digest) = optional_digest(row, "otp_digest")? else {
+        return Ok(None);
+    };
+    let digits: Option<i16> = col(row, "otp_digits")?;
+    let failures: Option<i16> = col(row, "otp_failures")?;
+    let small = |value: Option<i16>, name: &str| {
+        value
+            .and_then(|value| u8::try_from(value).ok())
+            .ok_or_else(|| corrupt(format!("{name} is out of range")))
+    };
+    Ok(Some(LinkOtp {
+        digest,
+        digits: small(digits, "otp_digits")?,
+        failures: small(failures, "otp_failures")?,
+    }))
 }
 
 pub fn session(row: &Row) -> Result<Session> {
@@ -156,6 +176,21 @@ pub fn session(row: &Row) -> Result<Session> {
         revoked_at: col(row, "revoked_at")?,
         link_kind: link_kind_of(col(row, "link_kind")?)?,
         claims: json(row, "claims")?,
+        via_otp: col(row, "via_otp")?,
+        client: client(row)?,
+        last_authenticated_at: col(row, "last_authenticated_at")?,
+    })
+}
+
+fn client(row: &Row) -> Result<Option<ClientInfo>> {
+    let ip_address: Option<String> = col(row, "client_ip_address")?;
+    let user_agent: Option<String> = col(row, "client_user_agent")?;
+    Ok(match (ip_address, user_agent) {
+        (None, None) => None,
+        (ip_address, user_agent) => Some(ClientInfo {
+            ip_address: ip_address.unwrap_or_default(),
+            user_agent: user_agent.unwrap_or_default(),
+        }),
     })
 }
 

@@ -104,7 +104,7 @@ mod tests {
     use crate::crypto::Digest32;
     use crate::domain::model::fixtures::{link, user};
     use crate::domain::model::{
-        Attempt, AttemptStatus, Email, EmailKind, EmailLink, EmailStatus, Link, LinkKind, Role, Session,
+        Attempt, AttemptStatus, ClientInfo, Email, EmailKind, EmailLink, EmailStatus, Link, LinkKind, Role, Session,
         SigningKeyRecord, UserStatus,
     };
     use crate::store::sled_store::records::{KeyRecord, LinkNote, LinkRecord, SessionRecord, UserRecord};
@@ -152,6 +152,12 @@ mod tests {
             revoked_at: Some(3),
             link_kind: LinkKind::Login,
             claims: claims.clone(),
+            via_otp: true,
+            client: Some(ClientInfo {
+                ip_address: "2001:db8::1".into(),
+                user_agent: "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0".into(),
+            }),
+            last_authenticated_at: Some(2),
         };
         round_trip(SessionRecord::from(&session));
         round_trip(Attempt {
@@ -176,6 +182,7 @@ mod tests {
             links: vec![EmailLink {
                 token_digest: Digest32::of("a"),
                 number: Some(42),
+                otp: true,
             }],
             link_expires_at: 9,
             status: EmailStatus::Queued,

@@ -50,8 +50,8 @@ use crate::domain::model::{
     UserStatus,
 };
 use crate::domain::store::{
-    CodeRedemption, Collection, IdempotencyClaim, IdempotencyState, LinkInsert, NewEmail, OutboxClaim, OutboxDepth,
-    RedeemCodeFn, RedeemFn, Redemption, Store, UpdateUserFn, UserDeletion,
+    CodeRedemption, Collection, IdempotencyClaim, IdempotencyState, LinkInsert, LiveAt, NewEmail, OutboxClaim,
+    OutboxDepth, RedeemCodeFn, RedeemFn, Redemption, Store, TOUCH_INTERVAL, UpdateUserFn, UserDeletion,
 };
 
 const SIGNING_KEYS: &[u8] = b"signing_keys";
@@ -817,6 +817,59 @@ impl Inner {
         Ok(session)
     }
 
+    fn list_user_sessions(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: usize,
+        live: LiveAt,
+    ) -> Result<Vec<Session>> {
+        let prefix = child_prefix(user_id);
+        let start = match after {
+            Some(after) => Bound::Excluded(child_key(user_id, after.as_bytes())),
+            None => Bound::Included(prefix.clone()),
+        };
+        let mut found = Vec::with_capacity(limit.min(1024));
+        for entry in self.trees.user_sessions.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            let (key, _) = entry.map_err(storage)?;
+            if !key.starts_with(&prefix) || found.len() == limit {
+                break;
+            }
+            let session_id = std::str::from_utf8(&key[prefix.len()..]).unwrap_or_default();
+            if let Some(session) = self.session(session_id)?
+                && live.holds(&session)
+            {
+                found.push(session);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn touch_session(&self, session_id: &str, now: Millis) -> Result<bool> {
+        let touched = self
+            .writer
+            .write(|tx| {
+                let sessions = tx.on(&self.trees.sessions);
+                let Some(mut session) = read::<SessionRecord>(&sessions, session_id.as_bytes())? else {
+                    return Ok(false);
+                };
+                if session
+                    .last_authenticated_at
+                    .is_some_and(|at| at > now - TOUCH_INTERVAL)
+                {
+                    return Ok(false);
+                }
+                session.last_authenticated_at = Some(now);
+                sessions.insert(session_id.as_bytes(), encode(&session));
+                Ok(true)
+            })
+            .await?;
+        if touched {
+            self.durable().await?;
+        }
+        Ok(touched)
+    }
+
     async fn revoke_user_sessions(&self, user_id: &str, now: Millis) -> Result<u32> {
         let keys = Self::child_keys(&self.trees.user_sessions, user_id)?;
         let prefix_len = child_prefix(user_id).len();
@@ -1286,6 +1339,20 @@ impl Store for SledStore {
 
     async fn revoke_session(&self, session_id: &str, now: Millis) -> Result<Option<Session>> {
         self.inner()?.revoke_session(session_id, now).await
+    }
+
+    async fn list_user_sessions(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: usize,
+        live: LiveAt,
+    ) -> Result<Vec<Session>> {
+        self.inner()?.list_user_sessions(user_id, after, limit, live)
+    }
+
+    async fn touch_session(&self, session_id: &str, now: Millis) -> Result<bool> {
+        self.inner()?.touch_session(session_id, now).await
     }
 
     async fn revoke_user_sessions(&self, user_id: &str, now: Millis) -> Result<u32> {

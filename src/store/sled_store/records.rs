@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::Digest32;
 use crate::domain::model::{
-    Link, LinkKind, Millis, OAuthRequest, RateBucket, Role, Session, SigningKeyRecord, User, UserStatus,
+    ClientInfo, Link, LinkKind, LinkOtp, Millis, OAuthRequest, RateBucket, Role, Session, SigningKeyRecord, User,
+    UserStatus,
 };
 
 /// A user as sled stores it: the user, then the notes of its links.
@@ -132,6 +133,8 @@ pub struct LinkRecord {
     pub attempt: Option<Digest32>,
     #[serde(default)]
     pub oauth: Option<OAuthRequest>,
+    #[serde(default)]
+    pub otp: Option<LinkOtp>,
 }
 
 impl From<&Link> for LinkRecord {
@@ -149,6 +152,7 @@ impl From<&Link> for LinkRecord {
             reuse_key,
             attempt,
             oauth,
+            otp,
         } = link.clone();
         Self {
             token_digest,
@@ -163,6 +167,7 @@ impl From<&Link> for LinkRecord {
             reuse_key,
             attempt,
             oauth,
+            otp,
         }
     }
 }
@@ -182,6 +187,7 @@ impl From<LinkRecord> for Link {
             reuse_key,
             attempt,
             oauth,
+            otp,
         } = record;
         Self {
             token_digest,
@@ -196,6 +202,7 @@ impl From<LinkRecord> for Link {
             reuse_key,
             attempt,
             oauth,
+            otp,
         }
     }
 }
@@ -211,6 +218,12 @@ pub struct SessionRecord {
     pub link_kind: LinkKind,
     #[serde(default)]
     pub claims: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub via_otp: bool,
+    #[serde(default)]
+    pub client: Option<ClientInfo>,
+    #[serde(default)]
+    pub last_authenticated_at: Option<Millis>,
 }
 
 impl From<&Session> for SessionRecord {
@@ -224,6 +237,9 @@ impl From<&Session> for SessionRecord {
             revoked_at,
             link_kind,
             claims,
+            via_otp,
+            client,
+            last_authenticated_at,
         } = session.clone();
         Self {
             id,
@@ -234,6 +250,9 @@ impl From<&Session> for SessionRecord {
             revoked_at,
             link_kind,
             claims,
+            via_otp,
+            client,
+            last_authenticated_at,
         }
     }
 }
@@ -249,6 +268,9 @@ impl From<SessionRecord> for Session {
             revoked_at,
             link_kind,
             claims,
+            via_otp,
+            client,
+            last_authenticated_at,
         } = record;
         Self {
             id,
@@ -259,6 +281,9 @@ impl From<SessionRecord> for Session {
             revoked_at,
             link_kind,
             claims,
+            via_otp,
+            client,
+            last_authenticated_at,
         }
     }
 }
