@@ -824,11 +824,18 @@ impl Store for PgStore {
     async fn touch_session(&self, session_id: &str, now: Millis) -> Result<bool> {
         let sql = "UPDATE sessions SET last_authenticated_at = $2 WHERE id = $1 \
                    AND (last_authenticated_at IS NULL OR last_authenticated_at <= $3)";
-        on_connection!(write self, |client| async {
-            let touched = client
-                .execute(&client.prepare_cached(sql).await?, &[&session_id, &now, &(now - TOUCH_INTERVAL)])
+        in_transaction!(self, |tx| async {
+            // The time is a hint, to the minute, on AuthenticateSession's hot path: its commit
+            // waits neither for a WAL flush nor for a synchronous standby. A crash or a failover may
+            // lose the last minute's.
+            tx.batch_execute("SET LOCAL synchronous_commit = off").await?;
+            let touched = tx
+                .execute(
+                    &tx.prepare_cached(sql).await?,
+                    &[&session_id, &now, &(now - TOUCH_INTERVAL)],
+                )
                 .await?;
-            Ok(touched == 1)
+            Step::Ok(touched == 1)
         })
     }
 

@@ -864,9 +864,8 @@ impl Inner {
                 Ok(true)
             })
             .await?;
-        if touched {
-            self.durable().await?;
-        }
+        // Not waited for to be durable: the time is a hint, to the minute, and AuthenticateSession
+        // is the hot path. The next group commit carries it; a crash may lose the last minute's.
         Ok(touched)
     }
 
