@@ -609,14 +609,7 @@ async fn a_browser_session_signs_into_clients_without_an_email_until_it_is_revok
         app.get(&dev_authorize(&[("prompt", "none")], &[]), cookie).await.status,
         303
     );
-    app.sessions()
-        .revoke_session(pb::RevokeSessionRequest {
-            session: Some(pb::revoke_session_request::Session::SessionId(
-                session.session_id.clone(),
-            )),
-        })
-        .await
-        .unwrap();
+    app.revoke_session_id(&session.session_id).await;
     let after = callback_query(&app.get(&dev_authorize(&[("prompt", "none")], &[]), cookie).await);
     assert_eq!(after["error"], "login_required");
 }
@@ -798,6 +791,52 @@ async fn an_unknown_or_malformed_attempt_id_says_the_sign_in_has_ended() {
             (404, r#"{"status":"none"}"#),
             "{id}"
         );
+    }
+}
+
+/// A browser keeps at most 4 waiting sign-ins: starting a 5th ends the oldest (its cookie is
+/// cleared), so the cookies every page request carries stay small.
+#[tokio::test]
+async fn a_fifth_sign_in_in_one_browser_ends_the_oldest() {
+    let app = spawn().await;
+    let form = app.get(&dev_authorize(&[], &[]), None).await;
+    let (csrf_cookie, csrf) = csrf_of(&form);
+    let request = form
+        .body
+        .split("name=\"request\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the form carries the request")
+        .to_string();
+    let mut attempts: Vec<String> = Vec::new();
+    for n in 0..5 {
+        let jar = std::iter::once(csrf_cookie.clone())
+            .chain(attempts.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let email = format!("tab{n}@example.com");
+        let fields = [
+            ("csrf", csrf.as_str()),
+            ("request", request.as_str()),
+            ("email", email.as_str()),
+        ];
+        let sent = post_form(app.http(), "/oauth/sign-in/email", &[("Cookie", &jar)], &fields).await;
+        assert_eq!(sent.status, 303, "{sent:?}");
+        let cookies = sent.cookies();
+        let (set, cleared): (Vec<_>, Vec<_>) = cookies.iter().partition(|c| !c.ends_with('='));
+        assert_eq!(set.len(), 1, "{cookies:?}");
+        let expected_cleared: Vec<String> = match n {
+            4 => vec![format!("{}=", attempts[0].split('=').next().unwrap())],
+            _ => vec![],
+        };
+        assert_eq!(
+            cleared.into_iter().cloned().collect::<Vec<_>>(),
+            expected_cleared,
+            "attempt {n}"
+        );
+        // The clock moves on, so the attempts have distinct start times.
+        app.clock.advance_seconds(1);
+        attempts.push(set[0].clone());
     }
 }
 

@@ -22,7 +22,7 @@ use crate::crypto::Digest32;
 use crate::domain::enchanted::{PollOutcome, SendEnchantedLink};
 use crate::domain::error::{Error, Reason};
 use crate::domain::links::{Inspection, VerifyOutcome};
-use crate::domain::model::{LinkKind, OAuthRequest};
+use crate::domain::model::{LinkKind, Millis, OAuthRequest};
 use crate::domain::sessions::{NewSession, SessionRef};
 
 /// How long the script's long poll holds one request.
@@ -154,6 +154,26 @@ fn clear_attempt(state: &HttpState, id: &str, response: &mut Response) {
     }
 }
 
+/// Sign-ins one browser may wait for at once: each attempt cookie is up to about 2 KB (it holds
+/// the authorization request), and every request to the pages carries them all.
+const MAX_ATTEMPTS: usize = 4;
+
+/// Makes room for a new attempt: ends this browser's oldest ones beyond `MAX_ATTEMPTS - 1`
+/// (a page still waiting for one of them then says its sign-in has ended).
+fn clear_oldest_attempts(state: &HttpState, headers: &HeaderMap, response: &mut Response) {
+    let mut kept: Vec<(Millis, &str)> = browser::attempt_cookies(headers)
+        .into_iter()
+        .map(|(id, sealed)| {
+            let started = browser::unseal_attempt(&state.site.server_key, sealed).map_or(0, |a| a.started_at);
+            (started, id)
+        })
+        .collect();
+    kept.sort_unstable_by(|a, b| b.cmp(a));
+    for (_, id) in kept.iter().skip(MAX_ATTEMPTS - 1) {
+        clear_attempt(state, id, response);
+    }
+}
+
 /// The `a` parameter: which of this browser's attempts a wait page is about.
 fn attempt_id(params: &Params) -> String {
     params.text("a")
@@ -233,6 +253,7 @@ async fn send_link(State(state): State<HttpState>, headers: HeaderMap, body: Byt
             let mut response = super::authorize::see_other(&format!("{SIGN_IN_PREFIX}wait?a={id}"));
             let cookie = browser::set_cookie(&name, &sealed, SIGN_IN_PREFIX, max_age, site.secure_cookies);
             browser::add_cookie(&mut response, cookie);
+            clear_oldest_attempts(&state, &headers, &mut response);
             return response;
         }
         Err(error) => match error.reason() {
