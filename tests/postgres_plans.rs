@@ -163,14 +163,7 @@ async fn every_statement_of_every_flow_is_an_index_lookup_on_large_tables() {
         })
         .await
         .unwrap();
-    app.sessions()
-        .revoke_session(pb::RevokeSessionRequest {
-            session: Some(pb::revoke_session_request::Session::SessionId(
-                session.session_id.clone(),
-            )),
-        })
-        .await
-        .unwrap();
+    app.revoke_session_id(&session.session_id).await;
     app.sessions()
         .revoke_user_sessions(pb::RevokeUserSessionsRequest {
             user_id: user.user_id.clone(),

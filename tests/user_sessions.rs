@@ -169,14 +169,7 @@ async fn sessions_are_listed_with_their_device_and_revoked_one_by_one() {
 
     // "Sign out that device": one at a time, each leaves the list and stops working.
     for (revoked, session) in [&by_code, &by_link, &by_poll].into_iter().enumerate() {
-        app.sessions()
-            .revoke_session(pb::RevokeSessionRequest {
-                session: Some(pb::revoke_session_request::Session::SessionId(
-                    session.session_id.clone(),
-                )),
-            })
-            .await
-            .unwrap();
+        app.revoke_session_id(&session.session_id).await;
         let left = app.all_sessions(&user_id).await;
         assert_eq!(left.len(), 2 - revoked);
         assert!(left.iter().all(|s| s.session_id != session.session_id));

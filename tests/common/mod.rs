@@ -160,6 +160,14 @@ impl TestApp {
         (verified.user.clone().unwrap(), session_of(verified))
     }
 
+    /// Revokes one session by its id, as "sign out that device" does.
+    pub async fn revoke_session_id(&self, session_id: &str) {
+        let request = pb::RevokeSessionRequest {
+            session: Some(pb::revoke_session_request::Session::SessionId(session_id.into())),
+        };
+        self.sessions().revoke_session(request).await.expect("revoked");
+    }
+
     pub async fn update_user(&self, user_id: &str, user: pb::User, paths: &[&str]) -> Result<pb::User, Status> {
         let request = pb::UpdateUserRequest {
             user: Some(pb::User {
