@@ -92,14 +92,17 @@ fn csrf_of(page: &HttpResponse) -> (String, String) {
         .into_iter()
         .find(|c| c.starts_with("latchkey_csrf="))
         .expect("a form page sets the CSRF cookie");
-    let token = page
-        .body
-        .split("name=\"csrf\" value=\"")
+    (cookie, hidden_field(page, "csrf"))
+}
+
+/// The value of a form page's hidden field `name`.
+fn hidden_field(page: &HttpResponse, name: &str) -> String {
+    page.body
+        .split(&format!("name=\"{name}\" value=\""))
         .nth(1)
         .and_then(|rest| rest.split('"').next())
-        .expect("a form page carries the CSRF token")
-        .to_string();
-    (cookie, token)
+        .unwrap_or_else(|| panic!("the form has no {name} field"))
+        .to_string()
 }
 
 #[track_caller]
@@ -801,13 +804,7 @@ async fn a_fifth_sign_in_in_one_browser_ends_the_oldest() {
     let app = spawn().await;
     let form = app.get(&dev_authorize(&[], &[]), None).await;
     let (csrf_cookie, csrf) = csrf_of(&form);
-    let request = form
-        .body
-        .split("name=\"request\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("the form carries the request")
-        .to_string();
+    let request = hidden_field(&form, "request");
     let mut attempts: Vec<String> = Vec::new();
     for n in 0..5 {
         let jar = std::iter::once(csrf_cookie.clone())
