@@ -440,6 +440,14 @@ def docker_example(tmp_path: Path, name: str, server_key: str, volume: str, deta
     return Pod(name, tmp_path, f"127.0.0.1:{ports[50051]}", f"127.0.0.1:{ports[9464]}", result)
 
 
+def stop_run_with_rm(containers: Containers, name: str) -> None:
+    """Stops a container started with `--rm` and waits until its name is free again: podman's
+    `--rm` removal runs in a cleanup process after `stop` returns, so a run that reuses the name
+    at once can find it still taken (CI did)."""
+    containers.podman("stop", "--time", "30", name)
+    containers.podman("rm", "--force", "--ignore", "--time", "0", name)
+
+
 def test_the_docker_example_keeps_its_server_key_across_runs(containers, tmp_path):
     """docs/operations.md's Docker example, with podman: the example production file starts in the
     image; a second run with the same key on the same volume knows the first run's user; a run with
@@ -456,13 +464,13 @@ def test_the_docker_example_keeps_its_server_key_across_runs(containers, tmp_pat
         start(containers, first)
         ann = grpc(first.grpc, "latchkey.v1.Passwordless/IssueLoginLink", {"email": "ann@example.com", "first_name": "Ann", "last_name": "Lee", "redirect_url": REDIRECT})
         assert ann["userCreated"] is True
-        containers.podman("stop", "--time", "30", first.name)  # --rm removes it
+        stop_run_with_rm(containers, first.name)
 
         again = docker_example(tmp_path, "latchkey-docker-example", key, volume, detach=True)
         start(containers, again)
         later = grpc(again.grpc, "latchkey.v1.Passwordless/IssueLoginLink", {"email": "ann@example.com", "redirect_url": REDIRECT})
         assert later["userId"] == ann["userId"] and not later.get("userCreated", False)
-        containers.podman("stop", "--time", "30", again.name)
+        stop_run_with_rm(containers, again.name)
 
         other_key = subprocess.run([binary, "generate-server-key"], capture_output=True, text=True, check=True).stdout.strip()
         refused = docker_example(tmp_path, "latchkey-docker-example", other_key, volume, detach=False)
