@@ -119,7 +119,7 @@ impl UserRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LinkRecord {
     pub token_digest: Digest32,
-    #[serde(with = "crate::crypto::bytes32")]
+    #[serde(with = "crate::crypto::fixed_bytes")]
     pub seed: [u8; 32],
     pub kind: LinkKind,
     pub user_id: String,
@@ -330,7 +330,7 @@ impl From<RateBucketRecord> for RateBucket {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KeyRecord {
     pub kid: String,
-    #[serde(with = "crate::crypto::bytes32")]
+    #[serde(with = "crate::crypto::fixed_bytes")]
     pub salt: [u8; 32],
     pub created_at: Millis,
     pub signs_from: Millis,
