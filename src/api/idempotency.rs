@@ -4,7 +4,8 @@
 //! the same key and the same request within 24 h gets that answer, one with a different request
 //! `IDEMPOTENCY_KEY_REUSED`, and one while the first still runs waits for it (on any replica: the
 //! claim is in the store). Only a keyed digest of the request is kept. A call that fails lets go of its
-//! key, so a repeat runs again. docs/high-availability.md says what a client should do per RPC.
+//! key, so a repeat runs again. Each claim carries a random claimant, and only the call holding
+//! the key settles it. docs/high-availability.md says what a client should do per RPC.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use crate::domain::Domain;
 use crate::domain::clock::Clock;
 use crate::domain::error::{Error, Reason};
 use crate::domain::model::{HOUR, Millis};
-use crate::domain::store::{IdempotencyClaim, IdempotencyState, Store};
+use crate::domain::store::{Claimant, IdempotencyClaim, IdempotencyState, Store};
 
 /// The metadata key a client sends.
 pub const METADATA_KEY: &str = "idempotency-key";
@@ -35,8 +36,8 @@ const LEASE: Millis = 2 * 60 * 1000;
 const WAIT: Duration = Duration::from_secs(20);
 const WAIT_STEP: Duration = Duration::from_millis(50);
 /// A settle that failed (the store was unreachable) is tried again in the background this often,
-/// for at most half the lease: until then no repeat can have taken the key over, so the claim is
-/// surely this call's own.
+/// for at most half the lease: a failover that lasts longer leaves the key to its lease, as a
+/// replica that stopped would.
 const SETTLE_RETRY: Duration = Duration::from_millis(250);
 const SETTLE_WITHIN: Duration = Duration::from_millis(LEASE as u64 / 2);
 const SEAL_LABEL: &str = "idempotency answers";
@@ -83,11 +84,13 @@ impl Idempotency {
         // plain hash in the store would give away to anyone who can read it.
         let request_bytes = [method.as_bytes(), b"\0", &request.get_ref().encode_to_vec()].concat();
         let digest = Digest32(self.server_key.derive(REQUEST_LABEL, &request_bytes));
+        let claimant = Claimant::random();
         let waited_since = tokio::time::Instant::now();
         let claimed_at = loop {
             let claim = IdempotencyClaim {
                 key: &key,
                 request: &digest,
+                claimant,
                 now: self.clock.now(),
                 lease: LEASE,
                 keep: KEEP,
@@ -128,7 +131,7 @@ impl Idempotency {
         };
         if let Err(error) = self
             .store
-            .settle_idempotency_key(&key, &digest, sealed.as_deref())
+            .settle_idempotency_key(&key, &claimant, sealed.as_deref())
             .await
         {
             // The call's own outcome stands. Left claimed, the key would make every repeat wait
@@ -137,7 +140,7 @@ impl Idempotency {
             tokio::spawn(settle_later(
                 self.store.clone(),
                 key,
-                digest,
+                claimant,
                 sealed,
                 claimed_at + SETTLE_WITHIN,
             ));
@@ -158,14 +161,14 @@ impl Idempotency {
 async fn settle_later(
     store: Arc<dyn Store>,
     key: Digest32,
-    request: Digest32,
+    claimant: Claimant,
     answer: Option<Vec<u8>>,
     until: tokio::time::Instant,
 ) {
     while tokio::time::Instant::now() + SETTLE_RETRY < until {
         tokio::time::sleep(SETTLE_RETRY).await;
         if store
-            .settle_idempotency_key(&key, &request, answer.as_deref())
+            .settle_idempotency_key(&key, &claimant, answer.as_deref())
             .await
             .is_ok()
         {

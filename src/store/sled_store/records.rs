@@ -11,6 +11,7 @@ use crate::domain::model::{
     ClientInfo, Link, LinkKind, LinkOtp, Millis, OAuthRequest, RateBucket, Role, Session, SigningKeyRecord, User,
     UserStatus,
 };
+use crate::domain::store::Claimant;
 
 /// A user as sled stores it: the user, then the notes of its links.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -383,4 +384,7 @@ pub struct IdempotencyRecord {
     pub answer: Option<Vec<u8>>,
     pub lease_until: Millis,
     pub expires_at: Millis,
+    /// Who holds the key (see `Claimant`); none in a record written before claimants.
+    #[serde(default)]
+    pub claimant: Option<Claimant>,
 }
