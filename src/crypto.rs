@@ -46,17 +46,18 @@ pub fn base64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Serde for 32-byte values in stored records: raw bytes in the store's binary records, base64url
-/// text in JSON (a third the size of JSON's array of numbers). Every form earlier versions wrote
-/// still reads: text, and the array of numbers.
-pub mod bytes32 {
+/// Serde for fixed-size byte values in stored records (32-byte digests and salts, 16-byte
+/// claimant ids): raw bytes in the store's binary records, base64url text in JSON (a third the
+/// size of JSON's array of numbers). Every form earlier versions wrote still reads: text, and the
+/// array of numbers.
+pub mod fixed_bytes {
     use std::fmt;
 
     use base64::Engine;
     use serde::de::{self, SeqAccess, Visitor};
 
     /// Text in JSON; raw bytes in the store's binary records.
-    pub fn serialize<S: serde::Serializer>(bytes: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer, const N: usize>(bytes: &[u8; N], serializer: S) -> Result<S::Ok, S::Error> {
         if serializer.is_human_readable() {
             serializer.serialize_str(&super::base64url(bytes))
         } else {
@@ -64,38 +65,38 @@ pub mod bytes32 {
         }
     }
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
-        deserializer.deserialize_any(Bytes32)
+    pub fn deserialize<'de, D: serde::Deserializer<'de>, const N: usize>(deserializer: D) -> Result<[u8; N], D::Error> {
+        deserializer.deserialize_any(FixedBytes::<N>)
     }
 
-    struct Bytes32;
+    struct FixedBytes<const N: usize>;
 
-    impl<'de> Visitor<'de> for Bytes32 {
-        type Value = [u8; 32];
+    impl<'de, const N: usize> Visitor<'de> for FixedBytes<N> {
+        type Value = [u8; N];
 
         fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-            formatter.write_str("32 bytes, raw or as base64url text")
+            write!(formatter, "{N} bytes, raw or as base64url text")
         }
 
-        fn visit_str<E: de::Error>(self, text: &str) -> Result<[u8; 32], E> {
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<[u8; N], E> {
             let bytes = super::URL_SAFE_NO_PAD.decode(text).map_err(E::custom)?;
             let length = bytes.len();
             bytes.try_into().map_err(|_| E::invalid_length(length, &self))
         }
 
-        fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<[u8; 32], E> {
+        fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<[u8; N], E> {
             bytes.try_into().map_err(|_| E::invalid_length(bytes.len(), &self))
         }
 
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 32], A::Error> {
-            let mut bytes = [0u8; 32];
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; N], A::Error> {
+            let mut bytes = [0u8; N];
             for (index, byte) in bytes.iter_mut().enumerate() {
                 *byte = seq
                     .next_element()?
                     .ok_or_else(|| de::Error::invalid_length(index, &self))?;
             }
             if seq.next_element::<u8>()?.is_some() {
-                return Err(de::Error::invalid_length(33, &self));
+                return Err(de::Error::invalid_length(N + 1, &self));
             }
             Ok(bytes)
         }
@@ -130,7 +131,7 @@ pub fn new_secret(now_ms: i64) -> String {
 /// A 32-byte digest. Of a secret (`of_secret`), it is the only form in which the secret reaches
 /// the store.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Digest32(#[serde(with = "bytes32")] pub [u8; 32]);
+pub struct Digest32(#[serde(with = "fixed_bytes")] pub [u8; 32]);
 
 impl Digest32 {
     /// The SHA-256 of `text`.

@@ -1,15 +1,21 @@
 //! sled only (whatever `LATCHKEY_TEST_STORE` says): a data directory written by an earlier version keeps working: JSON records, links filed in
 //! `user_links` instead of noted on the user record, reuse keys in a separate `link_reuse` tree
-//! (reuse key → token digest) with empty `user_links` values, and secrets handed out before they
-//! were stamped with their creation time (keyed by their plain SHA-256).
+//! (reuse key → token digest) with empty `user_links` values, secrets handed out before they
+//! were stamped with their creation time (keyed by their plain SHA-256), and idempotency keys
+//! kept without a claimant.
 
 mod common;
 
 use common::*;
 use latchkey::crypto::Digest32;
-use latchkey::store::sled_store::codec::{decode, encode};
+use latchkey::domain::clock::Clock;
+use latchkey::domain::model::{HOUR, MINUTE, Millis};
+use latchkey::domain::store::{Claimant, IdempotencyClaim, IdempotencyState};
+use latchkey::store::sled_store::codec::{Expiring, decode, encode, expiry_key};
 // sled's own records, as they are on disk.
-use latchkey::store::sled_store::records::{LinkRecord as Link, SessionRecord as Session, UserRecord as User};
+use latchkey::store::sled_store::records::{
+    IdempotencyRecord, LinkRecord as Link, SessionRecord as Session, UserRecord as User,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -192,4 +198,84 @@ async fn a_store_from_an_earlier_version_serves_its_users_links_reuse_and_sessio
         let status = app.inspect(&token_of(link)).await.unwrap_err();
         assert_eq!(reason(&status), "TOKEN_NOT_FOUND", "{link}");
     }
+}
+
+/// An idempotency key as the build before claimants kept it: its four fields, with no claimant
+/// after them (sled's records are MessagePack arrays of their fields, as a tuple is).
+type IdempotencyBefore = (Digest32, Option<Vec<u8>>, Millis, Millis);
+
+#[tokio::test]
+async fn idempotency_keys_kept_before_claimants_still_answer_and_wait_out_their_lease() {
+    let app = TestApp::spawn_with(sled).await;
+    let request = pb::LoginOrCreateRequest {
+        email: "kept-before@example.com".into(),
+        ..Default::default()
+    };
+    let first = app
+        .passwordless()
+        .login_or_create(keyed(request.clone(), "before-claimants"))
+        .await
+        .unwrap()
+        .into_inner();
+    let (dir, clock) = app.stop().await;
+
+    // The answered key loses its claimant; beside it, a claim whose call never settled it.
+    let now = clock.now();
+    let running = Digest32::of("running before claimants");
+    let asked = Digest32::of("request");
+    {
+        let db = sled::open(dir.path().join("data")).unwrap();
+        let keys = db.open_tree("idempotency_keys").unwrap();
+        let mut rewritten = 0;
+        for entry in keys.iter() {
+            let (key, value) = entry.unwrap();
+            let record: IdempotencyRecord = decode(&value).unwrap();
+            assert!(record.claimant.is_some());
+            let before: IdempotencyBefore = (record.request, record.answer, record.lease_until, record.expires_at);
+            keys.insert(key, encode(&before)).unwrap();
+            rewritten += 1;
+        }
+        assert_eq!(rewritten, 1);
+        let expires_at = now + 24 * HOUR;
+        let claim: IdempotencyBefore = (asked, None, now + 2 * MINUTE, expires_at);
+        keys.insert(running.as_bytes(), encode(&claim)).unwrap();
+        let expiry = expiry_key(expires_at, Expiring::IdempotencyKey, running.as_bytes());
+        db.open_tree("expiry").unwrap().insert(expiry, &[]).unwrap();
+        db.flush().unwrap();
+    }
+
+    let mut config = test_config(&dir);
+    sled(&mut config);
+    let app = TestApp::start_in(dir, config, clock).await;
+    let repeat = app
+        .passwordless()
+        .login_or_create(keyed(request, "before-claimants"))
+        .await
+        .expect("an answer kept without a claimant still answers")
+        .into_inner();
+    assert_eq!(repeat, first);
+    // No claimant settles the old claim, either way; its lease still ends it.
+    let store = app.running().domain().store.clone();
+    let claim = |now| IdempotencyClaim {
+        key: &running,
+        request: &asked,
+        claimant: Claimant::random(),
+        now,
+        lease: 2 * MINUTE,
+        keep: 24 * HOUR,
+    };
+    for answer in [Some(&b"not its answer"[..]), None] {
+        store
+            .settle_idempotency_key(&running, &Claimant::random(), answer)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.claim_idempotency_key(claim(now + 1)).await.unwrap(),
+        IdempotencyState::Running
+    );
+    assert_eq!(
+        store.claim_idempotency_key(claim(now + 2 * MINUTE)).await.unwrap(),
+        IdempotencyState::Claimed
+    );
 }

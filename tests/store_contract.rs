@@ -17,8 +17,8 @@ use latchkey::domain::model::{
 };
 use latchkey::domain::rate_limit::RateLimit;
 use latchkey::domain::store::{
-    CodeRedemption, Collection, IdempotencyClaim, IdempotencyState, LinkInsert, LiveAt, NewEmail, OutboxClaim,
-    OutboxDepth, RateCharge, Redemption, Store,
+    Claimant, CodeRedemption, Collection, IdempotencyClaim, IdempotencyState, LinkInsert, LiveAt, NewEmail,
+    OutboxClaim, OutboxDepth, RateCharge, Redemption, Store,
 };
 use latchkey::domain::wakeups::Topic;
 
@@ -1356,10 +1356,11 @@ async fn a_closed_store_answers_store_unavailable() {
     store.close().await.unwrap();
 }
 
-fn claim<'a>(key: &'a Digest32, request: &'a Digest32, now: Millis) -> IdempotencyClaim<'a> {
+fn claim<'a>(key: &'a Digest32, request: &'a Digest32, claimant: Claimant, now: Millis) -> IdempotencyClaim<'a> {
     IdempotencyClaim {
         key,
         request,
+        claimant,
         now,
         lease: MINUTE,
         keep: 24 * HOUR,
@@ -1374,48 +1375,59 @@ async fn an_idempotency_key_is_claimed_once_then_answers_and_is_purged_after_its
     let claims: Vec<_> = (0..16)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.claim_idempotency_key(claim(&key, &request, NOW)).await.unwrap() })
+            tokio::spawn(async move {
+                let claimant = Claimant::random();
+                let state = store
+                    .claim_idempotency_key(claim(&key, &request, claimant, NOW))
+                    .await
+                    .unwrap();
+                (state, claimant)
+            })
         })
         .collect();
-    let mut claimed = 0;
+    let mut winners = Vec::new();
     for outcome in claims {
         match outcome.await.unwrap() {
-            IdempotencyState::Claimed => claimed += 1,
-            state => assert_eq!(state, IdempotencyState::Running),
+            (IdempotencyState::Claimed, claimant) => winners.push(claimant),
+            (state, _) => assert_eq!(state, IdempotencyState::Running),
         }
     }
-    assert_eq!(claimed, 1);
-    let reused = store.claim_idempotency_key(claim(&key, &other, NOW)).await.unwrap();
+    let [winner] = winners[..] else {
+        panic!("{} claims won", winners.len());
+    };
+    let reused = store
+        .claim_idempotency_key(claim(&key, &other, Claimant::random(), NOW))
+        .await
+        .unwrap();
     assert_eq!(reused, IdempotencyState::Reused);
-    // Settling under another request changes nothing.
-    store.settle_idempotency_key(&key, &other, Some(b"no")).await.unwrap();
     store
-        .settle_idempotency_key(&key, &request, Some(b"sealed answer"))
+        .settle_idempotency_key(&key, &winner, Some(b"sealed answer"))
         .await
         .unwrap();
     let answered = store
-        .claim_idempotency_key(claim(&key, &request, NOW + 1))
+        .claim_idempotency_key(claim(&key, &request, Claimant::random(), NOW + 1))
         .await
         .unwrap();
     assert_eq!(answered, IdempotencyState::Answered(b"sealed answer".to_vec()));
     // An answer is kept past the lease, and a failed call's key is free again.
     let later = store
-        .claim_idempotency_key(claim(&key, &request, NOW + 2 * MINUTE))
+        .claim_idempotency_key(claim(&key, &request, Claimant::random(), NOW + 2 * MINUTE))
         .await
         .unwrap();
     assert_eq!(later, IdempotencyState::Answered(b"sealed answer".to_vec()));
     let failing = Digest32::of("failing");
+    let first = Claimant::random();
     assert_eq!(
         store
-            .claim_idempotency_key(claim(&failing, &request, NOW))
+            .claim_idempotency_key(claim(&failing, &request, first, NOW))
             .await
             .unwrap(),
         IdempotencyState::Claimed
     );
-    store.settle_idempotency_key(&failing, &request, None).await.unwrap();
+    store.settle_idempotency_key(&failing, &first, None).await.unwrap();
     assert_eq!(
         store
-            .claim_idempotency_key(claim(&failing, &request, NOW))
+            .claim_idempotency_key(claim(&failing, &request, Claimant::random(), NOW))
             .await
             .unwrap(),
         IdempotencyState::Claimed
@@ -1423,14 +1435,14 @@ async fn an_idempotency_key_is_claimed_once_then_answers_and_is_purged_after_its
     // A claimant that died: its lease runs out, then a repeat takes the key over.
     assert_eq!(
         store
-            .claim_idempotency_key(claim(&failing, &request, NOW + 1))
+            .claim_idempotency_key(claim(&failing, &request, Claimant::random(), NOW + 1))
             .await
             .unwrap(),
         IdempotencyState::Running
     );
     assert_eq!(
         store
-            .claim_idempotency_key(claim(&failing, &request, NOW + MINUTE))
+            .claim_idempotency_key(claim(&failing, &request, Claimant::random(), NOW + MINUTE))
             .await
             .unwrap(),
         IdempotencyState::Claimed
@@ -1440,9 +1452,80 @@ async fn an_idempotency_key_is_claimed_once_then_answers_and_is_purged_after_its
     assert_eq!(store.purge_expired(NOW + 25 * HOUR, 100).await.unwrap(), 2);
     assert_eq!(
         store
-            .claim_idempotency_key(claim(&key, &other, NOW + 25 * HOUR))
+            .claim_idempotency_key(claim(&key, &other, Claimant::random(), NOW + 25 * HOUR))
             .await
             .unwrap(),
         IdempotencyState::Claimed
+    );
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_settled_only_by_the_claimant_that_holds_it() {
+    let TestStore { store, .. } = open_test_store().await;
+    let (key, request) = (Digest32::of("owned key"), Digest32::of("request"));
+    let claim_as = async |key: &Digest32, claimant: Claimant, now: Millis| {
+        store
+            .claim_idempotency_key(claim(key, &request, claimant, now))
+            .await
+            .unwrap()
+    };
+    let (holder, stranger) = (Claimant::random(), Claimant::random());
+    assert_eq!(claim_as(&key, holder, NOW).await, IdempotencyState::Claimed);
+    // A claimant that does not hold the key neither answers it nor lets go of it.
+    store
+        .settle_idempotency_key(&key, &stranger, Some(b"not mine"))
+        .await
+        .unwrap();
+    store.settle_idempotency_key(&key, &stranger, None).await.unwrap();
+    assert_eq!(
+        claim_as(&key, Claimant::random(), NOW + 1).await,
+        IdempotencyState::Running
+    );
+
+    // The holder's lease runs out and a repeat takes the key over: the first claimant, come
+    // back late, touches the repeat's claim neither way.
+    let repeat = Claimant::random();
+    assert_eq!(claim_as(&key, repeat, NOW + MINUTE).await, IdempotencyState::Claimed);
+    store.settle_idempotency_key(&key, &holder, None).await.unwrap();
+    assert_eq!(
+        claim_as(&key, Claimant::random(), NOW + MINUTE + 1).await,
+        IdempotencyState::Running,
+        "the late release freed the repeat's key"
+    );
+    store
+        .settle_idempotency_key(&key, &holder, Some(b"stale answer"))
+        .await
+        .unwrap();
+    assert_eq!(
+        claim_as(&key, Claimant::random(), NOW + MINUTE + 2).await,
+        IdempotencyState::Running,
+        "the late answer landed on the repeat's key"
+    );
+    store
+        .settle_idempotency_key(&key, &repeat, Some(b"repeat's answer"))
+        .await
+        .unwrap();
+    // An answered key stays answered, whoever lets go of it afterwards.
+    store.settle_idempotency_key(&key, &repeat, None).await.unwrap();
+    assert_eq!(
+        claim_as(&key, Claimant::random(), NOW + MINUTE + 3).await,
+        IdempotencyState::Answered(b"repeat's answer".to_vec())
+    );
+
+    // The claimant's own release frees the key at once, well inside its lease: a claim whose
+    // acknowledgement was lost, let go of by the call that made it.
+    let lost = Digest32::of("lost acknowledgement");
+    let caller = Claimant::random();
+    assert_eq!(claim_as(&lost, caller, NOW).await, IdempotencyState::Claimed);
+    store.settle_idempotency_key(&lost, &caller, None).await.unwrap();
+    assert_eq!(
+        claim_as(&lost, Claimant::random(), NOW + 1).await,
+        IdempotencyState::Claimed
+    );
+    // A second release by the first call (its background retry) leaves the retry's claim alone.
+    store.settle_idempotency_key(&lost, &caller, None).await.unwrap();
+    assert_eq!(
+        claim_as(&lost, Claimant::random(), NOW + 2).await,
+        IdempotencyState::Running
     );
 }

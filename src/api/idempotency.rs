@@ -4,7 +4,9 @@
 //! the same key and the same request within 24 h gets that answer, one with a different request
 //! `IDEMPOTENCY_KEY_REUSED`, and one while the first still runs waits for it (on any replica: the
 //! claim is in the store). Only a keyed digest of the request is kept. A call that fails lets go of its
-//! key, so a repeat runs again. docs/high-availability.md says what a client should do per RPC.
+//! key, so a repeat runs again; so does one whose claim failed, since the claim may have been made
+//! although the store's answer was lost. Each claim carries a random claimant, and only the call
+//! holding the key settles it. docs/high-availability.md says what a client should do per RPC.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use crate::domain::Domain;
 use crate::domain::clock::Clock;
 use crate::domain::error::{Error, Reason};
 use crate::domain::model::{HOUR, Millis};
-use crate::domain::store::{IdempotencyClaim, IdempotencyState, Store};
+use crate::domain::store::{Claimant, IdempotencyClaim, IdempotencyState, Store};
 
 /// The metadata key a client sends.
 pub const METADATA_KEY: &str = "idempotency-key";
@@ -34,9 +36,9 @@ const LEASE: Millis = 2 * 60 * 1000;
 /// How long a repeat waits for the first call before it answers `IDEMPOTENCY_KEY_IN_USE`.
 const WAIT: Duration = Duration::from_secs(20);
 const WAIT_STEP: Duration = Duration::from_millis(50);
-/// A settle that failed (the store was unreachable) is tried again in the background this often,
-/// for at most half the lease: until then no repeat can have taken the key over, so the claim is
-/// surely this call's own.
+/// A settle that failed (the store was unreachable), or the release of a claim whose outcome is
+/// unknown, is tried again in the background this often, for at most half the lease: a failover
+/// that lasts longer leaves the key to its lease, as a replica that stopped would.
 const SETTLE_RETRY: Duration = Duration::from_millis(250);
 const SETTLE_WITHIN: Duration = Duration::from_millis(LEASE as u64 / 2);
 const SEAL_LABEL: &str = "idempotency answers";
@@ -83,16 +85,37 @@ impl Idempotency {
         // plain hash in the store would give away to anyone who can read it.
         let request_bytes = [method.as_bytes(), b"\0", &request.get_ref().encode_to_vec()].concat();
         let digest = Digest32(self.server_key.derive(REQUEST_LABEL, &request_bytes));
+        let claimant = Claimant::random();
         let waited_since = tokio::time::Instant::now();
         let claimed_at = loop {
             let claim = IdempotencyClaim {
                 key: &key,
                 request: &digest,
+                claimant,
                 now: self.clock.now(),
                 lease: LEASE,
                 keep: KEEP,
             };
-            match self.store.claim_idempotency_key(claim).await.map_err(to_status)? {
+            let state = match self.store.claim_idempotency_key(claim).await {
+                Ok(state) => state,
+                Err(error) => {
+                    // The claim may be in the store although its acknowledgement was lost (the
+                    // connection broke after the INSERT committed): left there, it would hold every
+                    // repeat for the whole lease. Only this claimant can match, so letting go of
+                    // it never touches a claim of anyone else.
+                    if error.reason() == Reason::STORE_UNAVAILABLE {
+                        tokio::spawn(settle_later(
+                            self.store.clone(),
+                            key,
+                            claimant,
+                            None,
+                            tokio::time::Instant::now() + SETTLE_WITHIN,
+                        ));
+                    }
+                    return Err(to_status(error));
+                }
+            };
+            match state {
                 IdempotencyState::Claimed => break tokio::time::Instant::now(),
                 IdempotencyState::Answered(sealed) => {
                     let answer = open(&self.seal, &key, sealed).map_err(|what| {
@@ -128,7 +151,7 @@ impl Idempotency {
         };
         if let Err(error) = self
             .store
-            .settle_idempotency_key(&key, &digest, sealed.as_deref())
+            .settle_idempotency_key(&key, &claimant, sealed.as_deref())
             .await
         {
             // The call's own outcome stands. Left claimed, the key would make every repeat wait
@@ -137,7 +160,7 @@ impl Idempotency {
             tokio::spawn(settle_later(
                 self.store.clone(),
                 key,
-                digest,
+                claimant,
                 sealed,
                 claimed_at + SETTLE_WITHIN,
             ));
@@ -153,19 +176,20 @@ impl Idempotency {
     }
 }
 
-/// Settles a key whose settle failed, once the store answers again, unless `until` passes first
-/// (the key is then left to its lease, as a crashed replica leaves it).
+/// Settles a key whose settle failed (or whose claim's outcome is unknown), once the store answers
+/// again, unless `until` passes first (the key is then left to its lease, as a crashed replica
+/// leaves it).
 async fn settle_later(
     store: Arc<dyn Store>,
     key: Digest32,
-    request: Digest32,
+    claimant: Claimant,
     answer: Option<Vec<u8>>,
     until: tokio::time::Instant,
 ) {
     while tokio::time::Instant::now() + SETTLE_RETRY < until {
         tokio::time::sleep(SETTLE_RETRY).await;
         if store
-            .settle_idempotency_key(&key, &request, answer.as_deref())
+            .settle_idempotency_key(&key, &claimant, answer.as_deref())
             .await
             .is_ok()
         {

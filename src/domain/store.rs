@@ -25,6 +25,7 @@
 //!   details to callers.
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use super::error::Error;
 use super::error::Result;
@@ -152,6 +153,25 @@ pub struct OutboxDepth {
     pub sending: u64,
 }
 
+/// Who holds an idempotency key: 16 random bytes a call draws for its claim and that are stored
+/// with it (a takeover stores its own). Settling checks them, so only the call that holds the key
+/// settles it: not one whose lease ran out and whose key a repeat took over, and a release sent
+/// after a claim whose outcome is unknown can touch that claim only.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claimant(#[serde(with = "crate::crypto::fixed_bytes")] pub [u8; 16]);
+
+impl Claimant {
+    pub fn random() -> Self {
+        Self(crate::crypto::random_bytes())
+    }
+}
+
+impl std::fmt::Debug for Claimant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Claimant({})", hex::encode(self.0))
+    }
+}
+
 /// A call made under an idempotency key, as it asks to run.
 #[derive(Clone, Copy, Debug)]
 pub struct IdempotencyClaim<'a> {
@@ -159,6 +179,8 @@ pub struct IdempotencyClaim<'a> {
     pub key: &'a Digest32,
     /// Digest of the method and the request (the request itself is never stored).
     pub request: &'a Digest32,
+    /// The claim's own id, stored with it when the key is claimed (see `Claimant`).
+    pub claimant: Claimant,
     pub now: Millis,
     /// How long the claimant may run without an answer before a repeat takes the key over.
     pub lease: Millis,
@@ -256,13 +278,16 @@ pub trait Store: Send + Sync + 'static {
     async fn replace_signing_keys(&self, expected: &[SigningKeyRecord], new: &[SigningKeyRecord]) -> Result<bool>;
 
     /// Claims an idempotency key for a call (see `IdempotencyState`). Atomic: of several claims
-    /// racing for one key, one gets `Claimed`. A key past its `keep`, or claimed with the same
-    /// request by a claimant whose lease ran out without an answer, is claimed anew.
+    /// racing for one key, one gets `Claimed`, and the key then holds its claimant. A key past its
+    /// `keep`, or claimed with the same request by a claimant whose lease ran out without an
+    /// answer, is claimed anew, under the new claimant.
     async fn claim_idempotency_key(&self, claim: IdempotencyClaim<'_>) -> Result<IdempotencyState>;
     /// Settles a claimed key: records the call's sealed answer, or (`None`: the call failed, and
-    /// wrote nothing) lets go of the key so that a repeat runs the call again. Only while the key
-    /// holds `request`.
-    async fn settle_idempotency_key(&self, key: &Digest32, request: &Digest32, answer: Option<&[u8]>) -> Result<()>;
+    /// wrote nothing, or its claim's outcome is unknown) lets go of a key that holds no answer, so
+    /// that a repeat runs the call at once. Only while the key holds `claimant`; otherwise (a
+    /// repeat took it over, it was purged, or it was claimed by a build that stored no claimant,
+    /// which waits out its lease) nothing changes.
+    async fn settle_idempotency_key(&self, key: &Digest32, claimant: &Claimant, answer: Option<&[u8]>) -> Result<()>;
 
     /// Removes records whose retention ended before `now`, at most `limit`; returns how many.
     async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize>;

@@ -6,6 +6,7 @@
 pub mod h2raw;
 pub mod mail;
 pub mod mime;
+pub mod pg_proxy;
 pub mod process;
 pub mod store;
 pub mod web;

@@ -11,6 +11,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("migrations/0003_locales.sql")),
     (4, include_str!("migrations/0004_link_otp.sql")),
     (5, include_str!("migrations/0005_session_devices.sql")),
+    (6, include_str!("migrations/0006_idempotency_claimant.sql")),
 ];
 
 /// The advisory lock migrations hold ("latchkey" in ASCII); the same in every version.

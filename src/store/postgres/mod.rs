@@ -48,8 +48,8 @@ use crate::domain::model::{
     UserStatus,
 };
 use crate::domain::store::{
-    CodeRedemption, Collection, IdempotencyClaim, IdempotencyState, LinkInsert, LiveAt, NewEmail, OutboxClaim,
-    OutboxDepth, RedeemCodeFn, RedeemFn, Redemption, Store, TOUCH_INTERVAL, UpdateUserFn, UserDeletion,
+    Claimant, CodeRedemption, Collection, IdempotencyClaim, IdempotencyState, LinkInsert, LiveAt, NewEmail,
+    OutboxClaim, OutboxDepth, RedeemCodeFn, RedeemFn, Redemption, Store, TOUCH_INTERVAL, UpdateUserFn, UserDeletion,
 };
 
 /// How often a replica checks that the database answers (health follows it).
@@ -1150,7 +1150,7 @@ impl Store for PgStore {
     }
 
     async fn claim_idempotency_key(&self, claim: IdempotencyClaim<'_>) -> Result<IdempotencyState> {
-        let (key, request) = (&claim.key.0[..], &claim.request.0[..]);
+        let (key, request, claimant) = (&claim.key.0[..], &claim.request.0[..], &claim.claimant.0[..]);
         let (lease_until, expires_at) = (claim.now + claim.lease, claim.now + claim.keep);
         on_connection!(write self, |client| async {
             // New, past its keep, or left without an answer by a claimant whose lease ran out.
@@ -1158,15 +1158,16 @@ impl Store for PgStore {
                 .query_opt(
                     &client
                         .prepare_cached(
-                            "INSERT INTO idempotency_keys (key_digest, request_digest, answer, lease_until, expires_at) \
-                             VALUES ($1, $2, NULL, $3, $4) ON CONFLICT (key_digest) DO UPDATE \
-                             SET request_digest = $2, answer = NULL, lease_until = $3, expires_at = $4 \
+                            "INSERT INTO idempotency_keys \
+                             (key_digest, request_digest, answer, lease_until, expires_at, claimant) \
+                             VALUES ($1, $2, NULL, $3, $4, $6) ON CONFLICT (key_digest) DO UPDATE \
+                             SET request_digest = $2, answer = NULL, lease_until = $3, expires_at = $4, claimant = $6 \
                              WHERE idempotency_keys.expires_at <= $5 OR (idempotency_keys.answer IS NULL \
                                AND idempotency_keys.request_digest = $2 AND idempotency_keys.lease_until <= $5) \
                              RETURNING 1",
                         )
                         .await?,
-                    &[&key, &request, &lease_until, &expires_at, &claim.now],
+                    &[&key, &request, &lease_until, &expires_at, &claim.now, &claimant],
                 )
                 .await?;
             if claimed.is_some() {
@@ -1192,8 +1193,10 @@ impl Store for PgStore {
         })
     }
 
-    async fn settle_idempotency_key(&self, key: &Digest32, request: &Digest32, answer: Option<&[u8]>) -> Result<()> {
-        let (key, request) = (&key.0[..], &request.0[..]);
+    async fn settle_idempotency_key(&self, key: &Digest32, claimant: &Claimant, answer: Option<&[u8]>) -> Result<()> {
+        let (key, claimant) = (&key.0[..], &claimant.0[..]);
+        // A NULL claimant (a row claimed before claimants) equals nothing: such a row is settled by
+        // no call and waits out its lease.
         on_connection!(write self, |client| async {
             match answer {
                 Some(answer) => {
@@ -1202,10 +1205,10 @@ impl Store for PgStore {
                             &client
                                 .prepare_cached(
                                     "UPDATE idempotency_keys SET answer = $3 \
-                                     WHERE key_digest = $1 AND request_digest = $2",
+                                     WHERE key_digest = $1 AND claimant = $2",
                                 )
                                 .await?,
-                            &[&key, &request, &answer],
+                            &[&key, &claimant, &answer],
                         )
                         .await?
                 }
@@ -1215,10 +1218,10 @@ impl Store for PgStore {
                             &client
                                 .prepare_cached(
                                     "DELETE FROM idempotency_keys \
-                                     WHERE key_digest = $1 AND request_digest = $2 AND answer IS NULL",
+                                     WHERE key_digest = $1 AND claimant = $2 AND answer IS NULL",
                                 )
                                 .await?,
-                            &[&key, &request],
+                            &[&key, &claimant],
                         )
                         .await?
                 }

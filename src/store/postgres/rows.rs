@@ -247,7 +247,7 @@ pub fn email(row: &Row) -> Result<Email> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KeyJson {
     pub kid: String,
-    #[serde(with = "crate::crypto::bytes32")]
+    #[serde(with = "crate::crypto::fixed_bytes")]
     pub salt: [u8; 32],
     pub created_at: i64,
     pub signs_from: i64,

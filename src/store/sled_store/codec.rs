@@ -107,7 +107,10 @@ mod tests {
         Attempt, AttemptStatus, ClientInfo, Email, EmailKind, EmailLink, EmailStatus, Link, LinkKind, Role, Session,
         SigningKeyRecord, UserStatus,
     };
-    use crate::store::sled_store::records::{KeyRecord, LinkNote, LinkRecord, SessionRecord, UserRecord};
+    use crate::domain::store::Claimant;
+    use crate::store::sled_store::records::{
+        IdempotencyRecord, KeyRecord, LinkNote, LinkRecord, SessionRecord, UserRecord,
+    };
 
     fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(record: T) -> Vec<u8> {
         let bytes = encode(&record);
@@ -200,6 +203,13 @@ mod tests {
             signs_from: 1,
             retire_at: 2,
         })]);
+        round_trip(IdempotencyRecord {
+            request: Digest32::of("request"),
+            answer: Some(vec![7; 64]),
+            lease_until: 1,
+            expires_at: 2,
+            claimant: Some(Claimant([3; 16])),
+        });
     }
 
     #[test]
@@ -242,6 +252,30 @@ mod tests {
             decode::<UserRecord>(b"\x93\x01").is_err(),
             "garbage is an error, not a panic"
         );
+
+        // An idempotency key as it was before claimants: it reads without one, which no
+        // claimant's settle matches.
+        #[derive(Serialize)]
+        struct IdempotencyBefore {
+            request: Digest32,
+            answer: Option<Vec<u8>>,
+            lease_until: Millis,
+            expires_at: Millis,
+        }
+        let before = IdempotencyBefore {
+            request: Digest32::of("request"),
+            answer: None,
+            lease_until: 1,
+            expires_at: 2,
+        };
+        for bytes in [encode(&before), serde_json::to_vec(&before).unwrap()] {
+            let record: IdempotencyRecord = decode(&bytes).unwrap();
+            assert_eq!(
+                (record.request, record.answer, record.lease_until, record.expires_at),
+                (before.request, None, 1, 2)
+            );
+            assert_eq!(record.claimant, None);
+        }
     }
 
     #[test]

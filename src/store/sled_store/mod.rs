@@ -50,8 +50,8 @@ use crate::domain::model::{
     UserStatus,
 };
 use crate::domain::store::{
-    CodeRedemption, Collection, IdempotencyClaim, IdempotencyState, LinkInsert, LiveAt, NewEmail, OutboxClaim,
-    OutboxDepth, RedeemCodeFn, RedeemFn, Redemption, Store, TOUCH_INTERVAL, UpdateUserFn, UserDeletion,
+    Claimant, CodeRedemption, Collection, IdempotencyClaim, IdempotencyState, LinkInsert, LiveAt, NewEmail,
+    OutboxClaim, OutboxDepth, RedeemCodeFn, RedeemFn, Redemption, Store, TOUCH_INTERVAL, UpdateUserFn, UserDeletion,
 };
 
 const SIGNING_KEYS: &[u8] = b"signing_keys";
@@ -1249,6 +1249,7 @@ impl Inner {
                     answer: None,
                     lease_until: claim.now + claim.lease,
                     expires_at: claim.now + claim.keep,
+                    claimant: Some(claim.claimant),
                 };
                 keys.insert(key, encode(&record));
                 expiry.insert(expiry_key(record.expires_at, Expiring::IdempotencyKey, key), &[]);
@@ -1261,7 +1262,7 @@ impl Inner {
         Ok(state)
     }
 
-    async fn settle_idempotency_key(&self, key: &Digest32, request: &Digest32, answer: Option<&[u8]>) -> Result<()> {
+    async fn settle_idempotency_key(&self, key: &Digest32, claimant: &Claimant, answer: Option<&[u8]>) -> Result<()> {
         let t = &self.trees;
         let key = &key.0[..];
         self.writer
@@ -1270,7 +1271,9 @@ impl Inner {
                 let Some(mut held) = read::<IdempotencyRecord>(&keys, key)? else {
                     return Ok(());
                 };
-                if held.request != *request {
+                // A record claimed before claimants has none, so no call settles it: it waits out
+                // its lease.
+                if held.claimant != Some(*claimant) {
                     return Ok(());
                 }
                 match answer {
@@ -1410,8 +1413,8 @@ impl Store for SledStore {
         self.inner()?.claim_idempotency_key(claim).await
     }
 
-    async fn settle_idempotency_key(&self, key: &Digest32, request: &Digest32, answer: Option<&[u8]>) -> Result<()> {
-        self.inner()?.settle_idempotency_key(key, request, answer).await
+    async fn settle_idempotency_key(&self, key: &Digest32, claimant: &Claimant, answer: Option<&[u8]>) -> Result<()> {
+        self.inner()?.settle_idempotency_key(key, claimant, answer).await
     }
 
     async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize> {

@@ -11,6 +11,7 @@ use crate::domain::model::{
     ClientInfo, Link, LinkKind, LinkOtp, Millis, OAuthRequest, RateBucket, Role, Session, SigningKeyRecord, User,
     UserStatus,
 };
+use crate::domain::store::Claimant;
 
 /// A user as sled stores it: the user, then the notes of its links.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -119,7 +120,7 @@ impl UserRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LinkRecord {
     pub token_digest: Digest32,
-    #[serde(with = "crate::crypto::bytes32")]
+    #[serde(with = "crate::crypto::fixed_bytes")]
     pub seed: [u8; 32],
     pub kind: LinkKind,
     pub user_id: String,
@@ -330,7 +331,7 @@ impl From<RateBucketRecord> for RateBucket {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KeyRecord {
     pub kid: String,
-    #[serde(with = "crate::crypto::bytes32")]
+    #[serde(with = "crate::crypto::fixed_bytes")]
     pub salt: [u8; 32],
     pub created_at: Millis,
     pub signs_from: Millis,
@@ -383,4 +384,7 @@ pub struct IdempotencyRecord {
     pub answer: Option<Vec<u8>>,
     pub lease_until: Millis,
     pub expires_at: Millis,
+    /// Who holds the key (see `Claimant`); none in a record written before claimants.
+    #[serde(default)]
+    pub claimant: Option<Claimant>,
 }
