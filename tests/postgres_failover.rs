@@ -249,9 +249,9 @@ impl Acknowledged {
 async fn converge(client: &mut PasswordlessClient<Channel>, call: Unanswered, ledger: &mut Ledger) {
     let started = Instant::now();
     loop {
-        // A claim whose own acknowledgement a failover lost is let go of in the background, but
-        // for half the lease only (1 min); a longer failover leaves it to the lease (2 min)
-        // (docs/high-availability.md). A repeat waits 20 s per try meanwhile.
+        // A claim whose own acknowledgement a failover lost is let go of in the background, once
+        // the new primary takes writes, within the lease (2 min) (docs/high-availability.md). A
+        // repeat waits 20 s per try meanwhile.
         assert!(
             started.elapsed() < Duration::from_secs(150),
             "{call:?} did not converge"

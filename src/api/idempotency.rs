@@ -37,10 +37,10 @@ const LEASE: Millis = 2 * 60 * 1000;
 const WAIT: Duration = Duration::from_secs(20);
 const WAIT_STEP: Duration = Duration::from_millis(50);
 /// A settle that failed (the store was unreachable), or the release of a claim whose outcome is
-/// unknown, is tried again in the background this often, for at most half the lease: a failover
-/// that lasts longer leaves the key to its lease, as a replica that stopped would.
+/// unknown, is tried again in the background this often, until the lease would have freed the
+/// key anyway. A late settle is harmless: only the claimant that still holds the key matches.
 const SETTLE_RETRY: Duration = Duration::from_millis(250);
-const SETTLE_WITHIN: Duration = Duration::from_millis(LEASE as u64 / 2);
+const SETTLE_WITHIN: Duration = Duration::from_millis(LEASE as u64);
 const SEAL_LABEL: &str = "idempotency answers";
 const REQUEST_LABEL: &str = "idempotency requests";
 
