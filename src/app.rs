@@ -37,7 +37,6 @@ use crate::domain::store::Store;
 use crate::domain::{Domain, Mail, Ports, Settings};
 use crate::grpc::GrpcPort;
 use crate::mail::outbox_sampler;
-use crate::mail::runtime::MailRuntime;
 use crate::mail::templates::Templates;
 use crate::mail::transport::{self, Transport};
 use crate::mail::worker::{RetryPolicy, Worker, WorkerSettings};
@@ -91,8 +90,6 @@ pub struct Running {
     shutdown_grace: Duration,
     http_addr: Option<SocketAddr>,
     mail_worker: Arc<Worker>,
-    /// The mail worker runs on it; dropping it ends whatever the worker left running.
-    mail_runtime: MailRuntime,
     /// What `/readyz` on the HTTP port answers: health's overall status, as a flag.
     ready: Arc<AtomicBool>,
     reload: tokio::sync::mpsc::Sender<crate::reload::Request>,
@@ -192,8 +189,6 @@ impl Running {
             Ok(closed) => {
                 closed.map_err(|error| error.to_string())?;
                 tracing::info!("store closed");
-                // Last, since a database connection the worker opened serves the pool until here.
-                drop(self.mail_runtime);
             }
             Err(_) => {
                 return Err(
@@ -258,7 +253,6 @@ struct Listeners {
 /// What sends mail: the worker, and the transport a reload may replace.
 struct MailParts {
     worker: Arc<Worker>,
-    runtime: MailRuntime,
     transport: Arc<Shared<dyn Transport>>,
     file_dir: std::path::PathBuf,
 }
@@ -314,7 +308,7 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         serve_http(state, listener, config, close_all.clone(), shutdown.clone())
     });
 
-    let tasks = spawn_background_tasks(&domain, &mail, &metrics, config, &shutdown);
+    let tasks = spawn_background_tasks(&domain, &mail.worker, &metrics, config, &shutdown);
     set_health(&health, ServingStatus::Serving).await;
     ready.store(true, Ordering::Relaxed);
     tasks.spawn(watch_store(domain.store.clone(), health.clone(), shutdown.clone()));
@@ -346,7 +340,6 @@ pub async fn start(validated: Validated, clock: Arc<dyn Clock>) -> Result<Runnin
         shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
         http_addr,
         mail_worker: mail.worker,
-        mail_runtime: mail.runtime,
         ready,
         reload,
     })
@@ -423,11 +416,8 @@ fn build_mail(validated: &Validated, domain: &Arc<Domain>, templates: Arc<Templa
         lease: Duration::from_secs(config.mail.lease_seconds),
     };
     let worker = Arc::new(Worker::new(domain.clone(), transport.clone(), templates, settings));
-    let runtime = MailRuntime::new()
-        .map_err(|error| StartError::Mail(format!("cannot start the mail worker's thread: {error}")))?;
     Ok(MailParts {
         worker,
-        runtime,
         transport,
         file_dir,
     })
@@ -520,11 +510,11 @@ fn serve_http(
     })
 }
 
-/// The sweeper, key rotation and the mail worker (on its own runtime), each started again if it
-/// panics (see `crate::supervise`), all stopping with `shutdown`.
+/// The sweeper, key rotation and the mail worker, each started again if it panics (see
+/// `crate::supervise`), all stopping with `shutdown`.
 fn spawn_background_tasks(
     domain: &Arc<Domain>,
-    mail: &MailParts,
+    worker: &Arc<Worker>,
     metrics: &Arc<Metrics>,
     config: &crate::config::Config,
     shutdown: &CancellationToken,
@@ -539,8 +529,7 @@ fn spawn_background_tasks(
         let (domain, stop) = (domain.clone(), shutdown.clone());
         move || rotate_keys(domain.clone(), stop.clone())
     };
-    let worker = &mail.worker;
-    let sends = {
+    let mail = {
         let (worker, stop) = (worker.clone(), shutdown.clone());
         move || worker.clone().run(stop.clone())
     };
@@ -568,15 +557,12 @@ fn spawn_background_tasks(
             samples,
         ));
     }
-    tasks.spawn_on(
-        supervise(
-            "mail_worker",
-            shutdown.clone(),
-            metrics.task_restarts("mail_worker"),
-            sends,
-        ),
-        mail.runtime.handle(),
-    );
+    tasks.spawn(supervise(
+        "mail_worker",
+        shutdown.clone(),
+        metrics.task_restarts("mail_worker"),
+        mail,
+    ));
     tasks
 }
 
