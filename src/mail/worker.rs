@@ -8,6 +8,8 @@
 //! out again when its lease runs out (at-least-once; exactly once while workers live).
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -57,6 +59,9 @@ fn released(email: Email, now: Millis) -> Email {
         ..email
     }
 }
+
+/// When a claim started, how many it asked for, and what it got.
+type ClaimOutcome = (tokio::time::Instant, usize, Result<Vec<Email>>);
 
 /// An email this worker claimed, and when.
 struct Claimed {
@@ -178,21 +183,26 @@ impl Worker {
         };
         let mut sending = JoinSet::new();
         // Claimed, waiting for a free slot. A claim is a durable write, so the worker claims in
-        // batches and keeps a few ahead of its slots rather than paying one commit per email.
+        // batches, keeps a few ahead of its slots, and claims the next batch while the slots are
+        // still busy with this one: waiting for each claim's commit with the slots idle held the
+        // drain to a batch per commit.
         let mut claimed: VecDeque<Claimed> = VecDeque::new();
+        let mut claiming: Option<Pin<Box<dyn Future<Output = ClaimOutcome> + Send>>> = None;
+        // Armed before the latest claim looked, so mail queued since wakes the wait below.
+        let mut queued = self.domain.wakeups.watch(Topic::Outbox);
+        // The latest claim found less than it asked for: claim again only once woken.
+        let mut drained = false;
+        let mut pause: Option<tokio::time::Instant> = None;
+        let low_water = concurrency * CLAIM_AHEAD / 2;
         loop {
-            // Armed before looking, so mail queued from here on wakes the wait below.
-            let queued = self.domain.wakeups.watch(Topic::Outbox);
-            let mut pause = None;
-            if claimed.len() < concurrency {
-                let at = tokio::time::Instant::now();
-                match self.claim(concurrency * CLAIM_AHEAD - claimed.len()).await {
-                    Ok(emails) => claimed.extend(emails.into_iter().map(|email| Claimed { email, at })),
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot claim from the outbox; will retry");
-                        pause = Some(STORE_ERROR_PAUSE);
-                    }
-                }
+            let paused = pause.is_some_and(|until| tokio::time::Instant::now() < until);
+            if claiming.is_none() && !drained && !paused && claimed.len() < low_water.max(concurrency) {
+                queued = self.domain.wakeups.watch(Topic::Outbox);
+                let (worker, limit) = (self.clone(), concurrency * CLAIM_AHEAD - claimed.len());
+                claiming = Some(Box::pin(async move {
+                    let at = tokio::time::Instant::now();
+                    (at, limit, worker.claim(limit).await)
+                }));
             }
             while sending.len() < concurrency
                 && let Some(next) = claimed.pop_front()
@@ -202,21 +212,43 @@ impl Worker {
                     let _ = outcomes.send(worker.attempt(next).await);
                 });
             }
-            let recheck = self.domain.wakeups.recheck();
-            let next_due = if pause.is_none() && claimed.is_empty() {
-                store.next_email_due().await.ok().flatten()
+            let idle = claimed.is_empty() && claiming.is_none();
+            let wait = if idle {
+                let recheck = self.domain.wakeups.recheck();
+                let due = match pause {
+                    Some(until) => Some(until.saturating_duration_since(tokio::time::Instant::now())),
+                    None => store
+                        .next_email_due()
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|due| Duration::from_millis((due - clock.now()).max(0) as u64)),
+                };
+                due.unwrap_or(recheck).min(recheck)
             } else {
-                None
+                Duration::ZERO
             };
-            let wait = pause
-                .or_else(|| next_due.map(|due| Duration::from_millis((due - clock.now()).max(0) as u64)))
-                .unwrap_or(recheck)
-                .min(recheck);
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = queued, if claimed.is_empty() => {}
+                (at, limit, result) = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
+                    claiming = None;
+                    match result {
+                        Ok(emails) => {
+                            drained = emails.len() < limit;
+                            claimed.extend(emails.into_iter().map(|email| Claimed { email, at }));
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot claim from the outbox; will retry");
+                            pause = Some(tokio::time::Instant::now() + STORE_ERROR_PAUSE);
+                        }
+                    }
+                }
+                () = &mut queued, if drained && claiming.is_none() => drained = false,
                 Some(_) = sending.join_next(), if !sending.is_empty() => {}
-                () = tokio::time::sleep(wait), if claimed.is_empty() => {}
+                () = tokio::time::sleep(wait), if idle => {
+                    drained = false;
+                    pause = None;
+                }
             }
         }
         // Nothing new starts: the claims not started go back to the outbox (due now; the claim
