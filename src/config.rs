@@ -378,6 +378,9 @@ pub struct PostgresConfig {
     /// How often a waiter reads again in case a wake-up was lost (with `notify` off: how soon it
     /// sees another replica's change).
     pub recheck_millis: u64,
+    /// How long a start waits for a database it cannot reach (one restarting, failing over, or
+    /// not up yet in a fresh deployment) before it gives up and exits; 0 gives up at once.
+    pub startup_wait_seconds: u64,
 }
 
 impl PostgresConfig {
@@ -472,6 +475,12 @@ impl PostgresConfig {
             return Err(invalid(
                 "store.postgres.recheck_millis",
                 "must be between 100 and 60000",
+            ));
+        }
+        if self.startup_wait_seconds > 3600 {
+            return Err(invalid(
+                "store.postgres.startup_wait_seconds",
+                "must be between 0 and 3600",
             ));
         }
         if let Some(ca_file) = &self.ca_file
@@ -635,6 +644,7 @@ impl Config {
                     ca_file: None,
                     notify: true,
                     recheck_millis: 2000,
+                    startup_wait_seconds: 60,
                 },
                 cache_capacity_mib: None,
                 durability: None,
@@ -1451,6 +1461,10 @@ mod tests {
                 "statement_timeout_seconds",
             ),
             (&|c: &mut Config| c.store.postgres.recheck_millis = 50, "recheck_millis"),
+            (
+                &|c: &mut Config| c.store.postgres.startup_wait_seconds = 3601,
+                "startup_wait_seconds",
+            ),
             (
                 &|c: &mut Config| c.store.postgres.ca_file = Some("/nonexistent/ca.pem".into()),
                 "ca_file",

@@ -174,15 +174,7 @@ async fn at_the_descriptor_limit_accept_backs_off_and_idle_clients_are_shed() {
         .env("LATCHKEY_LIMITS__HANDSHAKE_TIMEOUT_SECONDS", "2")
         .args(["--nofile=96:96", "--"])
         .arg(env!("CARGO_BIN_EXE_latchkey"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            "data",
-        ])
+        .args(common::process::SERVE_ARGS)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());

@@ -86,6 +86,61 @@ async fn a_database_outage_fails_calls_fast_and_the_replica_recovers_by_itself()
     );
 }
 
+/// A replica started while its database is down waits for it instead of exiting: it says so in
+/// its log (without the password), and serves once the database is up. One whose wait runs out
+/// exits 1 naming the database and the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_before_its_database_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg_dir = tempfile::Builder::new().prefix("latchkey-pg-late").tempdir().unwrap();
+    let (database, url) = Database::start(pg_dir.path().join("cluster"), &[]);
+    database.stop();
+
+    let mut command = common::process::command(dir.path());
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "data"])
+        .env("LATCHKEY_STORE__BACKEND", "postgres")
+        .env("LATCHKEY_STORE__POSTGRES__URL", &url)
+        .env("LATCHKEY_STORE__POSTGRES__STARTUP_WAIT_SECONDS", "1");
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach PostgreSQL yet; waiting for it"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cannot reach PostgreSQL at latchkey@127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("latchkey-test-password"), "{stderr}");
+
+    // The default wait (60 s), with the database started once the replica has said it waits.
+    let mut command = common::process::command(dir.path());
+    command
+        .args(common::process::SERVE_ARGS)
+        .env("LATCHKEY_STORE__BACKEND", "postgres")
+        .env("LATCHKEY_STORE__POSTGRES__URL", &url);
+    let (waits, waiting) = std::sync::mpsc::channel();
+    let watcher = std::thread::spawn(move || {
+        let said_so = waiting.recv_timeout(NO_HANG).is_ok();
+        database.resume();
+        (database, said_so)
+    });
+    let server = BinaryServer::spawn_watching(command, dir.path(), "waiting for it", waits);
+    let (_database, said_so) = watcher.join().unwrap();
+    assert!(said_so, "the replica did not say it waits:\n{}", server.log());
+    let channel = connect(server.addr).await;
+    PasswordlessClient::new(channel)
+        .issue_login_link(issue_request("late@example.com"))
+        .await
+        .expect("served once the database is up");
+    assert!(
+        !server.log().contains("latchkey-test-password"),
+        "the password is in the log"
+    );
+}
+
 /// Under load every pooled connection can be busy, which is not the database being gone: with a
 /// pool of one held by a call that waits on a row lock until its statement timeout, health stays
 /// `SERVING` throughout (the probe has a connection of its own).

@@ -23,7 +23,9 @@ fn refused_start(dir: &Path, url: &str, ca_file: Option<&Path>) -> String {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "data"])
         .env("LATCHKEY_STORE__BACKEND", "postgres")
         .env("LATCHKEY_STORE__POSTGRES__URL", url)
-        .env("LATCHKEY_STORE__POSTGRES__CONNECT_TIMEOUT_SECONDS", "3");
+        .env("LATCHKEY_STORE__POSTGRES__CONNECT_TIMEOUT_SECONDS", "3")
+        // A certificate refused now is refused later: give up at once rather than wait for it.
+        .env("LATCHKEY_STORE__POSTGRES__STARTUP_WAIT_SECONDS", "0");
     if let Some(ca_file) = ca_file {
         command.env("LATCHKEY_STORE__POSTGRES__CA_FILE", ca_file);
     }

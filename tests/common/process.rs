@@ -21,6 +21,17 @@ pub struct BinaryServer {
 /// How long a start may take before the test gives up (a bound, not a synchronisation sleep).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `latchkey` followed by these serves on ephemeral ports with its store in `data`.
+pub const SERVE_ARGS: [&str; 7] = [
+    "serve",
+    "--listen",
+    "127.0.0.1:0",
+    "--metrics-listen",
+    "127.0.0.1:0",
+    "--data-dir",
+    "data",
+];
+
 pub fn command(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_latchkey"));
     command
@@ -38,24 +49,20 @@ impl BinaryServer {
     /// `latchkey serve --listen 127.0.0.1:0 --data-dir data` in `dir`, plus `args` and `env`.
     pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = command(dir);
-        command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                "data",
-            ])
-            .args(args);
+        command.args(SERVE_ARGS).args(args);
         for (key, value) in env {
             command.env(key, value);
         }
         Self::spawn(command, dir)
     }
 
-    pub fn spawn(mut command: Command, dir: &Path) -> Self {
+    pub fn spawn(command: Command, dir: &Path) -> Self {
+        Self::spawn_watching(command, dir, "latchkey is serving", mpsc::channel().0)
+    }
+
+    /// As `spawn`, and tells `seen` once when a line of the log contains `needle` (which may come
+    /// before the server serves: the test can then act while the start waits for it).
+    pub fn spawn_watching(mut command: Command, dir: &Path, needle: &'static str, seen: mpsc::Sender<()>) -> Self {
         let mut child = command.spawn().expect("the binary starts");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -63,6 +70,9 @@ impl BinaryServer {
         let lines = log.clone();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains(needle) {
+                    let _ = seen.send(());
+                }
                 if line.contains("latchkey is serving") {
                     let parsed: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
                     let listen = parsed["fields"]["listen"]

@@ -71,10 +71,7 @@ pub async fn open(config: &StoreConfig) -> std::result::Result<(PgStore, PgWakeu
     let settings = &config.postgres;
     let connector = connect::Connector::new(settings)?;
     let pool = connector.pool(settings.pool_size)?;
-    let applied = {
-        let mut client = pool.get().await.map_err(|error| connector.unreachable(&error))?;
-        migrations::migrate(&mut client).await?
-    };
+    let applied = migrate_once_reachable(&connector, &pool, Duration::from_secs(settings.startup_wait_seconds)).await?;
     if !applied.is_empty() {
         tracing::info!(?applied, target = %connector.target(), "migrated the database's schema");
     }
@@ -96,6 +93,49 @@ pub async fn open(config: &StoreConfig) -> std::result::Result<(PgStore, PgWakeu
         stop,
     };
     Ok((store, wakeups))
+}
+
+/// Migrates the schema, waiting up to `wait` for a database that cannot be reached yet: replicas
+/// started while PostgreSQL restarts or fails over, or before it is up in a new deployment, come up
+/// with it instead of exiting and being restarted with growing back-off.
+async fn migrate_once_reachable(
+    connector: &connect::Connector,
+    pool: &Pool,
+    wait: Duration,
+) -> std::result::Result<Vec<i32>, OpenError> {
+    const FIRST_PAUSE: Duration = Duration::from_millis(250);
+    const LONGEST_PAUSE: Duration = Duration::from_secs(5);
+    let started = tokio::time::Instant::now();
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let failure = match pool.get().await {
+            Ok(mut client) => return Ok(migrations::migrate(&mut client).await?),
+            Err(failure) => failure,
+        };
+        let error = connector.unreachable(&failure);
+        let left = wait.saturating_sub(started.elapsed());
+        if left.is_zero() || !worth_waiting_for(&failure) {
+            return Err(error);
+        }
+        let pause_ms = pause.min(left).as_millis() as u64;
+        tracing::warn!(%error, retry_in_ms = pause_ms, "cannot reach PostgreSQL yet; waiting for it (store.postgres.startup_wait_seconds)");
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(LONGEST_PAUSE);
+    }
+}
+
+/// Whether a failed connection may succeed later. A database that answered with a refusal of its
+/// own (a wrong password, no such database) will refuse again; one that is starting up, shutting
+/// down or out of connections (SQLSTATE classes 57 and 53) may not, nor one that did not answer.
+fn worth_waiting_for(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(refusal) = current.downcast_ref::<tokio_postgres::error::DbError>() {
+            return matches!(refusal.code().code().get(..2), Some("57" | "53"));
+        }
+        cause = current.source();
+    }
+    true
 }
 
 /// Health: the database answers a trivial query within a few seconds, or the store refuses writes.
