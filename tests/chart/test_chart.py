@@ -78,6 +78,7 @@ CONFIG_KEYS: dict[str, set[str]] = {
         "ca_file",
         "notify",
         "recheck_millis",
+        "startup_wait_seconds",
     },
     "mail": {
         "transport",
@@ -485,6 +486,7 @@ def test_the_file_transport_needs_no_smtp_host():
         ({"store": {"backend": "mysql"}}, "/store/backend"),
         ({"store": {"postgres": {"poolsize": 4}}}, "additional properties 'poolsize' not allowed"),
         ({"store": {"postgres": {"recheckMillis": 50}}}, "/store/postgres/recheckMillis"),
+        ({"store": {"postgres": {"startupWaitSeconds": 3601}}}, "/store/postgres/startupWaitSeconds"),
         ({"autoscaling": {"enable": True}}, "additional properties 'enable' not allowed"),
         ({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone"}]}, "/topologySpreadConstraints/0"),
     ],
@@ -945,6 +947,7 @@ def test_postgres_config_renders_every_value():
             "statement_timeout_seconds": 5,
             "notify": True,
             "recheck_millis": 2000,
+            "startup_wait_seconds": 60,
         },
     }
     assert config_of(render_scenario("postgres-hpa"))["store"]["postgres"] == {
@@ -955,6 +958,7 @@ def test_postgres_config_renders_every_value():
         "ca_file": "/etc/latchkey/database-ca/ca.crt",
         "notify": False,
         "recheck_millis": 500,
+        "startup_wait_seconds": 60,
     }
 
 
