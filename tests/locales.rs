@@ -253,6 +253,13 @@ async fn a_german_email_crosses_smtp_intact() {
     let message = &messages[0];
     assert_eq!(subject(message), "Bestätigen Sie Ihre E-Mail-Adresse für latchkey");
     assert_eq!(header(message, "Content-Language").as_deref(), Some("de"));
+    // Not ASCII: over SMTP neither part goes as it is.
+    assert_eq!(
+        message.matches("Content-Transfer-Encoding: quoted-printable").count()
+            + message.matches("Content-Transfer-Encoding: base64").count(),
+        2,
+        "{message}"
+    );
     let text = part(message, "text/plain");
     assert!(text.contains("Einrichtung Ihres Kontos abzuschließen"), "{text}");
     assert!(part(message, "text/html").contains("E-Mail-Adresse bestätigen"));

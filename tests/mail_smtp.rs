@@ -104,6 +104,14 @@ async fn starttls_and_auth_deliver_a_link_that_verifies() {
         Some("Confirm your email for Acme")
     );
     let token = token_in(&part(&message, "text/plain"), "token");
+    // English text is ASCII: both parts go as they are, the link whole on one line of the
+    // message itself (quoted-printable would break it and write `token=3D`).
+    assert_eq!(
+        message.matches("Content-Transfer-Encoding: 7bit").count(),
+        2,
+        "{message}"
+    );
+    assert!(message.contains(&format!("token={token}")), "{message}");
     app.verify(&token, "").await.expect("the emailed link signs in");
 }
 
