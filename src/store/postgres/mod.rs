@@ -117,9 +117,9 @@ async fn migrate_once_reachable(
         if left.is_zero() || !worth_waiting_for(&failure) {
             return Err(error);
         }
-        let pause_ms = pause.min(left).as_millis() as u64;
-        tracing::warn!(%error, retry_in_ms = pause_ms, "cannot reach PostgreSQL yet; waiting for it (store.postgres.startup_wait_seconds)");
-        tokio::time::sleep(pause.min(left)).await;
+        let next_try = pause.min(left);
+        tracing::warn!(%error, retry_in_ms = next_try.as_millis() as u64, "cannot reach PostgreSQL yet; waiting for it (store.postgres.startup_wait_seconds)");
+        tokio::time::sleep(next_try).await;
         pause = (pause * 2).min(LONGEST_PAUSE);
     }
 }
